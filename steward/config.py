@@ -1,0 +1,153 @@
+"""The YAML config file (SPEC's schema), validated with pydantic; unknown keys are errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from steward.errors import BadInputError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    train: Path
+    validation: Path | None = None
+    test: Path
+    text_column: str = "text"
+    label_column: str = "label"
+    domain_corpus: Path | None = None
+
+
+class TextLengthBounds(_Section):
+    min: int = Field(1, ge=0)
+    max: int = Field(10_000, ge=1)
+
+
+class ValidationConfig(_Section):
+    min_rows: int = Field(50, ge=0)
+    max_null_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    max_duplicate_fraction: float = Field(0.1, ge=0.0, le=1.0)
+    text_length: TextLengthBounds = TextLengthBounds()
+    allowed_labels: list[str] | None = None
+
+
+class PretrainingConfig(_Section):
+    enabled: bool = True
+    max_steps: int = Field(200, ge=1)
+    batch_size: int = Field(32, ge=1)
+    max_seq_length: int = Field(128, ge=8)
+    learning_rate: float = Field(1.0e-4, gt=0)
+    mlm_probability: float = Field(0.15, gt=0.0, lt=1.0)
+    head_warmup_steps: int = Field(50, ge=0)
+    save_steps: int = Field(50, ge=1)
+
+
+class FinetuningConfig(_Section):
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(16, ge=1)
+    max_seq_length: int = Field(128, ge=8)
+    learning_rate: float = Field(5.0e-5, gt=0)
+    early_stopping_patience: int = Field(2, ge=1)
+
+
+class EvaluationConfig(_Section):
+    primary_metric: Literal["macro_f1", "accuracy"] = "macro_f1"
+    min_score: float = 0.0
+    min_improvement: float = 0.0
+    require_approval: bool = False
+
+
+class MonitoringConfig(_Section):
+    drift_share_threshold: float = Field(0.3, ge=0.0, le=1.0)
+
+
+class RegistryConfig(_Section):
+    url: str | None = None
+
+
+class ScheduleConfig(_Section):
+    retrain_cron: str = "0 3 * * 1"
+    monitor_cron: str = "0 * * * *"
+
+
+class StewardConfig(_Section):
+    """One retraining job. Relative data paths are resolved against the config file's folder."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    base_model: str = "minilm"
+    task: Literal["text-classification"] = "text-classification"
+    seed: int = 13
+    allow_pickle: bool = False
+    data: DataConfig
+    validation: ValidationConfig = ValidationConfig()
+    pretraining: PretrainingConfig = PretrainingConfig()
+    finetuning: FinetuningConfig = FinetuningConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
+    registry: RegistryConfig = RegistryConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    workdir: Path = Path(".")
+
+    @model_validator(mode="after")
+    def _length_bounds_ordered(self) -> StewardConfig:
+        bounds = self.validation.text_length
+        if bounds.min > bounds.max:
+            raise ValueError("validation.text_length.min is greater than validation.text_length.max")
+        return self
+
+    def resolve(self, path: Path) -> Path:
+        """A data path as written in the config, made absolute against the config's folder."""
+        return path if path.is_absolute() else (self.workdir / path).resolve()
+
+    def snapshot(self) -> dict:
+        """The config as plain JSON data, for the run record."""
+        return self.model_dump(mode="json")
+
+
+def _describe(error: dict) -> str:
+    location = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"unknown key '{location}'"
+    if error["type"] == "missing":
+        return f"missing required key '{location}'"
+    return f"key '{location}': {error['msg']}" if location else error["msg"]
+
+
+def parse_config(raw: object, source: str, workdir: Path) -> StewardConfig:
+    """Validate already-parsed YAML; errors name the file and the offending key."""
+    if not isinstance(raw, dict):
+        raise BadInputError(f"{source}: the config must be a YAML mapping of keys, got {type(raw).__name__}")
+    if "workdir" in raw:
+        raise BadInputError(f"{source}: unknown key 'workdir'")
+    try:
+        return StewardConfig.model_validate({**raw, "workdir": workdir})
+    except ValidationError as exc:
+        raise BadInputError(f"{source}: {_describe(exc.errors()[0])}") from None
+
+
+def load_config(path: str | Path) -> StewardConfig:
+    """Read and validate a config file; every failure is a one-line BadInputError."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BadInputError(f"{path}: config file not found") from None
+    except UnicodeDecodeError as exc:
+        raise BadInputError(f"{path}: config is not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise BadInputError(f"{path}: cannot read config ({exc.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise BadInputError(f"{path}: YAML syntax error{where}: {problem}") from None
+    return parse_config(raw, str(path), path.resolve().parent)
