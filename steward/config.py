@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -107,6 +108,21 @@ class StewardConfig(_Section):
     def snapshot(self) -> dict:
         """The config as plain JSON data, for the run record."""
         return self.model_dump(mode="json")
+
+
+def resolve_registry_url(override: str | None, config: StewardConfig | None) -> str:
+    """--registry, else STEWARD_REGISTRY_URL, else the config's registry.url, else a SQLite file.
+
+    The SQLite file lives in the config's folder, or in the current directory without a config.
+    """
+    if override:
+        return override
+    if os.environ.get("STEWARD_REGISTRY_URL"):
+        return os.environ["STEWARD_REGISTRY_URL"]
+    if config is not None and config.registry.url:
+        return config.registry.url
+    workdir = config.workdir if config is not None else Path.cwd()
+    return f"sqlite:///{(workdir / '.steward' / 'registry.db').resolve()}"
 
 
 def _describe(error: dict) -> str:

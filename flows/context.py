@@ -1,0 +1,143 @@
+"""What a flow carries from stage to stage: the config, the registry, the run and its folders."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from governance.registry import Registry, RunRecord
+from steward.config import StewardConfig
+
+TRACKED_PACKAGES = (
+    "steward", "torch", "transformers", "datasets", "accelerate", "safetensors", "great-expectations",
+    "evidently", "prefect", "sqlalchemy", "alembic", "pandas", "scikit-learn", "numpy",
+)
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """The folders a run writes to, all under `<config folder>/.steward/`."""
+
+    root: Path
+
+    @classmethod
+    def for_config(cls, config: StewardConfig) -> Workspace:
+        return cls(config.workdir / ".steward")
+
+    @property
+    def pretrain_cache(self) -> Path:
+        return self.root / "cache" / "pretrain"
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.root / "runs" / run_id
+
+    def model_dir(self, model_name: str, run_id: str) -> Path:
+        return self.root / "models" / model_name / run_id
+
+    def reports_dir(self, model_name: str) -> Path:
+        return self.root / "reports" / model_name
+
+
+@dataclass(frozen=True)
+class RunContext:
+    config: StewardConfig
+    registry: Registry
+    run: RunRecord
+    workspace: Workspace
+
+    @property
+    def subject(self) -> str:
+        return f"run:{self.run.id}"
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": sys.version.split()[0]}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def code_version() -> str:
+    """The git commit of the Steward checkout (with '+dirty' for local edits), else its package version."""
+    source = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True, text=True, check=True, timeout=5,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, check=True, timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return f"steward {metadata.version('steward')}"
+    return f"{commit}+dirty" if dirty else commit
+
+
+def prefect_flow_run_id() -> str | None:
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id) if flow_run.id else None
+
+
+def start_run_context(config: StewardConfig, registry: Registry, kind: str) -> RunContext:
+    run = registry.start_run(
+        kind=kind,
+        model_name=config.name,
+        config=config.snapshot(),
+        seed=config.seed,
+        code_version=code_version(),
+        package_versions=package_versions(),
+        flow_run_id=prefect_flow_run_id(),
+    )
+    return RunContext(config, registry, run, Workspace.for_config(config))
+
+
+def _progress(message: str) -> None:
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
+@contextmanager
+def stage(context: RunContext, name: str) -> Iterator[None]:
+    """Audit events stage_started / stage_completed / stage_failed around one stage of a run."""
+    audit = context.registry.audit
+    audit.append(event_type="stage_started", subject=context.subject, payload={"stage": name})
+    _progress(f"▶ {name}")
+    started = time.perf_counter()
+    try:
+        yield
+    except BaseException as exc:
+        audit.append(
+            event_type="stage_failed",
+            subject=context.subject,
+            payload={"stage": name, "error": str(exc) or type(exc).__name__},
+        )
+        _progress(f"✗ {name} failed after {time.perf_counter() - started:.1f}s")
+        raise
+    seconds = round(time.perf_counter() - started, 3)
+    audit.append(
+        event_type="stage_completed", subject=context.subject, payload={"stage": name, "seconds": seconds},
+    )
+    _progress(f"✓ {name} ({seconds:.1f}s)")
+
+
+@contextmanager
+def tracked_run(config: StewardConfig, registry: Registry, kind: str) -> Iterator[RunContext]:
+    """A registry run that ends completed, or failed with the error when anything raises."""
+    context = start_run_context(config, registry, kind)
+    try:
+        yield context
+    except BaseException as exc:
+        registry.finish_run(context.run.id, status="failed", error=str(exc) or type(exc).__name__)
+        raise
+    registry.finish_run(context.run.id, status="completed")

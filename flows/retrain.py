@@ -1,0 +1,93 @@
+"""The retraining flow: validate → adapt → fine-tune → evaluate → register → gate → report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from prefect import flow
+
+from flows.artifacts import publish_gate_decision, publish_metrics, publish_validation
+from flows.context import RunContext, Workspace, tracked_run
+from flows.stages import (
+    adapt_to_domain,
+    apply_gate,
+    base_model_dir,
+    evaluate_candidate,
+    load_data,
+    register_candidate,
+    score_champion,
+    stop_unless_valid,
+    train_classifier,
+    validate_data,
+)
+from governance.registry import Registry
+from governance.report import write_report
+from steward.config import load_config, resolve_registry_url
+
+
+@dataclass(frozen=True)
+class RetrainOutcome:
+    """What `steward run --json` prints."""
+
+    run_id: str
+    model: str
+    version: int
+    promoted: bool
+    decision: str
+    reasons: list[str]
+    metrics: dict[str, float]
+    baseline_metrics: dict[str, float] | None
+    baseline_version: int | None
+    pretraining_cache_hit: bool | None
+    report: str = ""
+
+
+def retrain_once(context: RunContext) -> RetrainOutcome:
+    """The whole lifecycle for one config inside one registry run."""
+    config = context.config
+    start_dir = base_model_dir(context)
+    data = load_data(context)
+    reports = validate_data(context, data)
+    publish_validation(config.name, reports)
+    stop_unless_valid(reports)
+    pretrained = adapt_to_domain(context, data, start_dir) if config.pretraining.enabled else None
+    finetuned = train_classifier(context, data, pretrained.model_dir if pretrained else start_dir)
+    evaluation = evaluate_candidate(context, data, finetuned.model_dir)
+    champion = score_champion(context, data)
+    candidate = register_candidate(
+        context, data, finetuned, evaluation, champion.version if champion else None,
+    )
+    metrics = evaluation.headline()
+    outcome = apply_gate(context, candidate, metrics, champion)
+    publish_metrics(config.name, metrics, champion.metrics if champion else None)
+    publish_gate_decision(config.name, candidate.version, outcome)
+    return RetrainOutcome(
+        run_id=context.run.id,
+        model=config.name,
+        version=candidate.version,
+        promoted=outcome.outcome == "promoted",
+        decision=outcome.outcome,
+        reasons=outcome.reasons,
+        metrics=metrics,
+        baseline_metrics=champion.metrics if champion else None,
+        baseline_version=champion.version.version if champion else None,
+        pretraining_cache_hit=pretrained.cache_hit if pretrained else None,
+    )
+
+
+@flow(name="steward-retrain", log_prints=False)
+def retrain(config_path: str, registry_url: str | None = None) -> RetrainOutcome:
+    """Retrain the model that `config_path` describes, once, and gate it against the champion."""
+    config = load_config(config_path)
+    registry = Registry.open(resolve_registry_url(registry_url, config))
+    try:
+        with tracked_run(config, registry, "retrain") as context:
+            outcome = retrain_once(context)
+        # Written after the run is closed, so the report shows its final status.
+        report = write_report(
+            registry, config.name, outcome.version,
+            Workspace.for_config(config).reports_dir(config.name) / f"v{outcome.version}.html",
+        )
+        return replace(outcome, report=str(report))
+    finally:
+        registry.close()

@@ -1,0 +1,224 @@
+"""One function per stage: call the task, record what it produced in the registry, audit it.
+
+Both the full retraining flow and the single-stage flows (`steward validate`, `pretrain`, ...)
+are built from these, so a stage behaves the same whichever command runs it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from flows.context import RunContext, stage
+from governance.registry import GateDecisionIn, ModelVersionRecord, ValidationResultIn
+from steward.errors import CheckFailedError
+from tasks.data import TextTable, load_corpus, load_table, split_validation
+from tasks.evaluate import EvaluationResult, evaluate_model
+from tasks.finetune import FineTuneResult, fine_tune
+from tasks.gate import GateOutcome, decide_promotion
+from tasks.modeling import resolve_base_model, sha256_files, verify_files
+from tasks.pretrain import PretrainResult, continue_pretraining
+from tasks.validation import ValidationReport, validate_table
+
+VALIDATION_SPLIT_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class LoadedData:
+    train: TextTable
+    validation: TextTable
+    test: TextTable
+    corpus: TextTable | None
+    dataset_ids: dict[str, int]
+
+
+@dataclass(frozen=True)
+class ChampionScore:
+    version: ModelVersionRecord
+    metrics: dict[str, float]
+    reused_stored_metrics: bool
+
+
+def _record(context: RunContext, table: TextTable) -> int:
+    record = context.registry.record_dataset(
+        role=table.role, source=str(table.source), fingerprint=table.fingerprint,
+        rows=table.rows, schema=table.schema,
+    )
+    return record.id
+
+
+def load_data(context: RunContext, train_override: Path | None = None) -> LoadedData:
+    """Load every split named in the config (validation split off train when absent)."""
+    config, data = context.config, context.config.data
+    with stage(context, "load data"):
+        train_path = train_override or config.resolve(data.train)
+        train = load_table(train_path, data.text_column, data.label_column, "train")
+        test = load_table(config.resolve(data.test), data.text_column, data.label_column, "test")
+        if data.validation is not None:
+            validation = load_table(config.resolve(data.validation), data.text_column, data.label_column,
+                                    "validation")
+        else:
+            train, validation = split_validation(train, VALIDATION_SPLIT_FRACTION, config.seed)
+        corpus = load_corpus(config) if data.domain_corpus is not None else None
+        tables = [train, validation, test] + ([corpus] if corpus is not None else [])
+        dataset_ids = {table.role: _record(context, table) for table in tables}
+    return LoadedData(train, validation, test, corpus, dataset_ids)
+
+
+def validate_data(context: RunContext, data: LoadedData) -> list[ValidationReport]:
+    """Run the expectation suite on train, validation and test; record and audit the outcome."""
+    config = context.config
+    allowed = config.validation.allowed_labels or sorted(set(data.train.labels or []) - {None})
+    columns = (config.data.text_column, config.data.label_column)
+    with stage(context, "validate"):
+        reports = [
+            validate_table(table, config.validation, allowed, *columns)
+            for table in (data.train, data.validation, data.test)
+        ]
+        for report in reports:
+            context.registry.record_validation(
+                run_id=context.run.id,
+                dataset_id=data.dataset_ids.get(report.role),
+                results=[
+                    ValidationResultIn(o.expectation, o.column, o.success, o.observed, o.details)
+                    for o in report.outcomes
+                ],
+            )
+        failures = failed_expectations(reports)
+        if failures:
+            context.registry.audit.append(
+                event_type="validation_failed", subject=context.subject,
+                payload={"model": config.name, "failed_expectations": failures},
+            )
+    return reports
+
+
+def failed_expectations(reports: list[ValidationReport]) -> list[str]:
+    return [line for report in reports for line in report.summary_lines()]
+
+
+def stop_unless_valid(reports: list[ValidationReport]) -> None:
+    """The gate before any training: a failed expectation ends the run (exit 1)."""
+    failures = failed_expectations(reports)
+    if failures:
+        raise CheckFailedError("validation failed: " + "; ".join(failures))
+
+
+def adapt_to_domain(context: RunContext, data: LoadedData, base_model_dir: Path) -> PretrainResult:
+    """Continued pretraining on the domain corpus, or on the training texts when there is none."""
+    config = context.config
+    corpus = data.corpus if data.corpus is not None else data.train
+    with stage(context, "continued pretraining"):
+        result = continue_pretraining(
+            base_model_dir, corpus, config.pretraining, config.seed,
+            output_dir=context.workspace.run_dir(context.run.id) / "pretrain",
+            cache_root=context.workspace.pretrain_cache,
+        )
+        context.registry.log_metrics(
+            run_id=context.run.id,
+            dataset_id=data.dataset_ids.get(corpus.role),
+            metrics={
+                "pretrain_perplexity_before": result.perplexity_before,
+                "pretrain_perplexity_after": result.perplexity_after,
+                "pretrain_steps": float(result.steps),
+                "pretrain_cache_hit": float(result.cache_hit),
+            },
+        )
+        for step, loss in result.loss_curve:
+            context.registry.log_metrics(run_id=context.run.id, metrics={"pretrain_loss": loss}, step=step)
+    return result
+
+
+def base_model_dir(context: RunContext) -> Path:
+    return resolve_base_model(context.config.base_model, context.config.workdir, context.config.allow_pickle)
+
+
+def train_classifier(context: RunContext, data: LoadedData, start_dir: Path) -> FineTuneResult:
+    config = context.config
+    with stage(context, "fine-tuning"):
+        result = fine_tune(
+            start_dir, data.train, data.validation, config.finetuning, config.seed,
+            output_dir=context.workspace.model_dir(config.name, context.run.id),
+            primary_metric=config.evaluation.primary_metric,
+        )
+        for epoch, score in enumerate(result.validation_scores, start=1):
+            context.registry.log_metrics(
+                run_id=context.run.id, metrics={f"validation_{config.evaluation.primary_metric}": score},
+                step=epoch,
+            )
+        for step, loss in result.loss_curve:
+            context.registry.log_metrics(run_id=context.run.id, metrics={"finetune_loss": loss}, step=step)
+    return result
+
+
+def evaluate_candidate(context: RunContext, data: LoadedData, model_dir: Path) -> EvaluationResult:
+    with stage(context, "evaluate candidate"):
+        return evaluate_model(model_dir, data.test, context.config.finetuning.max_seq_length)
+
+
+def register_candidate(
+    context: RunContext, data: LoadedData, finetuned: FineTuneResult, evaluation: EvaluationResult,
+    parent: ModelVersionRecord | None,
+) -> ModelVersionRecord:
+    """Register the fine-tuned weights with their lineage and test metrics."""
+    config = context.config
+    with stage(context, "register"):
+        version = context.registry.register_version(
+            model_name=config.name,
+            run_id=context.run.id,
+            artifact_path=str(finetuned.model_dir),
+            files=sha256_files(finetuned.model_dir),
+            base_model=config.base_model,
+            parent_version=parent.version if parent is not None else None,
+            datasets=data.dataset_ids,
+            require_approval=config.evaluation.require_approval,
+        )
+        context.registry.log_metrics(
+            run_id=context.run.id, version_id=version.id, dataset_id=data.dataset_ids["test"],
+            metrics=evaluation.headline(),
+        )
+    return version
+
+
+def score_champion(context: RunContext, data: LoadedData) -> ChampionScore | None:
+    """The champion's metrics on this test set: stored ones when the test data is unchanged."""
+    registry, config = context.registry, context.config
+    champion = registry.alias_version(config.name, "champion")
+    if champion is None:
+        return None
+    with stage(context, "score champion"):
+        detail = registry.get_version(config.name, champion.version)
+        champion_test = next((d for d in detail.datasets if d.role == "test"), None)
+        if champion_test is not None and champion_test.fingerprint == data.test.fingerprint:
+            return ChampionScore(champion, registry.metrics_for_version(champion.id), True)
+        verify_files(Path(champion.artifact_path), detail.files)
+        evaluation = evaluate_model(Path(champion.artifact_path), data.test, config.finetuning.max_seq_length)
+        return ChampionScore(champion, evaluation.headline(), False)
+
+
+def apply_gate(
+    context: RunContext, candidate: ModelVersionRecord, metrics: dict[str, float],
+    champion: ChampionScore | None,
+) -> GateOutcome:
+    """Decide, record the decision with its numbers, and move the alias it calls for."""
+    config, registry = context.config, context.registry
+    with stage(context, "promotion gate"):
+        outcome = decide_promotion(metrics, champion.metrics if champion else None, config.evaluation)
+        registry.record_gate_decision(GateDecisionIn(
+            run_id=context.run.id,
+            candidate_version_id=candidate.id,
+            champion_version_id=champion.version.id if champion else None,
+            primary_metric=outcome.primary_metric,
+            candidate_score=outcome.candidate_score,
+            champion_score=outcome.champion_score,
+            min_score=config.evaluation.min_score,
+            min_improvement=config.evaluation.min_improvement,
+            passed=outcome.passed,
+            outcome=outcome.outcome,
+            reasons="; ".join(outcome.reasons),
+        ))
+        if outcome.outcome in ("promoted", "challenger"):
+            alias = "champion" if outcome.outcome == "promoted" else "challenger"
+            registry.set_alias(config.name, candidate.version, alias, reason="; ".join(outcome.reasons))
+    return outcome
+

@@ -1,0 +1,177 @@
+"""The `steward` command line.
+
+Start-up must stay fast (`steward --help` well under a second), so this module imports only the
+standard library at load time; each command imports what it needs when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from steward.errors import StewardError
+
+Handler = Callable[[argparse.Namespace], int]
+
+QUIET_THIRD_PARTY_DEFAULTS = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "GX_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "CRITICAL",
+    "PREFECT_SERVER_LOGGING_LEVEL": "ERROR",
+    "PREFECT_LOGGING_LOG_PRINTS": "false",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage dump) and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def _common(parser: argparse.ArgumentParser, *, config: str = "optional", json_flag: bool = True) -> None:
+    parser.add_argument("--registry", metavar="URL", help="SQLAlchemy URL of the model registry")
+    if config == "required":
+        parser.add_argument("--config", required=True, metavar="FILE", help="Steward YAML config")
+    elif config == "optional":
+        parser.add_argument("--config", metavar="FILE", help="config whose registry.url and folder to use")
+    if json_flag:
+        parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def _lazy(module: str, function: str) -> Handler:
+    """A handler that imports its command module only when the command runs."""
+
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(module), function)(args)
+
+    return run
+
+
+def _add_stage_commands(commands: argparse._SubParsersAction) -> None:
+    stages = "steward.commands.stages"
+    demo = commands.add_parser("demo", help="write the demo dataset and config, then run the full flow")
+    demo.add_argument("--workdir", default="steward-demo", metavar="DIR")
+    _common(demo, config="none")
+    demo.set_defaults(handler=_lazy(stages, "demo"))
+
+    run = commands.add_parser("run", help="the full retraining flow once")
+    _common(run, config="required")
+    run.set_defaults(handler=_lazy(stages, "run"))
+
+    validate = commands.add_parser("validate", help="validate the data (Great Expectations)")
+    _common(validate, config="required")
+    validate.add_argument("--data", metavar="PATH", help="validate this file as the training set")
+    validate.set_defaults(handler=_lazy(stages, "validate"))
+
+    for name, helptext in (
+        ("pretrain", "domain-adaptive continued pretraining alone"),
+        ("finetune", "fine-tuning alone (on the adapted checkpoint when there is one)"),
+    ):
+        stage = commands.add_parser(name, help=helptext)
+        _common(stage, config="required")
+        stage.set_defaults(handler=_lazy(stages, name))
+
+    evaluate = commands.add_parser("evaluate", help="score a registered version on the config's test set")
+    _common(evaluate, config="required")
+    evaluate.add_argument("--model", required=True, metavar="NAME:VERSION")
+    evaluate.set_defaults(handler=_lazy(stages, "evaluate"))
+
+
+def _add_registry_commands(commands: argparse._SubParsersAction) -> None:
+    module = "steward.commands.registry"
+    registry = commands.add_parser("registry", help="registered models, versions and aliases")
+    actions = registry.add_subparsers(dest="action", required=True, parser_class=_Parser)
+
+    models = actions.add_parser("models", help="list registered models")
+    _common(models)
+    models.set_defaults(handler=_lazy(module, "models"))
+
+    versions = actions.add_parser("versions", help="list the versions of a model")
+    versions.add_argument("name")
+    _common(versions)
+    versions.set_defaults(handler=_lazy(module, "versions"))
+
+    show = actions.add_parser("show", help="one version: lineage, files, metrics, gate")
+    show.add_argument("ref", metavar="NAME:VERSION")
+    _common(show)
+    show.set_defaults(handler=_lazy(module, "show"))
+
+    promote = actions.add_parser("promote", help="point an alias at a version")
+    promote.add_argument("ref", metavar="NAME:VERSION")
+    promote.add_argument("--alias", default="champion")
+    promote.add_argument("--approver", required=True, metavar="WHO")
+    promote.add_argument("--reason", default="")
+    _common(promote)
+    promote.set_defaults(handler=_lazy(module, "promote"))
+
+    rollback = actions.add_parser("rollback", help="champion back to the previous champion")
+    rollback.add_argument("name")
+    rollback.add_argument("--reason", default="")
+    _common(rollback)
+    rollback.set_defaults(handler=_lazy(module, "rollback"))
+
+
+def _add_audit_commands(commands: argparse._SubParsersAction) -> None:
+    module = "steward.commands.audit"
+    audit = commands.add_parser("audit", help="the hash-chained audit trail")
+    actions = audit.add_subparsers(dest="action", required=True, parser_class=_Parser)
+
+    log = actions.add_parser("log", help="audit events, newest last")
+    log.add_argument("name", nargs="?", help="only events of this model")
+    log.add_argument("--limit", type=int, default=None)
+    _common(log)
+    log.set_defaults(handler=_lazy(module, "log"))
+
+    verify = actions.add_parser("verify", help="recompute the hash chain")
+    _common(verify)
+    verify.set_defaults(handler=_lazy(module, "verify"))
+
+    report = actions.add_parser("report", help="write the audit report of a version")
+    report.add_argument("ref", metavar="NAME:VERSION")
+    report.add_argument("--format", choices=("html", "md"), default="html")
+    report.add_argument("--out", metavar="PATH")
+    _common(report)
+    report.set_defaults(handler=_lazy(module, "report"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="steward", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version="steward 0.1.0")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_stage_commands(commands)
+    _add_registry_commands(commands)
+    _add_audit_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    for key, value in QUIET_THIRD_PARTY_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except StewardError as exc:
+        sys.stderr.write(f"steward: error: {exc}\n")
+        if getattr(args, "json", False):
+            import json
+
+            sys.stdout.write(json.dumps({"ok": False, "error": str(exc), "exit_code": exc.exit_code}) + "\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("steward: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

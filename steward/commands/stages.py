@@ -1,0 +1,110 @@
+"""`steward demo | run | validate | pretrain | finetune | evaluate`: run a flow, print its outcome."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from steward.commands.common import console, emit, parse_ref
+
+
+def _metrics_table(title: str, metrics: dict[str, float], baseline: dict[str, float] | None = None):
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("candidate", justify="right")
+    if baseline is not None:
+        table.add_column("champion", justify="right")
+        table.add_column("delta", justify="right")
+    for name, value in sorted(metrics.items()):
+        row = [name, f"{value:.4f}"]
+        if baseline is not None:
+            old = baseline.get(name)
+            row += ["—", "—"] if old is None else [f"{old:.4f}", f"{value - old:+.4f}"]
+        table.add_row(*row)
+    return table
+
+
+def _print_retrain(outcome) -> None:
+    out = console()
+    baseline = f" against champion v{outcome.baseline_version}" if outcome.baseline_version else ""
+    out.print(_metrics_table(f"{outcome.model} v{outcome.version}: test metrics{baseline}",
+                             outcome.metrics, outcome.baseline_metrics))
+    style = {"promoted": "bold green", "challenger": "bold yellow"}.get(outcome.decision, "bold red")
+    out.print(f"Gate: [{style}]{outcome.decision}[/] — " + "; ".join(outcome.reasons))
+    out.print(f"Audit report: {outcome.report}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from flows.retrain import retrain
+
+    outcome = retrain(config_path=args.config, registry_url=args.registry)
+    emit(args, outcome, lambda: _print_retrain(outcome))
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    from steward.demo import write_demo
+
+    config_path = write_demo(Path(args.workdir))
+    if not args.json:
+        console().print(f"Demo data and config written to {config_path.parent}; running the flow…")
+    args.config = str(config_path)
+    return run(args)
+
+
+def validate(args: argparse.Namespace) -> int:
+    from flows.single_stage import validate_only
+
+    outcome = validate_only(config_path=args.config, registry_url=args.registry, data_path=args.data)
+
+    def render() -> None:
+        out = console()
+        checked = ", ".join(f"{role}: {count} expectations" for role, count in outcome.checked.items())
+        if outcome.success:
+            out.print(f"[green]Validation passed[/] ({checked})")
+            return
+        out.print(f"[red]Validation failed[/] ({checked}):")
+        for line in outcome.failed_expectations:
+            out.print(f"  • {line}")
+
+    emit(args, outcome, render)
+    return 0 if outcome.success else 1
+
+
+def pretrain(args: argparse.Namespace) -> int:
+    from flows.single_stage import pretrain_only
+
+    result = pretrain_only(config_path=args.config, registry_url=args.registry)
+
+    def render() -> None:
+        cached = " (cached checkpoint reused)" if result.cache_hit else ""
+        console().print(
+            f"Adapted checkpoint{cached}: {result.model_dir}\n"
+            f"Held-out perplexity {result.perplexity_before:.2f} → {result.perplexity_after:.2f} "
+            f"after {result.steps} steps"
+        )
+
+    emit(args, result, render)
+    return 0
+
+
+def finetune(args: argparse.Namespace) -> int:
+    from flows.single_stage import finetune_only
+
+    outcome = finetune_only(config_path=args.config, registry_url=args.registry)
+    emit(args, outcome, lambda: console().print(
+        _metrics_table(f"{outcome.model} v{outcome.version} (registered, no alias)", outcome.metrics)
+    ))
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from flows.single_stage import evaluate_version
+
+    name, version = parse_ref(args.model)
+    outcome = evaluate_version(config_path=args.config, model_name=name, version=version,
+                               registry_url=args.registry)
+    emit(args, outcome, lambda: console().print(_metrics_table(f"{name} v{version}", outcome.metrics)))
+    return 0
