@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Literal
@@ -125,10 +126,23 @@ def resolve_registry_url(override: str | None, config: StewardConfig | None) -> 
     return f"sqlite:///{(workdir / '.steward' / 'registry.db').resolve()}"
 
 
+def _known_keys(location: tuple) -> list[str]:
+    """The keys allowed in the section that holds `location` (for 'did you mean')."""
+    section: type[BaseModel] = StewardConfig
+    for part in location[:-1]:
+        annotation = section.model_fields[str(part)].annotation if str(part) in section.model_fields else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        section = annotation
+    return [key for key in section.model_fields if key != "workdir"]
+
+
 def _describe(error: dict) -> str:
     location = ".".join(str(part) for part in error["loc"])
     if error["type"] == "extra_forbidden":
-        return f"unknown key '{location}'"
+        close = difflib.get_close_matches(str(error["loc"][-1]), _known_keys(error["loc"]), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"unknown key '{location}'{hint}"
     if error["type"] == "missing":
         return f"missing required key '{location}'"
     return f"key '{location}': {error['msg']}" if location else error["msg"]

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from steward.commands.common import console, emit, parse_ref
+from steward.config import load_config
 
 
 def _metrics_table(title: str, metrics: dict[str, float], baseline: dict[str, float] | None = None):
@@ -37,6 +38,7 @@ def _print_retrain(outcome) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    load_config(args.config)  # fail fast on a bad config, before Prefect starts
     from flows.retrain import retrain
 
     outcome = retrain(config_path=args.config, registry_url=args.registry)
@@ -55,6 +57,7 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def validate(args: argparse.Namespace) -> int:
+    load_config(args.config)  # fail fast on a bad config, before Prefect starts
     from flows.single_stage import validate_only
 
     outcome = validate_only(config_path=args.config, registry_url=args.registry, data_path=args.data)
@@ -74,6 +77,7 @@ def validate(args: argparse.Namespace) -> int:
 
 
 def pretrain(args: argparse.Namespace) -> int:
+    load_config(args.config)  # fail fast on a bad config, before Prefect starts
     from flows.single_stage import pretrain_only
 
     result = pretrain_only(config_path=args.config, registry_url=args.registry)
@@ -91,6 +95,7 @@ def pretrain(args: argparse.Namespace) -> int:
 
 
 def finetune(args: argparse.Namespace) -> int:
+    load_config(args.config)  # fail fast on a bad config, before Prefect starts
     from flows.single_stage import finetune_only
 
     outcome = finetune_only(config_path=args.config, registry_url=args.registry)
@@ -101,6 +106,7 @@ def finetune(args: argparse.Namespace) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
+    load_config(args.config)  # fail fast on a bad config, before Prefect starts
     from flows.single_stage import evaluate_version
 
     name, version = parse_ref(args.model)

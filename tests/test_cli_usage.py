@@ -1,0 +1,100 @@
+"""The command line's promises that need no model: exit codes, one-line errors, fast start-up."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from steward.cli import main
+
+STEWARD = [sys.executable, "-m", "steward.cli"]
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+MINIMAL_CONFIG = """\
+name: tickets
+data:
+  train: train.csv
+  test: test.csv
+"""
+
+
+def test_help_exits_zero_without_importing_heavy_libraries() -> None:
+    probe = (
+        "import sys; from steward.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit as e:\n    code = e.code\n"
+        "heavy = [m for m in ('torch', 'transformers', 'prefect', 'sqlalchemy', 'great_expectations',"
+        " 'pandas') if m in sys.modules]\n"
+        "print('HEAVY', heavy, 'CODE', code)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY [] CODE 0" in out
+
+
+def test_unknown_command_is_one_line_exit_2() -> None:
+    result = subprocess.run([*STEWARD, "frobnicate"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "invalid choice: 'frobnicate'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_required_option_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run"])
+    assert exit_info.value.code == 2
+    assert "--config" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("config_text", "expected"),
+    [
+        (MINIMAL_CONFIG + "colour: blue\n", "unknown key 'colour'"),
+        (MINIMAL_CONFIG + "pretraning:\n  enabled: false\n", "unknown key 'pretraning'"),
+        (MINIMAL_CONFIG + "finetuning:\n  epoch: 3\n", "unknown key 'finetuning.epoch'"),
+        ("name: tickets\n", "missing required key 'data'"),
+        (MINIMAL_CONFIG + "seed: [1, 2\n", "YAML syntax error at line 6"),
+        (MINIMAL_CONFIG + "finetuning:\n  epochs: -1\n", "key 'finetuning.epochs'"),
+        ("- just\n- a list\n", "must be a YAML mapping"),
+    ],
+)
+def test_bad_config_names_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], config_text: str, expected: str,
+) -> None:
+    config = _write(tmp_path / "steward.yaml", config_text)
+    code = main(["validate", "--config", str(config), "--registry", f"sqlite:///{tmp_path}/r.db"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert expected in err
+    assert str(config) in err
+    assert err.count("\n") == 1
+
+
+def test_missing_config_file_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["run", "--config", str(tmp_path / "nope.yaml")])
+    assert code == 2
+    assert "nope.yaml: config file not found" in capsys.readouterr().err
+
+
+def test_json_error_is_one_object_on_stdout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    code = main(["run", "--config", str(tmp_path / "nope.yaml"), "--json"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert json.loads(captured.out) == {
+        "ok": False, "error": f"{tmp_path / 'nope.yaml'}: config file not found", "exit_code": 2,
+    }
+
+
+def test_bad_model_reference_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["registry", "show", "no-version-here", "--registry", f"sqlite:///{tmp_path}/r.db"])
+    assert code == 2
+    assert "is not NAME:VERSION" in capsys.readouterr().err
