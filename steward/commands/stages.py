@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
     outcome = retrain(config_path=args.config, registry_url=args.registry)
     emit(args, outcome, lambda: _print_retrain(outcome))
-    return 0
+    return 1 if outcome.decision == "rejected" else 0
 
 
 def demo(args: argparse.Namespace) -> int:

@@ -1,0 +1,245 @@
+"""Append-only, hash-chained audit log.
+
+Event ``n`` stores ``prev_hash`` (the hash of event ``n-1``, 64 zeros for the first) and ``hash``, the
+SHA-256 of the canonical JSON of its own body. Editing, deleting or reordering rows breaks either a hash
+or a link, and ``verify`` names the first event where that happens. Appends hold the registry write lock
+(``governance.db``) while reading the chain head, so concurrent writers queue and never fork the chain.
+"""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, insert, or_, select
+
+from governance.db import PG_WRITE_LOCK_KEY, read_only
+from governance.models import AuditEvent
+from governance.redact import redact
+
+GENESIS_HASH = "0" * 64
+_TABLE = AuditEvent.__table__
+_COLUMNS = (
+    _TABLE.c.seq,
+    _TABLE.c.created_at,
+    _TABLE.c.actor,
+    _TABLE.c.event_type,
+    _TABLE.c.subject,
+    _TABLE.c.payload,
+    _TABLE.c.prev_hash,
+    _TABLE.c.hash,
+)
+_HEAD = select(_TABLE.c.seq, _TABLE.c.hash).order_by(_TABLE.c.seq.desc()).limit(1)
+# Two statements in one round trip: the SELECT gets its own snapshot, taken after the lock is granted.
+_PG_LOCKED_HEAD = (
+    f"SELECT pg_advisory_xact_lock({PG_WRITE_LOCK_KEY}); SELECT seq, hash FROM {_TABLE.name} ORDER BY seq DESC LIMIT 1"
+)
+_INSERT = insert(_TABLE)
+_VERIFY_BATCH = 20_000
+
+
+def canonical_json(value: Any) -> str:
+    """The one JSON spelling that is hashed: sorted keys, no spaces, UTF-8 kept, odd objects as str."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def default_actor() -> str:
+    """Who is acting: ``STEWARD_ACTOR`` if set, else the OS user."""
+    return os.environ.get("STEWARD_ACTOR", "").strip() or _os_user()
+
+
+@functools.cache
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name and no passwd entry (some containers)
+        return "unknown"
+
+
+def event_hash(
+    seq: int, created_at: str, actor: str, event_type: str, subject: str, payload: str, prev_hash: str
+) -> str:
+    """SHA-256 of the canonical JSON of an event body; ``payload`` is the stored canonical JSON text."""
+    body = {
+        "seq": seq,
+        "created_at": created_at,
+        "actor": actor,
+        "event_type": event_type,
+        "subject": subject,
+        "payload": payload,
+        "prev_hash": prev_hash,
+    }
+    return hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class EventIn:
+    """An event to append; ``actor`` None means ``default_actor()``."""
+
+    event_type: str
+    subject: str
+    payload: Mapping[str, Any] = field(default_factory=dict)
+    actor: str | None = None
+
+
+@dataclass(frozen=True)
+class AuditEventRecord:
+    seq: int
+    created_at: str
+    actor: str
+    event_type: str
+    subject: str
+    payload: Any
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True)
+class ChainVerification:
+    ok: bool
+    events_checked: int
+    first_broken_seq: int | None
+    reason: str | None
+
+
+class AuditLog:
+    """The audit trail of one registry database."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._read_engine = read_only(engine)
+
+    def append(
+        self,
+        event_type: str,
+        subject: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        actor: str | None = None,
+    ) -> AuditEventRecord:
+        """Append one event in its own transaction."""
+        with self._engine.begin() as conn:
+            return self.append_in(conn, event_type, subject, payload, actor=actor)
+
+    def append_in(
+        self,
+        conn: Connection,
+        event_type: str,
+        subject: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        actor: str | None = None,
+    ) -> AuditEventRecord:
+        """Append inside the caller's write transaction on a registry engine (``db.create_registry_engine``).
+
+        The event then commits or rolls back together with the caller's other writes.
+        """
+        (row,) = _chain(_locked_head(conn), [EventIn(event_type, subject, payload or {}, actor)])
+        conn.execute(_INSERT, row)
+        return _record(row)
+
+    def append_many(self, events: Iterable[EventIn], *, batch_size: int = 5_000) -> int:
+        """Append events in transactions of ``batch_size`` (bulk loads); returns how many were appended."""
+        total = 0
+        for batch in _batches(events, batch_size):
+            with self._engine.begin() as conn:
+                conn.execute(_INSERT, _chain(_locked_head(conn), batch))
+            total += len(batch)
+        return total
+
+    def events(self, subject_prefix: str | None = None, limit: int | None = None) -> list[AuditEventRecord]:
+        """Events in chain order. ``subject_prefix`` NAME keeps subjects NAME and NAME:*; ``limit`` keeps
+        the newest ``limit`` events."""
+        stmt = select(*_COLUMNS).order_by(_TABLE.c.seq.desc())
+        if subject_prefix is not None:
+            subject = _TABLE.c.subject
+            stmt = stmt.where(or_(subject == subject_prefix, subject.startswith(subject_prefix + ":", autoescape=True)))
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self._read_engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        return [_record(row._asdict()) for row in reversed(rows)]
+
+    def verify(self) -> ChainVerification:
+        """Recompute every hash and link in seq order, streaming; stops at the first broken event."""
+        checked = 0
+        prev_hash = GENESIS_HASH
+        with self._read_engine.connect() as conn:
+            result = conn.execution_options(yield_per=_VERIFY_BATCH).execute(select(*_COLUMNS).order_by(_TABLE.c.seq))
+            for expected_seq, row in enumerate(result.tuples(), start=1):
+                problem = _check(row, expected_seq, prev_hash)
+                if problem is not None:
+                    return ChainVerification(False, checked, *problem)
+                prev_hash = row[7]
+                checked += 1
+        return ChainVerification(True, checked, None, None)
+
+
+def _locked_head(conn: Connection) -> tuple[int, str]:
+    """The last (seq, hash), read under the registry write lock.
+
+    SQLite transactions on a registry engine start with BEGIN IMMEDIATE, so they hold the lock already.
+    On PostgreSQL the advisory lock is taken here (again, if the caller has it: it is re-entrant) in
+    the same round trip as the read, which keeps single appends fast.
+    """
+    if conn.dialect.name == "postgresql":
+        head = conn.exec_driver_sql(_PG_LOCKED_HEAD).first()
+    else:
+        head = conn.execute(_HEAD).first()
+    return (0, GENESIS_HASH) if head is None else (head[0], head[1])
+
+
+def _chain(head: tuple[int, str], events: Iterable[EventIn]) -> list[dict[str, Any]]:
+    """Rows for ``events``, linked onto ``head`` (the last stored seq and hash)."""
+    seq, prev_hash = head
+    rows = []
+    for item in events:
+        seq += 1
+        row = {
+            "seq": seq,
+            "created_at": datetime.now(UTC).isoformat(timespec="microseconds"),
+            "actor": item.actor or default_actor(),
+            "event_type": item.event_type,
+            "subject": item.subject,
+            "payload": canonical_json(redact(dict(item.payload))),
+            "prev_hash": prev_hash,
+        }
+        prev_hash = row["hash"] = event_hash(**row)
+        rows.append(row)
+    return rows
+
+
+def _check(row: tuple, expected_seq: int, prev_hash: str) -> tuple[int, str] | None:
+    """(first broken seq, reason) for a stored row, or None when it links and hashes correctly."""
+    seq, created_at, actor, event_type, subject, payload, stored_prev, stored_hash = row
+    if seq != expected_seq:
+        if seq > expected_seq:
+            return expected_seq, f"event {expected_seq} is missing (event {seq} follows {expected_seq - 1})"
+        return seq, f"event {seq} is out of sequence (expected {expected_seq})"
+    if stored_prev != prev_hash:
+        return seq, f"event {seq} does not link to event {seq - 1} (prev_hash mismatch)"
+    if event_hash(seq, created_at, actor, event_type, subject, payload, stored_prev) != stored_hash:
+        return seq, f"event {seq} was altered (its hash does not match its contents)"
+    return None
+
+
+def _record(row: Mapping[str, Any]) -> AuditEventRecord:
+    return AuditEventRecord(**{**row, "payload": json.loads(row["payload"])})
+
+
+def _batches(events: Iterable[EventIn], size: int) -> Iterator[list[EventIn]]:
+    batch: list[EventIn] = []
+    for item in events:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

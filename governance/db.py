@@ -1,0 +1,97 @@
+"""Engines, write serialisation and schema migrations for the registry database.
+
+Every write transaction takes one database-wide write lock before it reads anything it depends on
+(the audit chain head, the next version number): ``BEGIN IMMEDIATE`` on SQLite, a transaction-level
+advisory lock on PostgreSQL. Writers in any number of processes therefore queue instead of forking
+the audit chain or duplicating version numbers.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import URL, make_url
+
+from governance.models import json_dumps
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+# Arbitrary constant shared by every Steward process ("Steward" in ASCII).
+PG_WRITE_LOCK_KEY = 0x53746577617264
+# Execution option that marks an engine whose transactions only read (plain deferred BEGIN on SQLite).
+_READ_ONLY = "steward_read_only"
+_LOCK_STMT = text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=PG_WRITE_LOCK_KEY)
+
+
+def create_registry_engine(url: str | URL) -> Engine:
+    """An engine for the registry; SQLite gets WAL, a 30 s busy timeout, foreign keys and BEGIN IMMEDIATE."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(parsed, json_serializer=json_dumps)
+    _create_parent_dir(parsed)
+    engine = create_engine(parsed, json_serializer=json_dumps)
+    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def read_only(engine: Engine) -> Engine:
+    """The same engine (same pool) for transactions that never write: SQLite readers then do not queue."""
+    return engine.execution_options(**{_READ_ONLY: True})
+
+
+def _create_parent_dir(url: URL) -> None:
+    database = url.database or ""
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Take BEGIN away from pysqlite so that _sqlite_on_begin decides how each transaction starts.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    for pragma in ("busy_timeout = 30000", "journal_mode = WAL", "foreign_keys = ON", "synchronous = NORMAL"):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    read_only_tx = conn.get_execution_options().get(_READ_ONLY, False)
+    conn.exec_driver_sql("BEGIN" if read_only_tx else "BEGIN IMMEDIATE")
+
+
+def lock_for_write(conn: Connection) -> None:
+    """Take the registry-wide write lock for the current transaction (SQLite already has it from BEGIN)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(_LOCK_STMT)
+
+
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Upgrade the schema to ``revision`` under the write lock, so concurrent openers migrate once."""
+    with engine.begin() as conn:
+        lock_for_write(conn)
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        config.attributes["connection"] = conn
+        command.upgrade(config, revision)
+
+
+@contextmanager
+def scratch_database(server_url: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database on the server of ``server_url``, dropped on exit (tests, benchmarks)."""
+    name = f"steward_scratch_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

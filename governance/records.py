@@ -1,0 +1,172 @@
+"""Frozen values the registry accepts and returns; none of them holds a database session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    id: int
+    role: str
+    source: str
+    fingerprint: str
+    rows: int
+    schema: dict[str, str]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: str
+    kind: str
+    model_name: str
+    status: str
+    flow_run_id: str | None
+    config: dict[str, Any]
+    code_version: str
+    package_versions: dict[str, str]
+    seed: int
+    author: str
+    started_at: datetime
+    finished_at: datetime | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class ModelVersionRecord:
+    id: int
+    model_name: str
+    version: int
+    artifact_path: str
+    base_model: str
+    parent_version: int | None
+    run_id: str
+    status: str
+    created_at: datetime
+    created_by: str
+
+
+@dataclass(frozen=True)
+class ArtifactFileRecord:
+    relative_path: str
+    sha256: str
+    size_bytes: int | None
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    name: str
+    latest_version: int | None
+    version_count: int
+    aliases: dict[str, int]
+    created_at: datetime
+    require_approval: bool
+    description: str
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    model_name: str
+    alias: str
+    version: int
+    previous_version: int | None
+    action: str  # promote | rollback | set
+    actor: str
+    reason: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ValidationResultIn:
+    expectation: str
+    column: str | None
+    success: bool
+    observed: object
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ValidationResultRecord:
+    id: int
+    run_id: str
+    dataset_id: int | None
+    expectation: str
+    column: str | None
+    success: bool
+    observed: object
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class GateDecisionIn:
+    run_id: str
+    candidate_version_id: int
+    champion_version_id: int | None
+    primary_metric: str
+    candidate_score: float
+    champion_score: float | None
+    min_score: float
+    min_improvement: float
+    passed: bool
+    outcome: str  # promoted | challenger | rejected
+    reasons: str = ""
+
+
+@dataclass(frozen=True)
+class GateDecisionRecord:
+    id: int
+    model_name: str
+    candidate_version: int
+    champion_version: int | None
+    run_id: str
+    candidate_version_id: int
+    champion_version_id: int | None
+    primary_metric: str
+    candidate_score: float
+    champion_score: float | None
+    min_score: float
+    min_improvement: float
+    passed: bool
+    outcome: str
+    reasons: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class DriftReportIn:
+    model_name: str
+    drift_detected: bool
+    drift_share: float
+    report_path: str
+    details: dict[str, Any]
+    run_id: str | None = None
+    version_id: int | None = None
+
+
+@dataclass(frozen=True)
+class DriftReportRecord:
+    id: int
+    model_name: str
+    drift_detected: bool
+    drift_share: float
+    report_path: str
+    details: dict[str, Any]
+    run_id: str | None
+    version_id: int | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ModelVersionDetail:
+    """A version with its lineage and evidence, for ``registry show`` and audit reports."""
+
+    version: ModelVersionRecord
+    files: list[ArtifactFileRecord]
+    datasets: dict[str, DatasetRecord]  # role -> dataset
+    metrics: dict[str, float]
+    aliases: list[str]
+    run: RunRecord
+    gate_decision: GateDecisionRecord | None

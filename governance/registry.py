@@ -1,0 +1,777 @@
+"""The registry API: models, versions, lineage, runs, metrics, gate decisions, drift, aliases.
+
+Every mutating call runs in one transaction that holds the registry write lock and appends its audit
+event on the same connection, so a change and its audit event commit or fail together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, fields
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from alembic.util.exc import CommandError
+from sqlalchemy import Engine, Result, Select, func, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, aliased
+
+from governance.audit import AuditLog, ChainVerification, canonical_json, default_actor
+from governance.db import create_registry_engine, lock_for_write, migrate, read_only
+from governance.models import (
+    Alias,
+    AliasHistory,
+    ArtifactFile,
+    Dataset,
+    DriftReport,
+    GateDecision,
+    Metric,
+    ModelVersion,
+    RegisteredModel,
+    Run,
+    ValidationResult,
+    VersionDataset,
+    json_dumps,
+    utcnow,
+)
+from governance.records import (
+    AliasMove,
+    ArtifactFileRecord,
+    DatasetRecord,
+    DriftReportIn,
+    DriftReportRecord,
+    GateDecisionIn,
+    GateDecisionRecord,
+    ModelSummary,
+    ModelVersionDetail,
+    ModelVersionRecord,
+    RunRecord,
+    ValidationResultIn,
+    ValidationResultRecord,
+)
+from governance.redact import mask_url, redact, redact_text
+from steward.errors import BadInputError, CheckFailedError
+
+__all__ = [
+    "AliasMove",
+    "ArtifactFileRecord",
+    "AuditLog",
+    "ChainVerification",
+    "DatasetRecord",
+    "DriftReportIn",
+    "DriftReportRecord",
+    "GateDecisionIn",
+    "GateDecisionRecord",
+    "ModelSummary",
+    "ModelVersionDetail",
+    "ModelVersionRecord",
+    "Registry",
+    "RunRecord",
+    "ValidationResultIn",
+    "ValidationResultRecord",
+    "default_actor",
+    "mask_url",
+]
+
+CHAMPION = "champion"
+RUN_STATUSES = ("completed", "failed")
+GATE_OUTCOMES = ("promoted", "challenger", "rejected")
+STALE_RUN_ERROR = "stale: process died"
+_GATE_PAYLOAD_FIELDS = (
+    "run_id",
+    "champion_version",
+    "primary_metric",
+    "candidate_score",
+    "champion_score",
+    "min_score",
+    "min_improvement",
+    "passed",
+    "outcome",
+    "reasons",
+)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_R = TypeVar("_R")
+
+_Parent = aliased(ModelVersion)
+_Champion = aliased(ModelVersion)
+
+
+def _version_query() -> Select:
+    """Columns in ModelVersionRecord field order (records are built positionally: 10,000 rows stay fast)."""
+    return (
+        select(
+            ModelVersion.id,
+            RegisteredModel.name.label("model_name"),
+            ModelVersion.version,
+            ModelVersion.artifact_path,
+            ModelVersion.base_model,
+            _Parent.version.label("parent_version"),
+            ModelVersion.run_id,
+            ModelVersion.status,
+            ModelVersion.created_at,
+            ModelVersion.created_by,
+        )
+        .join(RegisteredModel, RegisteredModel.id == ModelVersion.model_id)
+        .outerjoin(_Parent, _Parent.id == ModelVersion.parent_version_id)
+    )
+
+
+def _gate_query() -> Select:
+    """Columns in GateDecisionRecord field order."""
+    decision_columns = [c for c in GateDecision.__table__.c if c.name != "id"]
+    return (
+        select(
+            GateDecision.id,
+            RegisteredModel.name.label("model_name"),
+            ModelVersion.version.label("candidate_version"),
+            _Champion.version.label("champion_version"),
+            *decision_columns,
+        )
+        .join(ModelVersion, ModelVersion.id == GateDecision.candidate_version_id)
+        .join(RegisteredModel, RegisteredModel.id == ModelVersion.model_id)
+        .outerjoin(_Champion, _Champion.id == GateDecision.champion_version_id)
+    )
+
+
+def _to_record(cls: type[_R], obj: object, **overrides: Any) -> _R:
+    """Copy the dataclass's fields from an ORM object (same attribute names), plus overrides."""
+    values = {f.name: getattr(obj, f.name) for f in fields(cls) if f.name not in overrides}  # type: ignore[arg-type]
+    return cls(**values, **overrides)
+
+
+def _core(session: Session, stmt: Select) -> Result:
+    """Run a column query on the session's connection, skipping ORM result processing."""
+    return session.connection().execute(stmt)
+
+
+def _subject(model_name: str, version: int) -> str:
+    return f"{model_name}:{version}"
+
+
+def _error_reason(exc: BaseException) -> str:
+    """First line of the underlying driver error, with any URL password masked."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return redact_text(text.splitlines()[0] if text else type(exc).__name__)
+
+
+class Registry:
+    """A handle on one registry database. Open with ``Registry.open(url)``; close when done."""
+
+    def __init__(self, engine: Engine, masked_url: str) -> None:
+        self._engine = engine
+        self._read_engine = read_only(engine)
+        self._audit = AuditLog(engine)
+        self.url = masked_url
+
+    @classmethod
+    def open(cls, url: str) -> Registry:
+        """Connect and upgrade the schema to the newest migration."""
+        masked = mask_url(url)
+        engine = None
+        try:
+            engine = create_registry_engine(url)
+            migrate(engine)
+        except (SQLAlchemyError, CommandError, ImportError, OSError) as exc:
+            if engine is not None:
+                engine.dispose()
+            raise BadInputError(f"cannot open registry {masked}: {_error_reason(exc)}") from None
+        return cls(engine, masked)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def audit(self) -> AuditLog:
+        return self._audit
+
+    # -- transactions and lookups ------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        """A session whose transaction holds the registry write lock; commits on success."""
+        with Session(self._engine, expire_on_commit=False) as session, session.begin():
+            lock_for_write(session.connection())
+            yield session
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with Session(self._read_engine) as session:
+            yield session
+
+    def _event(
+        self,
+        session: Session,
+        event_type: str,
+        subject: str,
+        payload: dict[str, Any],
+        actor: str | None = None,
+    ) -> None:
+        session.flush()
+        self._audit.append_in(session.connection(), event_type, subject, payload, actor=actor)
+
+    @staticmethod
+    def _find_model(session: Session, name: str) -> RegisteredModel | None:
+        return session.scalars(select(RegisteredModel).where(RegisteredModel.name == name)).first()
+
+    @classmethod
+    def _model(cls, session: Session, name: str) -> RegisteredModel:
+        model = cls._find_model(session, name)
+        if model is None:
+            raise BadInputError(f"no model named {name!r}")
+        return model
+
+    @classmethod
+    def _version(cls, session: Session, model_name: str, version: int) -> tuple[RegisteredModel, ModelVersion]:
+        model = cls._model(session, model_name)
+        row = session.scalars(
+            select(ModelVersion).where(ModelVersion.model_id == model.id, ModelVersion.version == version)
+        ).first()
+        if row is None:
+            raise BadInputError(f"model {model_name!r} has no version {version}")
+        return model, row
+
+    @staticmethod
+    def _run(session: Session, run_id: str) -> Run:
+        run = session.get(Run, run_id)
+        if run is None:
+            raise BadInputError(f"no run {run_id!r}")
+        return run
+
+    @staticmethod
+    def _version_by_id(session: Session, version_id: int) -> ModelVersionRecord:
+        row = _core(session, _version_query().where(ModelVersion.id == version_id)).first()
+        if row is None:
+            raise BadInputError(f"no model version with id {version_id}")
+        return ModelVersionRecord(*row)
+
+    # -- datasets and runs -------------------------------------------------------------------------
+
+    def record_dataset(
+        self, *, role: str, source: str, fingerprint: str, rows: int, schema: dict[str, str]
+    ) -> DatasetRecord:
+        """The dataset row for this content and role; an existing one is reused, not duplicated."""
+        with self._write() as session:
+            existing = session.scalars(
+                select(Dataset).where(Dataset.fingerprint == fingerprint, Dataset.role == role)
+            ).first()
+            if existing is not None:
+                return _to_record(DatasetRecord, existing)
+            dataset = Dataset(role=role, source=redact_text(source), fingerprint=fingerprint, rows=rows)
+            dataset.schema = dict(schema)
+            session.add(dataset)
+            session.flush()
+            payload = {"dataset_id": dataset.id, "role": role, "source": source, "rows": rows}
+            self._event(session, "dataset_recorded", f"dataset:{fingerprint[:12]}", payload)
+            return _to_record(DatasetRecord, dataset)
+
+    def start_run(
+        self,
+        *,
+        kind: str,
+        model_name: str,
+        config: dict,
+        seed: int,
+        code_version: str,
+        package_versions: dict[str, str],
+        author: str | None = None,
+        flow_run_id: str | None = None,
+    ) -> RunRecord:
+        """A new run in status 'running'. URL passwords in ``config`` are masked before storing."""
+        author = author or default_actor()
+        snapshot = json.loads(json_dumps(redact(config)))  # exactly what the JSON column stores
+        run = Run(
+            id=str(uuid.uuid4()),
+            kind=kind,
+            model_name=model_name,
+            status="running",
+            flow_run_id=flow_run_id,
+            config=snapshot,
+            code_version=code_version,
+            package_versions=dict(package_versions),
+            seed=seed,
+            author=author,
+            started_at=utcnow(),
+        )
+        with self._write() as session:
+            session.add(run)
+            payload = {
+                "run_id": run.id,
+                "kind": kind,
+                "seed": seed,
+                "code_version": code_version,
+                "flow_run_id": flow_run_id,
+                "config_sha256": hashlib.sha256(canonical_json(snapshot).encode()).hexdigest(),
+            }
+            self._event(session, "run_started", model_name, payload, actor=author)
+            return _to_record(RunRecord, run)
+
+    def finish_run(self, run_id: str, *, status: str, error: str | None = None) -> RunRecord:
+        if status not in RUN_STATUSES:
+            raise BadInputError(f"run status must be one of {', '.join(RUN_STATUSES)}, not {status!r}")
+        with self._write() as session:
+            run = self._run(session, run_id)
+            if run.status != "running":
+                raise BadInputError(f"run {run_id!r} has already {run.status}")
+            self._close_run(session, run, status, error)
+            return _to_record(RunRecord, run)
+
+    def _close_run(self, session: Session, run: Run, status: str, error: str | None) -> None:
+        run.status = status
+        run.finished_at = utcnow()
+        run.error = None if error is None else redact_text(error)
+        payload = {"run_id": run.id, "kind": run.kind, "status": status, "error": run.error}
+        self._event(session, f"run_{status}", run.model_name, payload)
+
+    def get_run(self, run_id: str) -> RunRecord:
+        with self._read() as session:
+            return _to_record(RunRecord, self._run(session, run_id))
+
+    def fail_stale_runs(self, older_than_s: float) -> list[str]:
+        """Mark runs still 'running' after ``older_than_s`` seconds as failed (their process died)."""
+        cutoff = utcnow() - timedelta(seconds=older_than_s)
+        with self._write() as session:
+            stale = session.scalars(
+                select(Run).where(Run.status == "running", Run.started_at < cutoff).order_by(Run.started_at)
+            ).all()
+            for run in stale:
+                self._close_run(session, run, "failed", STALE_RUN_ERROR)
+            return [run.id for run in stale]
+
+    # -- versions and lineage ----------------------------------------------------------------------
+
+    def register_version(
+        self,
+        *,
+        model_name: str,
+        run_id: str,
+        artifact_path: str,
+        files: dict[str, str],
+        base_model: str,
+        parent_version: int | None = None,
+        datasets: dict[str, int] | None = None,
+        require_approval: bool = False,
+    ) -> ModelVersionRecord:
+        """Register the next version (max + 1, numbered under the write lock) with its files and datasets.
+
+        ``files`` maps paths relative to ``artifact_path`` to sha256; ``datasets`` maps role to dataset id.
+        The model is created on first registration; ``require_approval`` updates its promotion policy.
+        """
+        _check_sha256(files)
+        datasets = datasets or {}
+        with self._write() as session:
+            self._run(session, run_id)
+            model = self._model_for_registration(session, model_name, require_approval)
+            parent = self._version(session, model_name, parent_version)[1] if parent_version is not None else None
+            dataset_rows = {role: self._dataset(session, dataset_id) for role, dataset_id in datasets.items()}
+            latest = session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.model_id == model.id))
+            version = ModelVersion(
+                model_id=model.id,
+                version=(latest or 0) + 1,
+                artifact_path=artifact_path,
+                base_model=base_model,
+                parent_version_id=parent.id if parent else None,
+                run_id=run_id,
+                created_by=default_actor(),
+            )
+            session.add(version)
+            session.flush()
+            session.add_all(_artifact_files(version.id, artifact_path, files))
+            session.add_all(
+                VersionDataset(version_id=version.id, role=role, dataset_id=dataset_id)
+                for role, dataset_id in datasets.items()
+            )
+            payload = {
+                "version_id": version.id,
+                "run_id": run_id,
+                "artifact_path": artifact_path,
+                "base_model": base_model,
+                "parent_version": parent_version,
+                "files": files,
+                "datasets": {role: row.fingerprint for role, row in dataset_rows.items()},
+                "require_approval": require_approval,
+            }
+            self._event(session, "version_registered", _subject(model_name, version.version), payload)
+            return self._version_by_id(session, version.id)
+
+    def _model_for_registration(self, session: Session, name: str, require_approval: bool) -> RegisteredModel:
+        model = self._find_model(session, name)
+        if model is None:
+            model = RegisteredModel(name=name, require_approval=require_approval, created_at=utcnow())
+            session.add(model)
+            self._event(session, "model_created", name, {"require_approval": require_approval})
+        model.require_approval = require_approval
+        return model
+
+    @staticmethod
+    def _dataset(session: Session, dataset_id: int) -> Dataset:
+        dataset = session.get(Dataset, dataset_id)
+        if dataset is None:
+            raise BadInputError(f"no dataset with id {dataset_id}")
+        return dataset
+
+    def list_models(self) -> list[ModelSummary]:
+        stats = (
+            select(
+                ModelVersion.model_id,
+                func.max(ModelVersion.version).label("latest"),
+                func.count().label("count"),
+            )
+            .group_by(ModelVersion.model_id)
+            .subquery()
+        )
+        with self._read() as session:
+            rows = session.execute(
+                select(RegisteredModel, stats.c.latest, stats.c.count)
+                .outerjoin(stats, stats.c.model_id == RegisteredModel.id)
+                .order_by(RegisteredModel.name)
+            ).all()
+            aliases: dict[int, dict[str, int]] = {}
+            alias_rows = session.execute(
+                select(Alias.model_id, Alias.alias, ModelVersion.version).join(
+                    ModelVersion, ModelVersion.id == Alias.version_id
+                )
+            )
+            for model_id, alias, version in alias_rows:
+                aliases.setdefault(model_id, {})[alias] = version
+        return [
+            ModelSummary(
+                name=model.name,
+                latest_version=latest,
+                version_count=count or 0,
+                aliases=aliases.get(model.id, {}),
+                created_at=model.created_at,
+                require_approval=model.require_approval,
+                description=model.description,
+            )
+            for model, latest, count in rows
+        ]
+
+    def list_versions(self, model_name: str, limit: int | None = None) -> list[ModelVersionRecord]:
+        """Versions of a model, newest first."""
+        with self._read() as session:
+            model = self._model(session, model_name)
+            stmt = _version_query().where(ModelVersion.model_id == model.id).order_by(ModelVersion.version.desc())
+            rows = _core(session, stmt.limit(limit)).all()
+        return [ModelVersionRecord(*row) for row in rows]
+
+    def get_version(self, model_name: str, version: int) -> ModelVersionDetail:
+        with self._read() as session:
+            _, row = self._version(session, model_name, version)
+            files = session.scalars(
+                select(ArtifactFile).where(ArtifactFile.version_id == row.id).order_by(ArtifactFile.relative_path)
+            )
+            datasets = session.execute(
+                select(VersionDataset.role, Dataset)
+                .join(Dataset, Dataset.id == VersionDataset.dataset_id)
+                .where(VersionDataset.version_id == row.id)
+            )
+            aliases = session.scalars(select(Alias.alias).where(Alias.version_id == row.id).order_by(Alias.alias)).all()
+            gate = _core(
+                session,
+                _gate_query().where(GateDecision.candidate_version_id == row.id).order_by(GateDecision.id.desc()),
+            ).first()
+            return ModelVersionDetail(
+                version=self._version_by_id(session, row.id),
+                files=[_to_record(ArtifactFileRecord, f) for f in files],
+                datasets={role: _to_record(DatasetRecord, dataset) for role, dataset in datasets},
+                metrics=self._metrics(session, row.id),
+                aliases=list(aliases),
+                run=_to_record(RunRecord, self._run(session, row.run_id)),
+                gate_decision=None if gate is None else GateDecisionRecord(*gate),
+            )
+
+    # -- metrics, validation, gate, drift ----------------------------------------------------------
+
+    def log_metrics(
+        self,
+        *,
+        run_id: str,
+        metrics: dict[str, float],
+        version_id: int | None = None,
+        dataset_id: int | None = None,
+        step: int | None = None,
+    ) -> None:
+        values = _finite_metrics(metrics)
+        with self._write() as session:
+            run = self._run(session, run_id)
+            subject = run.model_name
+            if version_id is not None:
+                record = self._version_by_id(session, version_id)
+                subject = _subject(record.model_name, record.version)
+            if dataset_id is not None:
+                self._dataset(session, dataset_id)
+            session.add_all(
+                Metric(run_id=run_id, version_id=version_id, dataset_id=dataset_id, key=k, value=v, step=step)
+                for k, v in values.items()
+            )
+            payload = {"run_id": run_id, "dataset_id": dataset_id, "step": step, "metrics": values}
+            self._event(session, "metrics_logged", subject, payload)
+
+    def metrics_for_version(self, version_id: int) -> dict[str, float]:
+        """The latest value of each metric logged against the version."""
+        with self._read() as session:
+            return self._metrics(session, version_id)
+
+    @staticmethod
+    def _metrics(session: Session, version_id: int) -> dict[str, float]:
+        rows = session.execute(
+            select(Metric.key, Metric.value).where(Metric.version_id == version_id).order_by(Metric.id)
+        )
+        return dict(rows.tuples().all())
+
+    def record_validation(self, *, run_id: str, dataset_id: int | None, results: list[ValidationResultIn]) -> None:
+        with self._write() as session:
+            run = self._run(session, run_id)
+            if dataset_id is not None:
+                self._dataset(session, dataset_id)
+            session.add_all(
+                ValidationResult(
+                    run_id=run_id,
+                    dataset_id=dataset_id,
+                    expectation=r.expectation,
+                    column_name=r.column,
+                    success=r.success,
+                    observed=r.observed,
+                    details=r.details,
+                )
+                for r in results
+            )
+            failed = [f"{r.expectation}({r.column})" if r.column else r.expectation for r in results if not r.success]
+            payload = {"run_id": run_id, "dataset_id": dataset_id, "checked": len(results), "failed": failed}
+            self._event(session, "validation_recorded", run.model_name, payload)
+
+    def validation_results(self, run_id: str) -> list[ValidationResultRecord]:
+        with self._read() as session:
+            rows = session.scalars(
+                select(ValidationResult).where(ValidationResult.run_id == run_id).order_by(ValidationResult.id)
+            )
+            return [_to_record(ValidationResultRecord, r, column=r.column_name) for r in rows]
+
+    def record_gate_decision(self, decision: GateDecisionIn) -> GateDecisionRecord:
+        if decision.outcome not in GATE_OUTCOMES:
+            raise BadInputError(f"gate outcome must be one of {', '.join(GATE_OUTCOMES)}, not {decision.outcome!r}")
+        with self._write() as session:
+            self._run(session, decision.run_id)
+            candidate = self._version_by_id(session, decision.candidate_version_id)
+            if decision.champion_version_id is not None:
+                self._version_by_id(session, decision.champion_version_id)
+            row = GateDecision(**asdict(decision), created_at=utcnow())
+            session.add(row)
+            session.flush()
+            record = GateDecisionRecord(*_core(session, _gate_query().where(GateDecision.id == row.id)).one())
+            payload = {k: getattr(record, k) for k in _GATE_PAYLOAD_FIELDS}
+            self._event(session, "gate_decision", _subject(candidate.model_name, candidate.version), payload)
+            return record
+
+    def gate_decisions(self, model_name: str) -> list[GateDecisionRecord]:
+        with self._read() as session:
+            rows = _core(
+                session, _gate_query().where(RegisteredModel.name == model_name).order_by(GateDecision.id)
+            ).all()
+        return [GateDecisionRecord(*row) for row in rows]
+
+    def record_drift_report(self, report: DriftReportIn) -> DriftReportRecord:
+        with self._write() as session:
+            if report.run_id is not None:
+                self._run(session, report.run_id)
+            if report.version_id is not None:
+                self._version_by_id(session, report.version_id)
+            row = DriftReport(**asdict(report), created_at=utcnow())
+            session.add(row)
+            session.flush()
+            session.refresh(row)  # hand back details as stored: NaN -> null, odd objects -> str
+            payload = {
+                "drift_detected": report.drift_detected,
+                "drift_share": report.drift_share,
+                "report_path": report.report_path,
+                "run_id": report.run_id,
+                "version_id": report.version_id,
+            }
+            event_type = "drift_detected" if report.drift_detected else "drift_report"
+            self._event(session, event_type, report.model_name, payload)
+            return _to_record(DriftReportRecord, row)
+
+    def drift_reports(self, model_name: str) -> list[DriftReportRecord]:
+        with self._read() as session:
+            rows = session.scalars(
+                select(DriftReport).where(DriftReport.model_name == model_name).order_by(DriftReport.id)
+            )
+            return [_to_record(DriftReportRecord, r) for r in rows]
+
+    # -- aliases -----------------------------------------------------------------------------------
+
+    def set_alias(
+        self, model_name: str, version: int, alias: str, *, actor: str | None = None, reason: str = ""
+    ) -> AliasMove:
+        """Point any alias at a version, except the champion of a model that requires approval."""
+        actor = actor or default_actor()
+        with self._write() as session:
+            model, row = self._version(session, model_name, version)
+            if alias == CHAMPION and model.require_approval:
+                raise CheckFailedError(
+                    f"{model_name!r} requires approval: make {model_name}:{version} {CHAMPION} with "
+                    "`steward registry promote --approver`"
+                )
+            move = self._move_alias(session, model, row, alias, "set", actor, reason)
+            self._event(session, "alias_set", _subject(model_name, version), _move_payload(move), actor=actor)
+            return move
+
+    def promote(
+        self, model_name: str, version: int, *, alias: str = CHAMPION, approver: str, reason: str = ""
+    ) -> AliasMove:
+        """Point ``alias`` at the version. Models that require approval refuse an approver who is the
+        author of the version's training run (the refusal itself is audited)."""
+        approver = approver.strip()
+        if not approver:
+            raise BadInputError("promotion needs an approver")
+        with self._write() as session:
+            model, row = self._version(session, model_name, version)
+            author = self._run(session, row.run_id).author
+            if not (model.require_approval and approver == author):
+                move = self._move_alias(session, model, row, alias, "promote", approver, reason)
+                payload = {**_move_payload(move), "approver": approver, "author": author}
+                self._event(session, "model_promoted", _subject(model_name, version), payload, actor=approver)
+                return move
+            payload = {
+                "alias": alias,
+                "version": version,
+                "approver": approver,
+                "author": author,
+                "reason": reason,
+            }
+            self._event(session, "promotion_refused", _subject(model_name, version), payload, actor=approver)
+        raise CheckFailedError(
+            f"promotion of {model_name}:{version} refused: {model_name!r} requires approval by someone other "
+            f"than the run's author ({author})"
+        )
+
+    def rollback(self, model_name: str, *, actor: str | None = None, reason: str = "") -> AliasMove:
+        """Move the champion back to the version that held it before the current one was given it."""
+        actor = actor or default_actor()
+        with self._write() as session:
+            model = self._model(session, model_name)
+            current = session.get(Alias, (model.id, CHAMPION))
+            if current is None:
+                raise CheckFailedError(f"model {model_name!r} has no {CHAMPION} to roll back")
+            previous_id = session.scalar(
+                select(AliasHistory.previous_version_id)
+                .where(
+                    AliasHistory.model_id == model.id,
+                    AliasHistory.alias == CHAMPION,
+                    AliasHistory.version_id == current.version_id,
+                    AliasHistory.action != "rollback",
+                )
+                .order_by(AliasHistory.id.desc())
+                .limit(1)
+            )
+            if previous_id is None:
+                version = session.get_one(ModelVersion, current.version_id).version
+                raise CheckFailedError(f"model {model_name!r} had no {CHAMPION} before version {version}")
+            target = session.get_one(ModelVersion, previous_id)
+            move = self._move_alias(session, model, target, CHAMPION, "rollback", actor, reason)
+            subject = _subject(model_name, target.version)
+            self._event(session, "champion_rolled_back", subject, _move_payload(move), actor=actor)
+            return move
+
+    def alias_version(self, model_name: str, alias: str) -> ModelVersionRecord | None:
+        """The version `alias` points at; None when the model or the alias does not exist yet."""
+        with self._read() as session:
+            model = self._find_model(session, model_name)
+            if model is None:
+                return None
+            row = _core(
+                session,
+                _version_query()
+                .join(Alias, Alias.version_id == ModelVersion.id)
+                .where(Alias.model_id == model.id, Alias.alias == alias),
+            ).first()
+        return None if row is None else ModelVersionRecord(*row)
+
+    @staticmethod
+    def _move_alias(
+        session: Session,
+        model: RegisteredModel,
+        target: ModelVersion,
+        alias: str,
+        action: str,
+        actor: str,
+        reason: str,
+    ) -> AliasMove:
+        if not alias or len(alias) > 100:
+            raise BadInputError(f"alias must be 1-100 characters, got {alias!r}")
+        current = session.get(Alias, (model.id, alias))
+        previous_id = None if current is None else current.version_id
+        if current is None:
+            session.add(Alias(model_id=model.id, alias=alias, version_id=target.id))
+        else:
+            current.version_id = target.id
+        history = AliasHistory(
+            model_id=model.id,
+            alias=alias,
+            version_id=target.id,
+            previous_version_id=previous_id,
+            action=action,
+            actor=actor,
+            reason=reason,
+            created_at=utcnow(),
+        )
+        session.add(history)
+        previous = None if previous_id is None else session.get_one(ModelVersion, previous_id).version
+        return AliasMove(
+            model_name=model.name,
+            alias=alias,
+            version=target.version,
+            previous_version=previous,
+            action=action,
+            actor=actor,
+            reason=reason,
+            created_at=history.created_at,
+        )
+
+
+def _move_payload(move: AliasMove) -> dict[str, Any]:
+    return {
+        "alias": move.alias,
+        "version": move.version,
+        "previous_version": move.previous_version,
+        "action": move.action,
+        "reason": move.reason,
+    }
+
+
+def _check_sha256(files: dict[str, str]) -> None:
+    for path, digest in files.items():
+        if not _SHA256.fullmatch(digest):
+            raise BadInputError(f"file {path!r}: sha256 must be 64 lowercase hex characters, got {digest!r}")
+
+
+def _artifact_files(version_id: int, artifact_path: str, files: dict[str, str]) -> list[ArtifactFile]:
+    """File rows; sizes are read from disk when the artifact is reachable from here."""
+    root = Path(artifact_path)
+    rows = []
+    for relative, digest in sorted(files.items()):
+        path = root / relative
+        size = path.stat().st_size if path.is_file() else None
+        rows.append(ArtifactFile(version_id=version_id, relative_path=relative, sha256=digest, size_bytes=size))
+    return rows
+
+
+def _finite_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    values = {key: float(value) for key, value in metrics.items()}
+    bad = sorted(key for key, value in values.items() if not math.isfinite(value))
+    if bad:
+        raise BadInputError(f"metrics must be finite numbers: {', '.join(bad)}")
+    return values
