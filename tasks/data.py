@@ -1,0 +1,316 @@
+"""Loading labelled tables and the domain corpus into one typed shape, `TextTable`.
+
+Every reader ends in the same place: a list of texts, a list of string labels (or none, for the
+corpus), a content fingerprint and the source schema. Problems the user can fix are one-line
+`BadInputError`s naming the file, line and column; nulls are kept (validation reports them).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from steward.errors import BadInputError, StewardError
+
+if TYPE_CHECKING:
+    import datasets
+    import pandas as pd
+    from prefect import Task
+    from prefect.client.schemas.objects import TaskRun
+    from prefect.states import State
+
+    from steward.config import StewardConfig
+
+TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet")
+NULL_MARK = "\\N"  # how a null cell enters the fingerprint (distinct from an empty string)
+
+
+@dataclass(frozen=True)
+class TextTable:
+    """One dataset as the stages see it: texts, string labels (None for the corpus), provenance."""
+
+    role: str
+    source: Path
+    texts: list[str | None]
+    labels: list[str | None] | None
+    fingerprint: str
+    schema: dict[str, str]
+    rows: int
+
+    def label_set(self) -> list[str]:
+        """The distinct non-null labels, sorted."""
+        return sorted({label for label in self.labels or [] if label is not None})
+
+    def complete_rows(self) -> tuple[list[str], list[str]]:
+        """Texts and labels of the rows where neither is null (what training and evaluation use)."""
+        if self.labels is None:
+            raise BadInputError(f"{self.source}: the {self.role} set has no label column")
+        pairs = [
+            (t, y) for t, y in zip(self.texts, self.labels, strict=True) if t is not None and y is not None
+        ]
+        return [t for t, _ in pairs], [y for _, y in pairs]
+
+    def present_texts(self) -> list[str]:
+        """The non-null, non-blank texts (what continued pretraining reads)."""
+        return [text for text in self.texts if text is not None and text.strip()]
+
+
+def fingerprint_rows(texts: Sequence[str | None], labels: Sequence[str | None] | None) -> str:
+    """sha256 over NFC-normalised, stripped rows, `text<TAB>label`, newline-separated, order kept."""
+    digest = hashlib.sha256()
+    for index, text in enumerate(texts):
+        row = _normalise(text)
+        if labels is not None:
+            row += "\t" + _normalise(labels[index])
+        digest.update((row + "\n").encode("utf-8"))
+    return digest.hexdigest()
+
+
+def make_table(
+    role: str,
+    source: Path,
+    texts: list[str | None],
+    labels: list[str | None] | None,
+    schema: dict[str, str],
+) -> TextTable:
+    """A `TextTable` with its fingerprint and row count computed from the rows."""
+    return TextTable(role, source, texts, labels, fingerprint_rows(texts, labels), schema, len(texts))
+
+
+def _normalise(value: str | None) -> str:
+    return NULL_MARK if value is None else unicodedata.normalize("NFC", value).strip()
+
+
+def _retry_unless_bad_input(task: Task, task_run: TaskRun, state: State) -> bool:
+    """Retry transient I/O failures only; a user's bad input fails at once."""
+    return not isinstance(state.result(raise_on_failure=False), StewardError)
+
+
+@task(
+    name="load-table",
+    retries=2,
+    retry_delay_seconds=1,
+    retry_condition_fn=_retry_unless_bad_input,
+    cache_policy=NO_CACHE,
+)
+def load_table(path: Path, text_column: str, label_column: str | None, role: str) -> TextTable:
+    """Read a .csv/.tsv/.jsonl/.parquet file, a saved `datasets` dir, or (no labels) a .txt corpus."""
+    path = Path(path)
+    if not path.exists():
+        raise BadInputError(f"{path}: file not found ({role} data)")
+    frame = _read_frame(path, text_column, role)
+    _require_column(path, frame, text_column, "text")
+    if label_column is not None:
+        _require_column(path, frame, label_column, "label")
+    texts = [_as_text(value) for value in frame[text_column].tolist()]
+    labels = None if label_column is None else [_as_label(v) for v in frame[label_column].tolist()]
+    schema = {str(column): str(dtype) for column, dtype in frame.dtypes.items()}
+    return make_table(role, path, texts, labels, schema)
+
+
+@task(
+    name="load-corpus",
+    retries=2,
+    retry_delay_seconds=1,
+    retry_condition_fn=_retry_unless_bad_input,
+    cache_policy=NO_CACHE,
+)
+def load_corpus(config: StewardConfig) -> TextTable:
+    """The unlabelled domain corpus named by `data.domain_corpus`; an empty corpus is bad input."""
+    if config.data.domain_corpus is None:
+        raise BadInputError("config: data.domain_corpus is not set, so there is no corpus to pretrain on")
+    path = config.resolve(config.data.domain_corpus)
+    table = load_table.fn(path, config.data.text_column, None, "corpus")
+    documents = table.present_texts()
+    if not documents:
+        raise BadInputError(f"{path}: the domain corpus has no text")
+    return make_table("corpus", path, list(documents), None, table.schema)
+
+
+def split_validation(train: TextTable, fraction: float = 0.1, seed: int = 0) -> tuple[TextTable, TextTable]:
+    """Hold out `fraction` of train, stratified by label when every class can be split (seeded)."""
+    from sklearn.model_selection import train_test_split
+
+    if not 0.0 < fraction < 1.0:
+        raise BadInputError(f"validation fraction must be between 0 and 1, got {fraction}")
+    indices = list(range(train.rows))
+    strata = [label or "" for label in train.labels] if train.labels is not None else None
+    try:
+        keep, held = train_test_split(indices, test_size=fraction, random_state=seed, stratify=strata)
+    except ValueError:  # a class too small to stratify, or fewer held-out rows than classes
+        keep, held = train_test_split(indices, test_size=fraction, random_state=seed)
+    return _subset(train, sorted(keep), train.role), _subset(train, sorted(held), "validation")
+
+
+def _subset(table: TextTable, indices: list[int], role: str) -> TextTable:
+    texts = [table.texts[i] for i in indices]
+    labels = None if table.labels is None else [table.labels[i] for i in indices]
+    return make_table(role, table.source, texts, labels, table.schema)
+
+
+def _read_frame(path: Path, text_column: str, role: str) -> pd.DataFrame:
+    if path.is_dir():
+        return _read_datasets_dir(path, role)
+    suffix = path.suffix.lower()
+    if suffix not in (*TABLE_SUFFIXES, ".txt"):
+        supported = ", ".join((*TABLE_SUFFIXES, ".txt (corpus)", "a saved `datasets` directory"))
+        raise BadInputError(f"{path}: unknown file type '{suffix or path.name}' (supported: {supported})")
+    if suffix == ".parquet":
+        return _read_parquet(path)
+    text = _read_utf8(path)
+    if suffix == ".jsonl":
+        return _read_jsonl(path, text)
+    if suffix == ".txt":
+        return _read_lines(path, text, text_column)
+    return _read_delimited(path, text, "\t" if suffix == ".tsv" else ",")
+
+
+def _read_utf8(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        byte = data[exc.start : exc.start + 1].hex()
+        raise BadInputError(f"{path}: line {line}, column {column}: not UTF-8 text (byte 0x{byte})") from None
+    if not text.strip():
+        raise BadInputError(f"{path}: file is empty")
+    return text.removeprefix("\ufeff")
+
+
+def _read_delimited(path: Path, text: str, separator: str) -> pd.DataFrame:
+    import pandas as pd
+
+    # TSV is read without quoting (the IANA format has none): a review that starts with `"` stays intact.
+    quoting = csv.QUOTE_NONE if separator == "\t" else csv.QUOTE_MINIMAL
+    try:
+        return pd.read_csv(
+            io.StringIO(text),
+            sep=separator,
+            quoting=quoting,
+            dtype=str,
+            keep_default_na=False,
+            na_values=[""],
+        )
+    except pd.errors.ParserError as exc:
+        raise BadInputError(f"{path}: {_describe_parser_error(str(exc))}") from None
+
+
+def _describe_parser_error(message: str) -> str:
+    """pandas' C-parser message as a one-line `line N: ...` (its `row` in EOF errors is 0-based)."""
+    unterminated = re.search(r"EOF inside string starting at row (\d+)", message)
+    if unterminated:
+        return f"line {int(unterminated.group(1)) + 1}: unterminated quoted field (the quote never closes)"
+    wrong_width = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", message)
+    if wrong_width:
+        expected, line, seen = wrong_width.groups()
+        return f"line {line}: expected {expected} fields, saw {seen} (truncated or malformed row)"
+    return "malformed table: " + " ".join(message.split())
+
+
+def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
+    import pandas as pd
+
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise BadInputError(
+                f"{path}: line {number}, column {exc.colno}: invalid JSON ({exc.msg})"
+            ) from None
+        if not isinstance(record, dict):
+            raise BadInputError(f"{path}: line {number}: expected a JSON object, got {type(record).__name__}")
+        records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def _read_lines(path: Path, text: str, text_column: str) -> pd.DataFrame:
+    import pandas as pd
+
+    documents = [line for line in text.splitlines() if line.strip()]
+    return pd.DataFrame({text_column: pd.Series(documents, dtype=object)})
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    import pandas as pd
+    import pyarrow
+
+    if path.stat().st_size == 0:
+        raise BadInputError(f"{path}: file is empty")
+    try:
+        return pd.read_parquet(path)
+    except (pyarrow.ArrowInvalid, OSError) as exc:
+        reason = " ".join(str(exc).split())
+        raise BadInputError(f"{path}: not a readable Parquet file ({reason})") from None
+
+
+def _read_datasets_dir(path: Path, role: str) -> pd.DataFrame:
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except FileNotFoundError:
+        raise BadInputError(
+            f"{path}: a directory, but not a dataset saved with `datasets` save_to_disk"
+        ) from None
+    if isinstance(loaded, datasets.DatasetDict):
+        loaded = _pick_split(path, loaded, role)
+    frame = loaded.to_pandas()
+    for column, feature in loaded.features.items():
+        if isinstance(feature, datasets.ClassLabel):  # label ids back to their names
+            frame[column] = [None if v is None or v < 0 else feature.int2str(int(v)) for v in frame[column]]
+    return frame
+
+
+def _pick_split(path: Path, splits: datasets.DatasetDict, role: str) -> datasets.Dataset:
+    names = list(splits.keys())
+    if role in names:
+        return splits[role]
+    if len(names) == 1:
+        return splits[names[0]]
+    raise BadInputError(f"{path}: a DatasetDict with splits {', '.join(names)} and none named '{role}'")
+
+
+def _require_column(path: Path, frame: pd.DataFrame, column: str, kind: str) -> None:
+    if column not in frame.columns:
+        found = ", ".join(str(c) for c in frame.columns) or "none"
+        raise BadInputError(f"{path}: no {kind} column '{column}' (columns found: {found})")
+
+
+def _is_null(value: object) -> bool:
+    import pandas as pd
+
+    return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
+
+
+def _as_text(value: object) -> str | None:
+    return None if _is_null(value) else value if isinstance(value, str) else str(value)
+
+
+def _as_label(value: object) -> str | None:
+    """Labels are strings: 1, 1.0 and "1" all become "1"; booleans become "true"/"false"."""
+    if _is_null(value):
+        return None
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return str(int(value))
+    if hasattr(value, "item") and not isinstance(value, str):  # numpy scalars
+        return _as_label(value.item())
+    return str(value).strip()

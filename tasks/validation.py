@@ -1,0 +1,209 @@
+"""Data validation with a Great Expectations 1.x suite built from the config's `validation` section.
+
+The suite runs in an ephemeral GX context on a pandas frame made from the `TextTable`; each GX
+result becomes an `ExpectationOutcome` whose `observed` value is the number GX measured
+(`observed_value`, or `unexpected_percent` for per-row checks), so reports and the registry can
+quote it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from steward.config import ValidationConfig
+    from tasks.data import TextTable
+
+
+@dataclass(frozen=True)
+class ExpectationOutcome:
+    """One expectation's verdict. `observed` is GX's measured value; `details` its full result."""
+
+    expectation: str
+    column: str | None
+    success: bool
+    observed: object
+    details: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def summary(self) -> str:
+        """`text length between 1 and 10000 — 3 rows outside (0.4%)`."""
+        return f"{self.description} — {_describe_observed(self)}"
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    success: bool
+    role: str
+    fingerprint: str
+    rows: int
+    outcomes: list[ExpectationOutcome]
+
+    def failed(self) -> list[ExpectationOutcome]:
+        return [outcome for outcome in self.outcomes if not outcome.success]
+
+    def summary_lines(self) -> list[str]:
+        """One readable line per failed expectation, prefixed with the dataset role."""
+        return [f"{self.role}: {outcome.summary()}" for outcome in self.failed()]
+
+
+@dataclass(frozen=True)
+class _Check:
+    """An expectation to build plus the words that describe it to a person."""
+
+    expectation: Any
+    description: str
+
+
+@task(name="validate-data", retries=0, cache_policy=NO_CACHE)
+def validate_table(
+    table: TextTable,
+    config: ValidationConfig,
+    allowed_labels: list[str] | None,
+    text_column: str,
+    label_column: str | None,
+) -> ValidationReport:
+    """Run the suite on one dataset. Allowed labels: `config.allowed_labels`, else `allowed_labels`
+    (the caller passes the training labels); with neither, the label-set check is skipped."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    frame = _frame(table, text_column, label_column)
+    labels = config.allowed_labels if config.allowed_labels is not None else allowed_labels
+    checks = [_column_exists(column) for column in (text_column, label_column) if column]
+    checks += _checks(config, text_column, label_column if table.labels is not None else None, labels)
+    outcomes = [_outcome(result, checks) for result in _run_suite(frame, table.role, checks)]
+    return ValidationReport(
+        success=all(outcome.success for outcome in outcomes),
+        role=table.role,
+        fingerprint=table.fingerprint,
+        rows=table.rows,
+        outcomes=outcomes,
+    )
+
+
+def _frame(table: TextTable, text_column: str, label_column: str | None) -> pd.DataFrame:
+    import pandas as pd
+
+    columns = {text_column: pd.Series(table.texts, dtype=object)}
+    if label_column is not None and table.labels is not None:
+        columns[label_column] = pd.Series(table.labels, dtype=object)
+    return pd.DataFrame(columns)
+
+
+def _checks(
+    config: ValidationConfig, text_column: str, label_column: str | None, allowed: list[str] | None
+) -> list[_Check]:
+    import great_expectations.expectations as gxe
+
+    lengths = config.text_length
+    not_null = 1.0 - config.max_null_fraction
+    checks = [
+        _Check(
+            gxe.ExpectTableRowCountToBeBetween(min_value=config.min_rows), f"at least {config.min_rows} rows"
+        ),
+        _Check(
+            gxe.ExpectColumnValuesToNotBeNull(column=text_column, mostly=not_null),
+            f"{text_column} nulls at most {config.max_null_fraction:.1%}",
+        ),
+        _Check(
+            gxe.ExpectColumnValueLengthsToBeBetween(
+                column=text_column, min_value=lengths.min, max_value=lengths.max
+            ),
+            f"{text_column} length between {lengths.min} and {lengths.max}",
+        ),
+        _Check(  # unique proportion = distinct / non-null, so 1 - it is the share of repeated texts
+            gxe.ExpectColumnProportionOfUniqueValuesToBeBetween(
+                column=text_column, min_value=1.0 - config.max_duplicate_fraction
+            ),
+            f"{text_column} duplicates at most {config.max_duplicate_fraction:.1%}",
+        ),
+    ]
+    if label_column is not None:
+        checks.append(
+            _Check(
+                gxe.ExpectColumnValuesToNotBeNull(column=label_column, mostly=not_null),
+                f"{label_column} nulls at most {config.max_null_fraction:.1%}",
+            )
+        )
+        if allowed is not None:
+            checks.append(
+                _Check(
+                    gxe.ExpectColumnValuesToBeInSet(column=label_column, value_set=sorted(allowed)),
+                    f"{label_column} in {{{', '.join(sorted(allowed))}}}",
+                )
+            )
+    return checks
+
+
+def _column_exists(column: str) -> _Check:
+    import great_expectations.expectations as gxe
+
+    return _Check(gxe.ExpectColumnToExist(column=column), f"column '{column}' present")
+
+
+def _run_suite(frame: pd.DataFrame, role: str, checks: list[_Check]) -> list[Any]:
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    batch_definition = (
+        context.data_sources.add_pandas("steward")
+        .add_dataframe_asset(role)
+        .add_batch_definition_whole_dataframe("whole table")
+    )
+    suite = gx.ExpectationSuite(name=f"steward-{role}")
+    for index, check in enumerate(checks):
+        check.expectation.meta = {"steward_check": index}
+        suite.add_expectation(check.expectation)
+    batch = batch_definition.get_batch(batch_parameters={"dataframe": frame})
+    results = list(batch.validate(suite).results)
+    return sorted(results, key=lambda result: result.expectation_config.meta["steward_check"])
+
+
+def _outcome(result: Any, checks: list[_Check]) -> ExpectationOutcome:
+    configuration = result.expectation_config
+    details = _json_safe(dict(result.result))
+    observed = details.get("observed_value", details.get("unexpected_percent"))
+    return ExpectationOutcome(
+        expectation=configuration.type,
+        column=configuration.kwargs.get("column"),
+        success=bool(result.success),
+        observed=observed,
+        details=details,
+        description=checks[configuration.meta["steward_check"]].description,
+    )
+
+
+def _json_safe(value: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _describe_observed(outcome: ExpectationOutcome) -> str:
+    details = outcome.details
+    kind = outcome.expectation
+    if kind == "expect_column_to_exist":
+        return "present" if outcome.success else "missing"
+    if kind == "expect_table_row_count_to_be_between":
+        return f"{outcome.observed} rows"
+    if kind == "expect_column_proportion_of_unique_values_to_be_between":
+        unique = float(outcome.observed or 0.0)
+        return f"duplicate fraction {1.0 - unique:.1%} (unique proportion {unique:.3f})"
+    count = details.get("unexpected_count", 0)
+    percent = details.get("unexpected_percent") or 0.0
+    noun = "row" if count == 1 else "rows"
+    if kind == "expect_column_values_to_not_be_null":
+        return f"{count} null {noun} ({percent:.1f}%)"
+    if kind == "expect_column_values_to_be_in_set":
+        seen = sorted({str(v) for v in details.get("partial_unexpected_list", [])})
+        return f"{count} {noun} with other labels ({percent:.1f}%): {', '.join(seen)}"
+    if kind == "expect_column_value_lengths_to_be_between":
+        return f"{count} {noun} outside ({percent:.1f}%)"
+    return f"observed {outcome.observed}"

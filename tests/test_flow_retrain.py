@@ -1,0 +1,188 @@
+"""The retraining flow end to end through the command line, on a tiny config-built BERT."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import pytest
+import yaml
+
+from governance.registry import Registry
+from steward.cli import main
+from tasks.modeling import sha256_files
+
+LABEL_WORDS = {
+    "praise": ["good", "great", "love", "excellent", "wonderful", "amazing", "happy", "perfect"],
+    "complaint": ["bad", "terrible", "hate", "awful", "horrible", "worst", "rude", "broken"],
+    "billing": ["refund", "invoice", "payment", "price", "order", "account", "delivery", "ticket"],
+}
+FILLER = ["the", "a", "service", "staff", "phone", "it", "was", "is", "really", "very", "this", "my", "and"]
+
+
+def _sentences(rng: random.Random, count: int) -> list[tuple[str, str]]:
+    rows = []
+    for index in range(count):
+        label = sorted(LABEL_WORDS)[index % len(LABEL_WORDS)]
+        words = rng.sample(FILLER, 4) + rng.sample(LABEL_WORDS[label], 2)
+        rng.shuffle(words)
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def _write_csv(path: Path, rows: list[tuple[str, str]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
+
+
+def write_project(root: Path, base_model: Path, **overrides: dict) -> Path:
+    """A small three-class dataset and a config that trains the tiny model in seconds."""
+    rng = random.Random(5)
+    data = root / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    for name, count in (("train", 150), ("val", 45), ("test", 60)):
+        _write_csv(data / f"{name}.csv", _sentences(rng, count))
+    (data / "corpus.txt").write_text("\n".join(text for text, _ in _sentences(rng, 200)) + "\n", encoding="utf-8")
+    config = {
+        "name": "tickets",
+        "base_model": str(base_model),
+        "seed": 3,
+        "data": {
+            "train": "data/train.csv",
+            "validation": "data/val.csv",
+            "test": "data/test.csv",
+            "domain_corpus": "data/corpus.txt",
+        },
+        "validation": {"min_rows": 20},
+        "pretraining": {"max_steps": 4, "batch_size": 8, "max_seq_length": 32, "head_warmup_steps": 2, "save_steps": 2},
+        "finetuning": {"epochs": 4, "batch_size": 8, "max_seq_length": 32, "learning_rate": 5.0e-3},
+        "evaluation": {"min_score": 0.0},
+    }
+    for section, values in overrides.items():
+        config[section] = {**config.get(section, {}), **values} if isinstance(values, dict) else values
+    path = root / "steward.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict]:
+    code = main([*argv, "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture
+def project(tmp_path: Path, tiny_model_dir: Path) -> Path:
+    return write_project(tmp_path, tiny_model_dir)
+
+
+def registry_for(config_path: Path) -> Registry:
+    return Registry.open(f"sqlite:///{config_path.parent / '.steward' / 'registry.db'}")
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_first_run_registers_a_champion_and_second_run_compares(
+    project: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, first = run_json(capsys, "run", "--config", str(project))
+    assert code == 0
+    assert (first["model"], first["version"], first["promoted"]) == ("tickets", 1, True)
+    assert first["baseline_metrics"] is None
+    assert 0.6 <= first["metrics"]["macro_f1"] <= 1.0
+    assert 0.0 <= first["metrics"]["accuracy"] <= 1.0
+    assert Path(first["report"]).is_file()
+
+    code, second = run_json(capsys, "run", "--config", str(project))
+    assert code == 0
+    assert second["version"] == 2
+    assert second["baseline_metrics"] == first["metrics"]
+    assert second["pretraining_cache_hit"] is True
+
+    with registry_for(project) as registry:
+        detail = registry.get_version("tickets", 2)
+        assert detail.version.parent_version == 1
+        assert set(detail.datasets) == {"train", "validation", "test", "corpus"}
+        on_disk = sha256_files(Path(detail.version.artifact_path))
+        assert {f.relative_path: f.sha256 for f in detail.files} == on_disk
+        assert registry.get_run(second["run_id"]).status == "completed"
+        assert registry.audit.verify().ok
+        types = [event.event_type for event in registry.audit.events("tickets")]
+        assert types.count("stage_completed") >= 14
+        assert "gate_decision" in types
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_validation_failure_stops_before_training(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = write_project(tmp_path, tiny_model_dir, validation={"min_rows": 1000})
+    code, payload = run_json(capsys, "run", "--config", str(config))
+    assert code == 1
+    assert "validation failed" in payload["error"]
+    assert "row count" in payload["error"]
+    with registry_for(config) as registry:
+        assert registry.list_models() == []
+        events = registry.audit.events("tickets")
+        assert [e.event_type for e in events].count("validation_failed") == 1
+        assert events[-1].event_type == "run_failed"
+        assert registry.audit.verify().ok
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_validate_command_reports_failed_expectations(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = write_project(tmp_path, tiny_model_dir)
+    code, payload = run_json(capsys, "validate", "--config", str(config))
+    assert (code, payload["success"], payload["failed_expectations"]) == (0, True, [])
+
+    bad = tmp_path / "bad.csv"
+    _write_csv(bad, [("good great", "praise")] * 30 + [("", "complaint"), ("refund", "unknown-label")])
+    code, payload = run_json(capsys, "validate", "--config", str(config), "--data", str(bad))
+    assert code == 1
+    assert payload["success"] is False
+    failed = " ".join(payload["failed_expectations"])
+    assert ("length" in failed and "unique" in failed.lower()) or "duplicate" in failed.lower()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_gate_rejects_below_the_floor(tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_project(tmp_path, tiny_model_dir, evaluation={"min_score": 1.01})
+    code, payload = run_json(capsys, "run", "--config", str(config))
+    assert code == 1
+    assert payload["promoted"] is False and payload["decision"] == "rejected"
+    with registry_for(config) as registry:
+        assert registry.alias_version("tickets", "champion") is None
+        decision = registry.gate_decisions("tickets")[-1]
+        assert (decision.passed, decision.outcome, decision.min_score) == (False, "rejected", 1.01)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_approval_needs_someone_other_than_the_author(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STEWARD_ACTOR", "alice")
+    config = write_project(tmp_path, tiny_model_dir, evaluation={"require_approval": True})
+    code, payload = run_json(capsys, "run", "--config", str(config))
+    assert (code, payload["decision"], payload["promoted"]) == (0, "challenger", False)
+    registry_url = f"sqlite:///{tmp_path / '.steward' / 'registry.db'}"
+
+    code = main(["registry", "promote", "tickets:1", "--approver", "alice", "--registry", registry_url])
+    assert code == 1
+    code = main(["registry", "promote", "tickets:1", "--approver", "bob", "--registry", registry_url])
+    assert code == 0
+    with registry_for(config) as registry:
+        assert registry.alias_version("tickets", "champion").version == 1
+        types = [event.event_type for event in registry.audit.events("tickets")]
+        assert "promotion_refused" in types and "model_promoted" in types

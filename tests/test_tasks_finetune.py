@@ -1,0 +1,178 @@
+"""Fine-tuning the tiny BERT on separable synthetic tickets, and evaluating what it saved."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from steward.config import FinetuningConfig
+from steward.errors import BadInputError
+from tasks.data import TextTable, make_table
+from tasks.evaluate import EvaluationResult, evaluate_model, expected_calibration_error
+from tasks.finetune import FineTuneResult, fine_tune
+
+pytest_plugins = ["tests.tiny_model"]  # the tiny_model_dir fixture
+
+LABEL_WORDS = {
+    "billing": ["refund", "invoice", "payment", "price", "order"],
+    "login": ["password", "login", "account", "error", "screen"],
+    "praise": ["great", "love", "excellent", "wonderful", "perfect"],
+}
+FILLER = ["the", "a", "my", "it", "was", "is", "really", "very", "this", "and", "service", "staff", "phone"]
+PARAMS = FinetuningConfig(
+    epochs=6, batch_size=8, max_seq_length=32, learning_rate=5e-3, early_stopping_patience=2
+)
+SEED = 11
+
+
+def tickets(role: str, count: int, seed: int, labels: list[str] | None = None) -> TextTable:
+    """Four filler words and two words of the label's own vocabulary, shuffled."""
+    rng = random.Random(seed)
+    names = labels or sorted(LABEL_WORDS)
+    rows = []
+    for index in range(count):
+        label = names[index % len(names)]
+        words = rng.sample(FILLER, 4) + rng.sample(LABEL_WORDS.get(label, FILLER), 2)
+        rng.shuffle(words)
+        rows.append((" ".join(words), label))
+    return make_table(role, Path(f"{role}.csv"), [t for t, _ in rows], [y for _, y in rows], {})
+
+
+TRAIN, VALIDATION, TEST = tickets("train", 150, 1), tickets("validation", 45, 2), tickets("test", 60, 3)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> FineTuneResult:
+    output_dir = tmp_path_factory.mktemp("finetuned")
+    return fine_tune.fn(tiny_model_dir, TRAIN, VALIDATION, PARAMS, SEED, output_dir, "macro_f1")
+
+
+@pytest.fixture(scope="module")
+def evaluation(trained: FineTuneResult) -> EvaluationResult:
+    return evaluate_model.fn(trained.model_dir, TEST, max_seq_length=32)
+
+
+def test_fine_tuning_learns_and_saves_the_best_epoch(trained: FineTuneResult) -> None:
+    assert trained.labels == ["billing", "login", "praise"]
+    assert trained.best_score > 0.8  # chance is 0.33
+    assert trained.epochs_run == len(trained.validation_scores) == len(trained.epoch_scores)
+    assert trained.best_score == max(trained.validation_scores)
+    assert trained.validation_scores[trained.best_epoch - 1] == trained.best_score
+    assert trained.train_examples == 150 and trained.resumed_from_epoch is None
+    assert len(trained.loss_curve) == trained.epochs_run * 19  # 150 examples / 8 per batch
+    saved = {path.name for path in trained.model_dir.iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "label_map.json"} <= saved
+    assert not any(name.startswith("checkpoint-") for name in saved)
+    assert json.loads((trained.model_dir / "label_map.json").read_text())["labels"] == trained.labels
+
+
+def test_same_seed_gives_identical_runs(
+    trained: FineTuneResult, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    again = fine_tune.fn(tiny_model_dir, TRAIN, VALIDATION, PARAMS, SEED, tmp_path, "macro_f1")
+    assert again.epoch_scores == trained.epoch_scores
+    assert again.loss_curve == trained.loss_curve
+
+
+def test_an_interrupted_run_resumes_from_its_last_epoch(
+    trained: FineTuneResult, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_two(epoch: int) -> None:
+        if epoch == 2:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        fine_tune.fn(
+            tiny_model_dir, TRAIN, VALIDATION, PARAMS, SEED, tmp_path, "macro_f1", on_epoch=stop_after_two
+        )
+    assert [path.name for path in tmp_path.iterdir() if path.is_dir()] == ["checkpoint-2"]
+    resumed = fine_tune.fn(tiny_model_dir, TRAIN, VALIDATION, PARAMS, SEED, tmp_path, "macro_f1")
+    assert resumed.resumed_from_epoch == 2
+    assert resumed.validation_scores == pytest.approx(trained.validation_scores)
+    assert resumed.best_epoch == trained.best_epoch
+
+
+def test_early_stopping_ends_after_patience_epochs_without_gain(tiny_model_dir: Path, tmp_path: Path) -> None:
+    frozen = PARAMS.model_copy(update={"learning_rate": 1e-12, "early_stopping_patience": 1})
+    result = fine_tune.fn(tiny_model_dir, TRAIN, VALIDATION, frozen, SEED, tmp_path, "accuracy")
+    assert (result.epochs_run, result.best_epoch) == (2, 1)
+    assert result.primary_metric == "accuracy"
+
+
+def test_validation_labels_unseen_in_training_are_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    odd = tickets("validation", 12, 4, labels=["billing", "refunds-v2"])
+    with pytest.raises(
+        BadInputError, match=r"validation.csv: validation labels not seen in training: refunds-v2"
+    ):
+        fine_tune.fn(tiny_model_dir, TRAIN, odd, PARAMS, SEED, tmp_path, "macro_f1")
+
+
+def test_evaluation_agrees_with_sklearn(evaluation: EvaluationResult) -> None:
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+    truth = TEST.labels
+    assert evaluation.examples == 60 and evaluation.labels == ["billing", "login", "praise"]
+    assert evaluation.accuracy == pytest.approx(accuracy_score(truth, evaluation.predictions))
+    assert evaluation.macro_f1 == pytest.approx(f1_score(truth, evaluation.predictions, average="macro"))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        truth, evaluation.predictions, labels=evaluation.labels, zero_division=0
+    )
+    assert [c.label for c in evaluation.per_class] == evaluation.labels
+    assert [c.precision for c in evaluation.per_class] == pytest.approx(list(precision))
+    assert [c.recall for c in evaluation.per_class] == pytest.approx(list(recall))
+    assert [c.f1 for c in evaluation.per_class] == pytest.approx(list(f1))
+    assert [c.support for c in evaluation.per_class] == list(support) == [20, 20, 20]
+    expected = confusion_matrix(truth, evaluation.predictions, labels=evaluation.labels).tolist()
+    assert evaluation.confusion_matrix == expected
+    assert evaluation.macro_f1 > 0.8
+
+
+def test_headline_metrics_are_plain_floats(evaluation: EvaluationResult) -> None:
+    headline = evaluation.headline()
+    assert set(headline) == {
+        "accuracy",
+        "macro_f1",
+        "ece",
+        "latency_p50_ms",
+        "latency_p95_ms",
+        "throughput_per_s",
+    }
+    assert all(isinstance(value, float) for value in headline.values())
+    assert 0.0 <= headline["ece"] <= 1.0
+    assert 0.0 < headline["latency_p50_ms"] <= headline["latency_p95_ms"]
+    assert headline["throughput_per_s"] > 0.0
+
+
+def test_expected_calibration_error_by_hand() -> None:
+    confident_and_right = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert expected_calibration_error(confident_and_right, [0, 1]) == pytest.approx(0.0)
+    # all at 0.9 confidence, half right: |0.5 - 0.9| = 0.4
+    overconfident = torch.tensor([[0.9, 0.1]] * 4)
+    assert expected_calibration_error(overconfident, [0, 0, 1, 1]) == pytest.approx(0.4)
+    # two bins: 0.6 (1 of 2 right: gap 0.1) and 0.95 (both right: gap 0.05) → 0.5·0.1 + 0.5·0.05
+    mixed = torch.tensor([[0.6, 0.4], [0.6, 0.4], [0.05, 0.95], [0.05, 0.95]])
+    assert expected_calibration_error(mixed, [0, 1, 1, 1]) == pytest.approx(0.075)
+
+
+def test_test_labels_the_model_does_not_know_are_named(trained: FineTuneResult) -> None:
+    odd = tickets("test", 9, 5, labels=["billing", "shipping", "zebra"])
+    with pytest.raises(BadInputError, match=r"test.csv: test labels not seen in training: shipping, zebra"):
+        evaluate_model.fn(trained.model_dir, odd, max_seq_length=32)
+
+
+def test_a_megabyte_text_is_truncated_not_fatal(trained: FineTuneResult) -> None:
+    huge = " ".join(["refund invoice payment"] * 70_000)  # ~1.5 MB
+    table = make_table("test", Path("huge.csv"), [huge, "love it great"], ["billing", "praise"], {})
+    assert evaluate_model.fn(trained.model_dir, table, max_seq_length=32).examples == 2
+
+
+def test_a_directory_without_label_map_is_not_a_classifier(tiny_model_dir: Path) -> None:
+    with pytest.raises(BadInputError, match="not a fine-tuned Steward model"):
+        evaluate_model.fn(tiny_model_dir, TEST, max_seq_length=32)

@@ -1,0 +1,216 @@
+"""Continued pretraining on the tiny BERT (and a tiny GPT-2): learning, caching, resuming, packing."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from steward.config import PretrainingConfig
+from steward.errors import BadInputError
+from tasks.data import TextTable, make_table
+from tasks.pretrain import cache_key, continue_pretraining, group_texts
+from tests.tiny_model import build_tiny_bert, tiny_vocab
+
+pytest_plugins = ["tests.tiny_model"]  # the tiny_model_dir fixture
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PHRASES = ["the cat sat on the mat", "the dog ran in the park", "the sun is red and the moon is blue"]
+FAST = PretrainingConfig(
+    max_steps=40, batch_size=16, max_seq_length=32, learning_rate=3e-3, head_warmup_steps=10, save_steps=5
+)
+
+
+def repetitive_corpus(documents: int = 200, seed: int = 0) -> TextTable:
+    """Documents stitched from three phrases: easy to learn, so held-out loss must fall."""
+    rng = random.Random(seed)
+    texts = [" ".join(rng.choice(PHRASES) for _ in range(5)) for _ in range(documents)]
+    return make_table("corpus", Path("corpus.txt"), list(texts), None, {"text": "object"})
+
+
+def test_pretraining_lowers_heldout_perplexity_then_hits_the_cache(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    corpus = repetitive_corpus()
+    output_dir, cache_root = tmp_path / "run", tmp_path / "cache"
+    result = continue_pretraining.fn(tiny_model_dir, corpus, FAST, 7, output_dir, cache_root)
+
+    assert not result.cache_hit and result.resumed_from_step is None
+    assert result.objective == "masked-lm"
+    assert (result.head_warmup_steps, result.steps, len(result.loss_curve)) == (10, 50, 50)
+    assert result.perplexity_after < 0.5 * result.perplexity_before
+    assert result.corpus_blocks > 100 and result.train_tokens % 32 == 0
+    assert result.model_dir == cache_root / result.cache_key
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= {
+        p.name for p in result.model_dir.iterdir()
+    }
+    assert list(output_dir.iterdir()) == []  # checkpoints are gone once the cache holds the result
+
+    again = continue_pretraining.fn(tiny_model_dir, corpus, FAST, 7, output_dir, cache_root)
+    assert again.cache_hit and again.cache_key == result.cache_key
+    assert again.perplexity_after == result.perplexity_after and again.loss_curve == result.loss_curve
+    assert again.seconds < 1.0
+
+
+def test_the_adapted_checkpoint_has_a_trained_head(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForMaskedLM
+
+    params = FAST.model_copy(update={"max_steps": 3, "head_warmup_steps": 2})
+    result = continue_pretraining.fn(
+        tiny_model_dir, repetitive_corpus(40), params, 1, tmp_path / "o", tmp_path / "c"
+    )
+    _, info = AutoModelForMaskedLM.from_pretrained(
+        result.model_dir, output_loading_info=True, use_safetensors=True
+    )
+    assert info["missing_keys"] == set()
+
+
+def test_cache_key_changes_with_each_input(tiny_model_dir: Path) -> None:
+    corpus = repetitive_corpus()
+    key = cache_key(tiny_model_dir, corpus, FAST, 7)
+    assert cache_key(tiny_model_dir, corpus, FAST, 7) == key
+    assert cache_key(tiny_model_dir, corpus, FAST, 8) != key
+    assert cache_key(tiny_model_dir, repetitive_corpus(seed=1), FAST, 7) != key
+    assert cache_key(tiny_model_dir, corpus, FAST.model_copy(update={"learning_rate": 1e-3}), 7) != key
+
+
+KILLED_RUN = """
+import json, os, signal, sys
+from pathlib import Path
+from tasks.pretrain import continue_pretraining
+from tests.test_tasks_pretrain import FAST, repetitive_corpus
+
+model_dir, output_dir, cache_root, kill_at = json.loads(sys.argv[1])
+
+def die_at(step: int, loss: float) -> None:
+    if step == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+corpus = repetitive_corpus()
+continue_pretraining.fn(Path(model_dir), corpus, FAST, 7, Path(output_dir), Path(cache_root), on_step=die_at)
+"""
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path, tiny_model_dir: Path) -> None:
+    output_dir, cache_root = tmp_path / "run", tmp_path / "cache"
+    arguments = json.dumps([str(tiny_model_dir), str(output_dir), str(cache_root), 23])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_RUN, arguments],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+    assert [p.name for p in output_dir.iterdir() if not p.name.startswith(".")] == ["checkpoint-20"]
+    assert not cache_root.exists() or not any(cache_root.iterdir())
+
+    resumed = continue_pretraining.fn(tiny_model_dir, repetitive_corpus(), FAST, 7, output_dir, cache_root)
+    assert resumed.resumed_from_step == 20 and not resumed.cache_hit
+
+    uninterrupted = continue_pretraining.fn(
+        tiny_model_dir, repetitive_corpus(), FAST, 7, tmp_path / "other-run", tmp_path / "other-cache"
+    )
+    assert resumed.cache_key == uninterrupted.cache_key
+    assert [step for step, _ in resumed.loss_curve] == list(range(1, 51))
+    assert [loss for _, loss in resumed.loss_curve] == pytest.approx(
+        [loss for _, loss in uninterrupted.loss_curve]
+    )
+    assert resumed.perplexity_after == pytest.approx(uninterrupted.perplexity_after)
+
+
+def test_group_texts_concatenates_cuts_and_drops_the_remainder() -> None:
+    examples = {
+        "input_ids": [[1, 2, 3], [4, 5], [6, 7, 8, 9]],
+        "special_tokens_mask": [[1, 0, 1], [1, 1], [1, 0, 0, 1]],
+    }
+    assert group_texts(examples, 4) == [
+        {"input_ids": [1, 2, 3, 4], "special_tokens_mask": [1, 0, 1, 1]},
+        {"input_ids": [5, 6, 7, 8], "special_tokens_mask": [1, 1, 0, 0]},
+    ]
+
+
+def test_a_corpus_too_small_for_two_blocks_is_bad_input(tmp_path: Path, tiny_model_dir: Path) -> None:
+    corpus = make_table("corpus", Path("tiny.txt"), ["the cat sat"], None, {})
+    with pytest.raises(
+        BadInputError, match=r"tiny.txt: the domain corpus has 5 tokens, too few for two blocks of 32"
+    ):
+        continue_pretraining.fn(tiny_model_dir, corpus, FAST, 0, tmp_path / "o", tmp_path / "c")
+
+
+def test_a_base_model_with_its_mlm_head_skips_the_warmup(tmp_path: Path) -> None:
+    with_head = build_tiny_bert(tmp_path / "with-head", with_mlm_head=True)
+    params = FAST.model_copy(update={"max_steps": 4})
+    result = continue_pretraining.fn(
+        with_head, repetitive_corpus(40), params, 0, tmp_path / "o", tmp_path / "c"
+    )
+    assert (result.head_warmup_steps, result.steps) == (0, 4)
+
+
+def build_tiny_gpt2(directory: Path, bert_dir: Path) -> Path:
+    """A 2-layer GPT-2 (causal LM) that reuses the tiny WordPiece tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tiny_vocab()), n_embd=32, n_layer=2, n_head=2, n_positions=64)
+    GPT2LMHeadModel(config).save_pretrained(directory)
+    AutoTokenizer.from_pretrained(bert_dir).save_pretrained(directory)
+    return directory
+
+
+def test_a_decoder_is_pretrained_as_a_causal_lm(tmp_path: Path, tiny_model_dir: Path) -> None:
+    gpt2 = build_tiny_gpt2(tmp_path / "gpt2", tiny_model_dir)
+    params = FAST.model_copy(update={"max_steps": 30})
+    result = continue_pretraining.fn(gpt2, repetitive_corpus(), params, 0, tmp_path / "o", tmp_path / "c")
+    assert result.objective == "causal-lm" and result.head_warmup_steps == 0
+    assert result.perplexity_after < 0.5 * result.perplexity_before
+
+
+@pytest.mark.minilm
+def test_minilm_gets_its_missing_mlm_head_warmed_up(tmp_path: Path) -> None:
+    from tasks.modeling import resolve_base_model
+
+    params = PretrainingConfig(
+        max_steps=5, head_warmup_steps=5, batch_size=4, max_seq_length=32, learning_rate=1e-4, save_steps=50
+    )
+    corpus = make_table("corpus", Path("support.txt"), SUPPORT_SENTENCES, None, {})
+    result = continue_pretraining.fn(
+        resolve_base_model("minilm"), corpus, params, 0, tmp_path / "o", tmp_path / "c"
+    )
+    assert result.head_warmup_steps == 5 and result.steps == 10 and len(result.loss_curve) == 10
+    assert 1.0 < result.perplexity_after < float("inf")
+
+
+SUPPORT_SENTENCES = [
+    "My invoice shows a duplicate charge for the premium plan this month.",
+    "I cannot log in to the admin console after the password reset email expired.",
+    "The VPN client disconnects every few minutes when I work from home.",
+    "Please refund the order that was delivered damaged last Tuesday.",
+    "The printer on the third floor keeps jamming on double-sided jobs.",
+    "Our single sign-on stopped working after the certificate rotation.",
+    "How do I export last quarter's billing history as a spreadsheet?",
+    "The mobile app crashes when I attach a photo to a support ticket.",
+] * 6
+
+
+def test_masked_positions_only_loss_equals_the_full_forward(tmp_path: Path) -> None:
+    import torch
+    from transformers import DataCollatorForLanguageModeling
+
+    from tasks.modeling import pick_device
+    from tasks.pretrain import language_model_loss, load_language_model
+
+    lm = load_language_model(build_tiny_bert(tmp_path / "m", with_mlm_head=True), pick_device())
+    lm.model.eval()
+    blocks = [{"input_ids": list(range(5, 37))} for _ in range(4)]
+    batch = DataCollatorForLanguageModeling(lm.tokenizer, mlm_probability=0.3, seed=0)(blocks)
+    with torch.no_grad():
+        assert float(language_model_loss(lm, batch)) == pytest.approx(float(lm.model(**batch).loss), rel=1e-5)
