@@ -34,8 +34,9 @@ class Workspace:
     def pretrain_cache(self) -> Path:
         return self.root / "cache" / "pretrain"
 
-    def run_dir(self, run_id: str) -> Path:
-        return self.root / "runs" / run_id
+    def work_dir(self, stage: str) -> Path:
+        """Where a stage checkpoints; stable across runs so the next run resumes an interrupted one."""
+        return self.root / "work" / stage
 
     def model_dir(self, model_name: str, run_id: str) -> Path:
         return self.root / "models" / model_name / run_id
@@ -53,7 +54,8 @@ class RunContext:
 
     @property
     def subject(self) -> str:
-        return f"run:{self.run.id}"
+        """Audit subject of the run's events: the model name, so `audit log NAME` shows them."""
+        return self.config.name
 
 
 def package_versions() -> dict[str, str]:
@@ -111,23 +113,18 @@ def _progress(message: str) -> None:
 def stage(context: RunContext, name: str) -> Iterator[None]:
     """Audit events stage_started / stage_completed / stage_failed around one stage of a run."""
     audit = context.registry.audit
-    audit.append(event_type="stage_started", subject=context.subject, payload={"stage": name})
+    run = {"run_id": context.run.id, "stage": name}
+    audit.append("stage_started", context.subject, run)
     _progress(f"▶ {name}")
     started = time.perf_counter()
     try:
         yield
     except BaseException as exc:
-        audit.append(
-            event_type="stage_failed",
-            subject=context.subject,
-            payload={"stage": name, "error": str(exc) or type(exc).__name__},
-        )
+        audit.append("stage_failed", context.subject, {**run, "error": str(exc) or type(exc).__name__})
         _progress(f"✗ {name} failed after {time.perf_counter() - started:.1f}s")
         raise
     seconds = round(time.perf_counter() - started, 3)
-    audit.append(
-        event_type="stage_completed", subject=context.subject, payload={"stage": name, "seconds": seconds},
-    )
+    audit.append("stage_completed", context.subject, {**run, "seconds": seconds})
     _progress(f"✓ {name} ({seconds:.1f}s)")
 
 

@@ -15,6 +15,7 @@ from flows.stages import (
     evaluate_candidate,
     failed_expectations,
     load_data,
+    recorded_hashes,
     register_candidate,
     stop_unless_valid,
     train_classifier,
@@ -124,7 +125,7 @@ def evaluate_version(config_path: str, model_name: str, version: int,
             data = load_data(context)
             with stage(context, "evaluate"):
                 model_dir = Path(detail.version.artifact_path)
-                verify_files(model_dir, detail.files)
+                verify_files(model_dir, recorded_hashes(detail))
                 evaluation = evaluate_model(model_dir, data.test, config.finetuning.max_seq_length)
                 registry.log_metrics(
                     run_id=context.run.id, version_id=detail.version.id,

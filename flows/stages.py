@@ -6,11 +6,12 @@ are built from these, so a stage behaves the same whichever command runs it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from flows.context import RunContext, stage
-from governance.registry import GateDecisionIn, ModelVersionRecord, ValidationResultIn
+from governance.registry import GateDecisionIn, ModelVersionDetail, ModelVersionRecord, ValidationResultIn
 from steward.errors import CheckFailedError
 from tasks.data import TextTable, load_corpus, load_table, split_validation
 from tasks.evaluate import EvaluationResult, evaluate_model
@@ -87,8 +88,8 @@ def validate_data(context: RunContext, data: LoadedData) -> list[ValidationRepor
         failures = failed_expectations(reports)
         if failures:
             context.registry.audit.append(
-                event_type="validation_failed", subject=context.subject,
-                payload={"model": config.name, "failed_expectations": failures},
+                "validation_failed", context.subject,
+                {"run_id": context.run.id, "failed_expectations": failures},
             )
     return reports
 
@@ -111,7 +112,7 @@ def adapt_to_domain(context: RunContext, data: LoadedData, base_model_dir: Path)
     with stage(context, "continued pretraining"):
         result = continue_pretraining(
             base_model_dir, corpus, config.pretraining, config.seed,
-            output_dir=context.workspace.run_dir(context.run.id) / "pretrain",
+            output_dir=context.workspace.work_dir("pretrain"),
             cache_root=context.workspace.pretrain_cache,
         )
         context.registry.log_metrics(
@@ -138,9 +139,12 @@ def train_classifier(context: RunContext, data: LoadedData, start_dir: Path) -> 
     with stage(context, "fine-tuning"):
         result = fine_tune(
             start_dir, data.train, data.validation, config.finetuning, config.seed,
-            output_dir=context.workspace.model_dir(config.name, context.run.id),
+            output_dir=context.workspace.work_dir("finetune"),
             primary_metric=config.evaluation.primary_metric,
         )
+        final_dir = context.workspace.model_dir(config.name, context.run.id)
+        final_dir.parent.mkdir(parents=True, exist_ok=True)
+        result = replace(result, model_dir=Path(shutil.move(result.model_dir, final_dir)))
         for epoch, score in enumerate(result.validation_scores, start=1):
             context.registry.log_metrics(
                 run_id=context.run.id, metrics={f"validation_{config.evaluation.primary_metric}": score},
@@ -180,6 +184,11 @@ def register_candidate(
     return version
 
 
+def recorded_hashes(detail: ModelVersionDetail) -> dict[str, str]:
+    """The sha256 of every artifact file as the registry recorded it at registration."""
+    return {file.relative_path: file.sha256 for file in detail.files}
+
+
 def score_champion(context: RunContext, data: LoadedData) -> ChampionScore | None:
     """The champion's metrics on this test set: stored ones when the test data is unchanged."""
     registry, config = context.registry, context.config
@@ -188,10 +197,10 @@ def score_champion(context: RunContext, data: LoadedData) -> ChampionScore | Non
         return None
     with stage(context, "score champion"):
         detail = registry.get_version(config.name, champion.version)
-        champion_test = next((d for d in detail.datasets if d.role == "test"), None)
+        champion_test = detail.datasets.get("test")
         if champion_test is not None and champion_test.fingerprint == data.test.fingerprint:
             return ChampionScore(champion, registry.metrics_for_version(champion.id), True)
-        verify_files(Path(champion.artifact_path), detail.files)
+        verify_files(Path(champion.artifact_path), recorded_hashes(detail))
         evaluation = evaluate_model(Path(champion.artifact_path), data.test, config.finetuning.max_seq_length)
         return ChampionScore(champion, evaluation.headline(), False)
 

@@ -125,7 +125,7 @@ def test_validation_failure_stops_before_training(
     code, payload = run_json(capsys, "run", "--config", str(config))
     assert code == 1
     assert "validation failed" in payload["error"]
-    assert "row count" in payload["error"]
+    assert "train: at least 1000 rows — 150 rows" in payload["error"]
     with registry_for(config) as registry:
         assert registry.list_models() == []
         events = registry.audit.events("tickets")
@@ -149,8 +149,9 @@ def test_validate_command_reports_failed_expectations(
     code, payload = run_json(capsys, "validate", "--config", str(config), "--data", str(bad))
     assert code == 1
     assert payload["success"] is False
-    failed = " ".join(payload["failed_expectations"])
-    assert ("length" in failed and "unique" in failed.lower()) or "duplicate" in failed.lower()
+    failed = payload["failed_expectations"]
+    assert "train: text nulls at most 0.0% — 1 null row (3.1%)" in failed
+    assert any(line.startswith("train: text duplicates at most 10.0% — duplicate fraction 93.5%") for line in failed)
 
 
 @pytest.mark.usefixtures("prefect_harness")

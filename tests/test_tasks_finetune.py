@@ -15,8 +15,6 @@ from tasks.data import TextTable, make_table
 from tasks.evaluate import EvaluationResult, evaluate_model, expected_calibration_error
 from tasks.finetune import FineTuneResult, fine_tune
 
-pytest_plugins = ["tests.tiny_model"]  # the tiny_model_dir fixture
-
 LABEL_WORDS = {
     "billing": ["refund", "invoice", "payment", "price", "order"],
     "login": ["password", "login", "account", "error", "screen"],

