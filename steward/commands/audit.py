@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from steward.commands.common import console, emit, open_registry, parse_ref
-from steward.errors import CheckFailedError
 
 
 def log(args: argparse.Namespace) -> int:
@@ -40,9 +40,10 @@ def verify(args: argparse.Namespace) -> int:
             console().print(f"[red]Audit chain broken at event {result.first_broken_seq}[/]: {result.reason}")
 
     emit(args, result, render)
-    if not result.ok:
-        raise CheckFailedError(f"audit chain broken at event {result.first_broken_seq}: {result.reason}")
-    return 0
+    if result.ok:
+        return 0
+    sys.stderr.write(f"steward: error: audit chain broken at event {result.first_broken_seq}: {result.reason}\n")
+    return 1
 
 
 def report(args: argparse.Namespace) -> int:
