@@ -125,8 +125,7 @@ def adapt_to_domain(context: RunContext, data: LoadedData, base_model_dir: Path)
                 "pretrain_cache_hit": float(result.cache_hit),
             },
         )
-        for step, loss in result.loss_curve:
-            context.registry.log_metrics(run_id=context.run.id, metrics={"pretrain_loss": loss}, step=step)
+        context.registry.log_curve(run_id=context.run.id, key="pretrain_loss", points=result.loss_curve)
     return result
 
 
@@ -145,13 +144,11 @@ def train_classifier(context: RunContext, data: LoadedData, start_dir: Path) -> 
         final_dir = context.workspace.model_dir(config.name, context.run.id)
         final_dir.parent.mkdir(parents=True, exist_ok=True)
         result = replace(result, model_dir=Path(shutil.move(result.model_dir, final_dir)))
-        for epoch, score in enumerate(result.validation_scores, start=1):
-            context.registry.log_metrics(
-                run_id=context.run.id, metrics={f"validation_{config.evaluation.primary_metric}": score},
-                step=epoch,
-            )
-        for step, loss in result.loss_curve:
-            context.registry.log_metrics(run_id=context.run.id, metrics={"finetune_loss": loss}, step=step)
+        validation_curve = list(enumerate(result.validation_scores, start=1))
+        context.registry.log_curve(
+            run_id=context.run.id, key=f"validation_{config.evaluation.primary_metric}", points=validation_curve,
+        )
+        context.registry.log_curve(run_id=context.run.id, key="finetune_loss", points=result.loss_curve)
     return result
 
 

@@ -520,6 +520,35 @@ class Registry:
             payload = {"run_id": run_id, "dataset_id": dataset_id, "step": step, "metrics": values}
             self._event(session, "metrics_logged", subject, payload)
 
+    def log_curve(self, *, run_id: str, key: str, points: list[tuple[int, float]]) -> None:
+        """A per-step series (a loss curve) in one transaction and one audit event.
+
+        The event carries the series' sha256 rather than every point, so the chain still covers it.
+        """
+        values = [(int(step), value) for step, value in points]
+        _finite_metrics({f"{key}@{step}": value for step, value in values})
+        with self._write() as session:
+            run = self._run(session, run_id)
+            session.add_all(Metric(run_id=run_id, key=key, value=value, step=step) for step, value in values)
+            payload = {
+                "run_id": run_id,
+                "key": key,
+                "points": len(values),
+                "last": values[-1][1] if values else None,
+                "sha256": hashlib.sha256(canonical_json(values).encode()).hexdigest(),
+            }
+            self._event(session, "metric_curve_logged", run.model_name, payload)
+
+    def curve(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """A series logged with `log_curve`, in step order."""
+        with self._read() as session:
+            rows = session.execute(
+                select(Metric.step, Metric.value)
+                .where(Metric.run_id == run_id, Metric.key == key, Metric.step.is_not(None))
+                .order_by(Metric.step)
+            ).all()
+        return [(int(step), float(value)) for step, value in rows]
+
     def metrics_for_version(self, version_id: int) -> dict[str, float]:
         """The latest value of each metric logged against the version."""
         with self._read() as session:

@@ -324,3 +324,12 @@ def test_concurrent_registrations_number_versions_without_gaps(registry: Registr
     assert versions == list(range(1, 21))
     assert [v.version for v in registry.list_versions(MODEL)] == list(range(20, 0, -1))
     assert registry.audit.verify().ok
+
+
+def test_curve_is_stored_in_step_order_with_one_audit_event(registry: Registry) -> None:
+    run = start_run(registry)
+    registry.log_curve(run_id=run.id, key="finetune_loss", points=[(2, 0.5), (1, 0.9), (3, 0.25)])
+    assert registry.curve(run.id, "finetune_loss") == [(1, 0.9), (2, 0.5), (3, 0.25)]
+    assert event_types(registry).count("metric_curve_logged") == 1
+    with pytest.raises(BadInputError):
+        registry.log_curve(run_id=run.id, key="finetune_loss", points=[(4, float("nan"))])
