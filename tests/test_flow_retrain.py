@@ -108,11 +108,27 @@ def test_first_run_registers_a_champion_and_second_run_compares(
         assert set(detail.datasets) == {"train", "validation", "test", "corpus"}
         on_disk = sha256_files(Path(detail.version.artifact_path))
         assert {f.relative_path: f.sha256 for f in detail.files} == on_disk
-        assert registry.get_run(second["run_id"]).status == "completed"
+        run = registry.get_run(second["run_id"])
+        assert run.status == "completed"
         assert registry.audit.verify().ok
         types = [event.event_type for event in registry.audit.events("tickets")]
         assert types.count("stage_completed") >= 14
         assert "gate_decision" in types
+    _assert_visible_in_prefect(run.flow_run_id, second["version"])
+
+
+def _assert_visible_in_prefect(flow_run_id: str | None, version: int) -> None:
+    """The run's flow run completed in Prefect and its artifacts are there for the UI."""
+    from prefect import get_client
+    from prefect.artifacts import Artifact
+
+    assert flow_run_id is not None
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(flow_run_id).state.is_completed()
+    gate = Artifact.get("tickets-gate")
+    assert gate is not None and f"tickets v{version}: **promoted**" in gate.data
+    assert Artifact.get("tickets-metrics") is not None
+    assert Artifact.get("tickets-validation") is not None
 
 
 @pytest.mark.usefixtures("prefect_harness")
