@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 
 from governance.registry import Registry, RunRecord
-from steward.config import StewardConfig
+from steward.config import StewardConfig, load_config, resolve_registry_url
 
 TRACKED_PACKAGES = (
     "steward", "torch", "transformers", "datasets", "accelerate", "safetensors", "great-expectations",
@@ -138,3 +138,21 @@ def tracked_run(config: StewardConfig, registry: Registry, kind: str) -> Iterato
         registry.finish_run(context.run.id, status="failed", error=str(exc) or type(exc).__name__)
         raise
     registry.finish_run(context.run.id, status="completed")
+
+
+@contextmanager
+def opened_registry(config_path: str, registry_url: str | None) -> Iterator[tuple[StewardConfig, Registry]]:
+    """The validated config and the registry it resolves to, closed afterwards."""
+    config = load_config(config_path)
+    registry = Registry.open(resolve_registry_url(registry_url, config))
+    try:
+        yield config, registry
+    finally:
+        registry.close()
+
+
+@contextmanager
+def flow_run(config_path: str, registry_url: str | None, kind: str) -> Iterator[RunContext]:
+    """What every single-stage flow starts with: config, registry and a tracked run."""
+    with opened_registry(config_path, registry_url) as (config, registry), tracked_run(config, registry, kind) as run:
+        yield run

@@ -6,23 +6,19 @@ from dataclasses import dataclass, replace
 
 from prefect import flow
 
-from flows.artifacts import publish_gate_decision, publish_metrics, publish_validation
-from flows.context import RunContext, Workspace, tracked_run
+from flows.artifacts import publish_gate_decision, publish_metrics
+from flows.context import RunContext, Workspace, opened_registry, tracked_run
 from flows.stages import (
     adapt_to_domain,
     apply_gate,
     base_model_dir,
     evaluate_candidate,
-    load_data,
+    load_valid_data,
     register_candidate,
     score_champion,
-    stop_unless_valid,
     train_classifier,
-    validate_data,
 )
-from governance.registry import Registry
 from governance.report import write_report
-from steward.config import load_config, resolve_registry_url
 
 
 @dataclass(frozen=True)
@@ -46,10 +42,7 @@ def retrain_once(context: RunContext) -> RetrainOutcome:
     """The whole lifecycle for one config inside one registry run."""
     config = context.config
     start_dir = base_model_dir(context)
-    data = load_data(context)
-    reports = validate_data(context, data)
-    publish_validation(config.name, reports)
-    stop_unless_valid(reports)
+    data = load_valid_data(context)
     pretrained = adapt_to_domain(context, data, start_dir) if config.pretraining.enabled else None
     finetuned = train_classifier(context, data, pretrained.model_dir if pretrained else start_dir)
     evaluation = evaluate_candidate(context, data, finetuned.model_dir)
@@ -78,9 +71,7 @@ def retrain_once(context: RunContext) -> RetrainOutcome:
 @flow(name="steward-retrain", log_prints=False)
 def retrain(config_path: str, registry_url: str | None = None) -> RetrainOutcome:
     """Retrain the model that `config_path` describes, once, and gate it against the champion."""
-    config = load_config(config_path)
-    registry = Registry.open(resolve_registry_url(registry_url, config))
-    try:
+    with opened_registry(config_path, registry_url) as (config, registry):
         with tracked_run(config, registry, "retrain") as context:
             outcome = retrain_once(context)
         # Written after the run is closed, so the report shows its final status.
@@ -88,6 +79,4 @@ def retrain(config_path: str, registry_url: str | None = None) -> RetrainOutcome
             registry, config.name, outcome.version,
             Workspace.for_config(config).reports_dir(config.name) / f"v{outcome.version}.html",
         )
-        return replace(outcome, report=str(report))
-    finally:
-        registry.close()
+    return replace(outcome, report=str(report))

@@ -8,21 +8,19 @@ from pathlib import Path
 from prefect import flow
 
 from flows.artifacts import publish_validation
-from flows.context import stage, tracked_run
+from flows.context import flow_run, stage
 from flows.stages import (
     adapt_to_domain,
     base_model_dir,
     evaluate_candidate,
     failed_expectations,
     load_data,
+    load_valid_data,
     recorded_hashes,
     register_candidate,
-    stop_unless_valid,
     train_classifier,
     validate_data,
 )
-from governance.registry import Registry
-from steward.config import StewardConfig, load_config, resolve_registry_url
 from tasks.evaluate import evaluate_model
 from tasks.modeling import verify_files
 from tasks.pretrain import PretrainResult
@@ -53,84 +51,61 @@ class EvaluationOutcome:
     metrics: dict[str, float]
 
 
-def _open(config_path: str, registry_url: str | None) -> tuple[StewardConfig, Registry]:
-    config = load_config(config_path)
-    return config, Registry.open(resolve_registry_url(registry_url, config))
-
-
 @flow(name="steward-validate", log_prints=False)
 def validate_only(
     config_path: str, registry_url: str | None = None, data_path: str | None = None,
 ) -> ValidationOutcome:
     """The expectation suite alone; `data_path` replaces the config's training file."""
-    config, registry = _open(config_path, registry_url)
-    try:
-        with tracked_run(config, registry, "validate") as context:
-            data = load_data(context, Path(data_path).resolve() if data_path else None)
-            reports = validate_data(context, data)
-            publish_validation(config.name, reports)
-            return ValidationOutcome(
-                run_id=context.run.id,
-                success=all(report.success for report in reports),
-                failed_expectations=failed_expectations(reports),
-                checked={report.role: len(report.outcomes) for report in reports},
-            )
-    finally:
-        registry.close()
+    with flow_run(config_path, registry_url, "validate") as context:
+        data = load_data(context, Path(data_path).resolve() if data_path else None)
+        reports = validate_data(context, data)
+        publish_validation(context.config.name, reports)
+        return ValidationOutcome(
+            run_id=context.run.id,
+            success=all(report.success for report in reports),
+            failed_expectations=failed_expectations(reports),
+            checked={report.role: len(report.outcomes) for report in reports},
+        )
 
 
 @flow(name="steward-pretrain", log_prints=False)
 def pretrain_only(config_path: str, registry_url: str | None = None) -> PretrainResult:
     """Continued pretraining alone (cached: an unchanged corpus returns the adapted checkpoint)."""
-    config, registry = _open(config_path, registry_url)
-    try:
-        with tracked_run(config, registry, "pretrain") as context:
-            start_dir = base_model_dir(context)
-            data = load_data(context)
-            stop_unless_valid(validate_data(context, data))
-            return adapt_to_domain(context, data, start_dir)
-    finally:
-        registry.close()
+    with flow_run(config_path, registry_url, "pretrain") as context:
+        start_dir = base_model_dir(context)
+        return adapt_to_domain(context, load_valid_data(context), start_dir)
 
 
 @flow(name="steward-finetune", log_prints=False)
 def finetune_only(config_path: str, registry_url: str | None = None) -> FineTuneOutcome:
     """Fine-tune (on the adapted checkpoint when pretraining is enabled) and register, without a gate."""
-    config, registry = _open(config_path, registry_url)
-    try:
-        with tracked_run(config, registry, "finetune") as context:
-            start_dir = base_model_dir(context)
-            data = load_data(context)
-            stop_unless_valid(validate_data(context, data))
-            if config.pretraining.enabled:
-                start_dir = adapt_to_domain(context, data, start_dir).model_dir
-            finetuned = train_classifier(context, data, start_dir)
-            evaluation = evaluate_candidate(context, data, finetuned.model_dir)
-            version = register_candidate(context, data, finetuned, evaluation, None)
-            return FineTuneOutcome(
-                context.run.id, config.name, version.version, evaluation.headline(), str(finetuned.model_dir),
-            )
-    finally:
-        registry.close()
+    with flow_run(config_path, registry_url, "finetune") as context:
+        start_dir = base_model_dir(context)
+        data = load_valid_data(context)
+        if context.config.pretraining.enabled:
+            start_dir = adapt_to_domain(context, data, start_dir).model_dir
+        finetuned = train_classifier(context, data, start_dir)
+        evaluation = evaluate_candidate(context, data, finetuned.model_dir)
+        version = register_candidate(context, data, finetuned, evaluation, None)
+        return FineTuneOutcome(
+            context.run.id, context.config.name, version.version, evaluation.headline(), str(finetuned.model_dir),
+        )
 
 
 @flow(name="steward-evaluate", log_prints=False)
 def evaluate_version(config_path: str, model_name: str, version: int,
                      registry_url: str | None = None) -> EvaluationOutcome:
     """Score a registered version on the config's test set after checking its weights' sha256."""
-    config, registry = _open(config_path, registry_url)
-    try:
-        with tracked_run(config, registry, "evaluate") as context:
-            detail = registry.get_version(model_name, version)
-            data = load_data(context)
-            with stage(context, "evaluate"):
-                model_dir = Path(detail.version.artifact_path)
-                verify_files(model_dir, recorded_hashes(detail))
-                evaluation = evaluate_model(model_dir, data.test, config.finetuning.max_seq_length)
-                registry.log_metrics(
-                    run_id=context.run.id, version_id=detail.version.id,
-                    dataset_id=data.dataset_ids["test"], metrics=evaluation.headline(),
-                )
-            return EvaluationOutcome(context.run.id, model_name, version, evaluation.headline())
-    finally:
-        registry.close()
+    with flow_run(config_path, registry_url, "evaluate") as context:
+        registry = context.registry
+        detail = registry.get_version(model_name, version)
+        data = load_data(context)
+        with stage(context, "evaluate"):
+            model_dir = Path(detail.version.artifact_path)
+            verify_files(model_dir, recorded_hashes(detail))
+            evaluation = evaluate_model(model_dir, data.test, context.config.finetuning.max_seq_length)
+            registry.log_metrics(
+                run_id=context.run.id, version_id=detail.version.id,
+                dataset_id=data.dataset_ids["test"], metrics=evaluation.headline(),
+            )
+        return EvaluationOutcome(context.run.id, model_name, version, evaluation.headline())

@@ -10,6 +10,7 @@ import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from flows.artifacts import publish_validation
 from flows.context import RunContext, stage
 from governance.registry import GateDecisionIn, ModelVersionDetail, ModelVersionRecord, ValidationResultIn
 from steward.errors import CheckFailedError
@@ -103,6 +104,15 @@ def stop_unless_valid(reports: list[ValidationReport]) -> None:
     failures = failed_expectations(reports)
     if failures:
         raise CheckFailedError("validation failed: " + "; ".join(failures))
+
+
+def load_valid_data(context: RunContext) -> LoadedData:
+    """Load, validate, show the results in Prefect, and stop the run on any failed expectation."""
+    data = load_data(context)
+    reports = validate_data(context, data)
+    publish_validation(context.config.name, reports)
+    stop_unless_valid(reports)
+    return data
 
 
 def adapt_to_domain(context: RunContext, data: LoadedData, base_model_dir: Path) -> PretrainResult:
