@@ -203,3 +203,28 @@ def test_approval_needs_someone_other_than_the_author(
         assert registry.alias_version("tickets", "champion").version == 1
         types = [event.event_type for event in registry.audit.events("tickets")]
         assert "promotion_refused" in types and "model_promoted" in types
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_single_stages_pretrain_finetune_evaluate(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, pretrained = run_json(capsys, "pretrain", "--config", str(project))
+    assert code == 0 and pretrained["cache_hit"] is False
+    assert pretrained["perplexity_after"] < pretrained["perplexity_before"]
+    code, again = run_json(capsys, "pretrain", "--config", str(project))
+    assert (code, again["cache_hit"], again["model_dir"]) == (0, True, pretrained["model_dir"])
+
+    code, finetuned = run_json(capsys, "finetune", "--config", str(project))
+    assert (code, finetuned["version"]) == (0, 1)
+    with registry_for(project) as registry:
+        assert registry.alias_version("tickets", "champion") is None
+
+    code, evaluated = run_json(capsys, "evaluate", "--config", str(project), "--model", "tickets:1")
+    assert code == 0
+    assert evaluated["metrics"]["macro_f1"] == pytest.approx(finetuned["metrics"]["macro_f1"])
+
+    weights = Path(finetuned["artifact_path"]) / "model.safetensors"
+    original = weights.read_bytes()
+    weights.write_bytes(original[:-1] + bytes([original[-1] ^ 0xFF]))
+    code, refused = run_json(capsys, "evaluate", "--config", str(project), "--model", "tickets:1")
+    assert code == 1
+    assert "model.safetensors: sha256 mismatch" in refused["error"]
