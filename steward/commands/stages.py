@@ -53,7 +53,14 @@ def demo(args: argparse.Namespace) -> int:
     if not args.json:
         console().print(f"Demo data and config written to {config_path.parent}; running the flow…")
     args.config = str(config_path)
-    return run(args)
+    code = run(args)
+    if not args.json:
+        console().print(
+            f"Next: [bold]steward registry versions support-tickets --config {config_path}[/], "
+            f"[bold]steward audit verify --config {config_path}[/], or run the demo again to see the gate "
+            "compare a new candidate with this champion."
+        )
+    return code
 
 
 def validate(args: argparse.Namespace) -> int:
