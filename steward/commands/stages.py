@@ -56,7 +56,7 @@ def demo(args: argparse.Namespace) -> int:
     code = run(args)
     if not args.json:
         console().print(
-            f"Next: [bold]steward registry versions support-tickets --config {config_path}[/], "
+            f"Next: [bold]steward registry versions {load_config(config_path).name} --config {config_path}[/], "
             f"[bold]steward audit verify --config {config_path}[/], or run the demo again to see the gate "
             "compare a new candidate with this champion."
         )
