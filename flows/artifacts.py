@@ -64,3 +64,11 @@ def publish_gate_decision(model_name: str, version: int, outcome: GateOutcome) -
         markdown="\n".join(lines), key=artifact_key(model_name, "gate"),
         description=f"Promotion gate for {model_name} v{version}",
     )
+
+
+def publish_report(model_name: str, version: int, markdown: str) -> None:
+    """The audit report in markdown, so the Prefect UI shows it beside the run."""
+    create_markdown_artifact(
+        markdown=markdown, key=artifact_key(model_name, "audit-report"),
+        description=f"Audit report of {model_name} v{version}",
+    )

@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 
 from prefect import flow
 
-from flows.artifacts import publish_gate_decision, publish_metrics
+from flows.artifacts import publish_gate_decision, publish_metrics, publish_report
 from flows.context import RunContext, Workspace, opened_registry, tracked_run
 from flows.stages import (
     adapt_to_domain,
@@ -18,7 +18,8 @@ from flows.stages import (
     score_champion,
     train_classifier,
 )
-from governance.report import write_report
+from governance.report import build_report, save_report
+from governance.report_render import render_markdown
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ def retrain_once(context: RunContext) -> RetrainOutcome:
     evaluation = evaluate_candidate(context, data, finetuned.model_dir)
     champion = score_champion(context, data)
     candidate = register_candidate(
-        context, data, finetuned, evaluation, champion.version if champion else None,
+        context, data, finetuned, evaluation, champion.version if champion else None, adapted=pretrained,
     )
     metrics = evaluation.headline()
     outcome = apply_gate(context, candidate, metrics, champion)
@@ -74,9 +75,8 @@ def retrain(config_path: str, registry_url: str | None = None) -> RetrainOutcome
     with opened_registry(config_path, registry_url) as (config, registry):
         with tracked_run(config, registry, "retrain") as context:
             outcome = retrain_once(context)
-        # Written after the run is closed, so the report shows its final status.
-        report = write_report(
-            registry, config.name, outcome.version,
-            Workspace.for_config(config).reports_dir(config.name) / f"v{outcome.version}.html",
-        )
+        # Built after the run is closed, so the report shows its final status.
+        document = build_report(registry, config.name, outcome.version)
+    report = save_report(document, Workspace.for_config(config).reports_dir(config.name) / f"v{outcome.version}.html")
+    publish_report(config.name, outcome.version, render_markdown(document))
     return replace(outcome, report=str(report))

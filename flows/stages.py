@@ -12,7 +12,15 @@ from pathlib import Path
 
 from flows.artifacts import publish_validation
 from flows.context import RunContext, stage
-from governance.registry import GateDecisionIn, ModelVersionDetail, ModelVersionRecord, ValidationResultIn
+from governance.registry import (
+    ClassScore,
+    EvaluationDetailIn,
+    GateDecisionIn,
+    ModelVersionDetail,
+    ModelVersionRecord,
+    ReliabilityBin,
+    ValidationResultIn,
+)
 from steward.errors import CheckFailedError
 from tasks.data import TextTable, load_corpus, load_table, split_validation
 from tasks.evaluate import EvaluationResult, evaluate_model
@@ -169,9 +177,10 @@ def evaluate_candidate(context: RunContext, data: LoadedData, model_dir: Path) -
 
 def register_candidate(
     context: RunContext, data: LoadedData, finetuned: FineTuneResult, evaluation: EvaluationResult,
-    parent: ModelVersionRecord | None,
+    parent: ModelVersionRecord | None, adapted: PretrainResult | None = None,
 ) -> ModelVersionRecord:
-    """Register the fine-tuned weights with their lineage and test metrics."""
+    """Register the fine-tuned weights with their lineage, test metrics and evaluation details
+    (`adapted`: the continued-pretraining checkpoint it was fine-tuned from, if any)."""
     config = context.config
     with stage(context, "register"):
         version = context.registry.register_version(
@@ -188,7 +197,29 @@ def register_candidate(
             run_id=context.run.id, version_id=version.id, dataset_id=data.dataset_ids["test"],
             metrics=evaluation.headline(),
         )
+        context.registry.record_evaluation(
+            _evaluation_detail(context.run.id, version.id, data.dataset_ids["test"], evaluation, adapted)
+        )
     return version
+
+
+def _evaluation_detail(
+    run_id: str, version_id: int, dataset_id: int, evaluation: EvaluationResult, adapted: PretrainResult | None,
+) -> EvaluationDetailIn:
+    """The registry's record of an evaluation beyond its headline metrics."""
+    return EvaluationDetailIn(
+        run_id=run_id,
+        version_id=version_id,
+        dataset_id=dataset_id,
+        labels=tuple(evaluation.labels),
+        per_class=tuple(ClassScore(c.label, c.precision, c.recall, c.f1, c.support) for c in evaluation.per_class),
+        confusion_matrix=tuple(tuple(row) for row in evaluation.confusion_matrix),
+        reliability=tuple(
+            ReliabilityBin(b.lower, b.upper, b.count, b.mean_confidence, b.accuracy) for b in evaluation.reliability
+        ),
+        adapted_checkpoint_key=adapted.cache_key if adapted else None,
+        adapted_checkpoint_path=str(adapted.model_dir) if adapted else None,
+    )
 
 
 def recorded_hashes(detail: ModelVersionDetail) -> dict[str, str]:

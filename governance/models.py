@@ -256,3 +256,24 @@ class DriftReport(Base):
     report_path: Mapped[str] = mapped_column(Text)
     details: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# Added by migration 0003.
+
+
+class EvaluationDetail(Base):
+    """A version's test-set evaluation beyond the scalar metrics, and the adapted checkpoint behind it."""
+
+    __tablename__ = "evaluation_details"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"))
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id"))
+    labels: Mapped[list[str]] = mapped_column(JSON)
+    per_class: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    confusion_matrix: Mapped[list[list[int]]] = mapped_column(JSON)
+    reliability: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    adapted_checkpoint_key: Mapped[str | None] = mapped_column(String(64))
+    adapted_checkpoint_path: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

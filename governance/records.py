@@ -170,3 +170,57 @@ class ModelVersionDetail:
     aliases: list[str]
     run: RunRecord
     gate_decision: GateDecisionRecord | None
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    label: str
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+@dataclass(frozen=True)
+class ReliabilityBin:
+    """One bin of a reliability diagram: predictions whose confidence lies in [lower, upper)."""
+
+    lower: float
+    upper: float
+    count: int
+    mean_confidence: float
+    accuracy: float
+
+
+@dataclass(frozen=True)
+class EvaluationDetailIn:
+    """How a version did on its test set, class by class, plus the adapted checkpoint it grew from."""
+
+    run_id: str
+    version_id: int
+    dataset_id: int | None
+    labels: tuple[str, ...]
+    per_class: tuple[ClassScore, ...]
+    confusion_matrix: tuple[tuple[int, ...], ...]  # [true class][predicted class], in `labels` order
+    reliability: tuple[ReliabilityBin, ...]  # non-empty confidence bins, in confidence order
+    adapted_checkpoint_key: str | None = None  # the continued-pretraining cache key
+    adapted_checkpoint_path: str | None = None
+
+
+@dataclass(frozen=True)
+class EvaluationDetailRecord:
+    id: int
+    run_id: str
+    version_id: int
+    dataset_id: int | None
+    labels: tuple[str, ...]
+    per_class: tuple[ClassScore, ...]
+    confusion_matrix: tuple[tuple[int, ...], ...]
+    reliability: tuple[ReliabilityBin, ...]
+    adapted_checkpoint_key: str | None
+    adapted_checkpoint_path: str | None
+    created_at: datetime
+
+    @property
+    def examples(self) -> int:
+        return sum(score.support for score in self.per_class)

@@ -31,6 +31,7 @@ from governance.models import (
     ArtifactFile,
     Dataset,
     DriftReport,
+    EvaluationDetail,
     GateDecision,
     Metric,
     ModelVersion,
@@ -44,14 +45,18 @@ from governance.models import (
 from governance.records import (
     AliasMove,
     ArtifactFileRecord,
+    ClassScore,
     DatasetRecord,
     DriftReportIn,
     DriftReportRecord,
+    EvaluationDetailIn,
+    EvaluationDetailRecord,
     GateDecisionIn,
     GateDecisionRecord,
     ModelSummary,
     ModelVersionDetail,
     ModelVersionRecord,
+    ReliabilityBin,
     RunRecord,
     ValidationResultIn,
     ValidationResultRecord,
@@ -64,15 +69,19 @@ __all__ = [
     "ArtifactFileRecord",
     "AuditLog",
     "ChainVerification",
+    "ClassScore",
     "DatasetRecord",
     "DriftReportIn",
     "DriftReportRecord",
+    "EvaluationDetailIn",
+    "EvaluationDetailRecord",
     "GateDecisionIn",
     "GateDecisionRecord",
     "ModelSummary",
     "ModelVersionDetail",
     "ModelVersionRecord",
     "Registry",
+    "ReliabilityBin",
     "RunRecord",
     "ValidationResultIn",
     "ValidationResultRecord",
@@ -561,6 +570,53 @@ class Registry:
         )
         return dict(rows.tuples().all())
 
+    def run_metrics(self, run_id: str) -> dict[str, float]:
+        """The latest value of each scalar logged against the run itself (no version, not a curve)."""
+        with self._read() as session:
+            rows = session.execute(
+                select(Metric.key, Metric.value)
+                .where(Metric.run_id == run_id, Metric.version_id.is_(None), Metric.step.is_(None))
+                .order_by(Metric.id)
+            )
+            return dict(rows.tuples().all())
+
+    def record_evaluation(self, detail: EvaluationDetailIn) -> EvaluationDetailRecord:
+        """Store a version's per-class scores, confusion matrix and reliability bins (one audit event).
+
+        The event carries the sha256 of the whole record, so the chain covers every number in it.
+        """
+        _check_evaluation(detail)
+        with self._write() as session:
+            self._run(session, detail.run_id)
+            version = self._version_by_id(session, detail.version_id)
+            if detail.dataset_id is not None:
+                self._dataset(session, detail.dataset_id)
+            row = EvaluationDetail(**_evaluation_columns(detail), created_at=utcnow())
+            session.add(row)
+            session.flush()
+            payload = {
+                "run_id": detail.run_id,
+                "version_id": detail.version_id,
+                "dataset_id": detail.dataset_id,
+                "labels": list(detail.labels),
+                "examples": sum(score.support for score in detail.per_class),
+                "adapted_checkpoint_key": detail.adapted_checkpoint_key,
+                "sha256": hashlib.sha256(canonical_json(_evaluation_columns(detail)).encode()).hexdigest(),
+            }
+            self._event(session, "evaluation_recorded", _subject(version.model_name, version.version), payload)
+            return _evaluation_record(row)
+
+    def evaluation(self, version_id: int) -> EvaluationDetailRecord | None:
+        """The latest evaluation detail recorded for the version; None when there is none."""
+        with self._read() as session:
+            row = session.scalars(
+                select(EvaluationDetail)
+                .where(EvaluationDetail.version_id == version_id)
+                .order_by(EvaluationDetail.id.desc())
+                .limit(1)
+            ).first()
+            return None if row is None else _evaluation_record(row)
+
     def record_validation(self, *, run_id: str, dataset_id: int | None, results: list[ValidationResultIn]) -> None:
         with self._write() as session:
             run = self._run(session, run_id)
@@ -715,6 +771,28 @@ class Registry:
             self._event(session, "champion_rolled_back", subject, _move_payload(move), actor=actor)
             return move
 
+    def alias_history(self, model_name: str) -> list[AliasMove]:
+        """Every alias move of the model, oldest first: who pointed which alias where, and why."""
+        previous = aliased(ModelVersion)
+        with self._read() as session:
+            model = self._model(session, model_name)
+            rows = session.execute(
+                select(
+                    AliasHistory.alias,
+                    ModelVersion.version,
+                    previous.version,
+                    AliasHistory.action,
+                    AliasHistory.actor,
+                    AliasHistory.reason,
+                    AliasHistory.created_at,
+                )
+                .join(ModelVersion, ModelVersion.id == AliasHistory.version_id)
+                .outerjoin(previous, previous.id == AliasHistory.previous_version_id)
+                .where(AliasHistory.model_id == model.id)
+                .order_by(AliasHistory.id)
+            ).all()
+        return [AliasMove(model_name, *row) for row in rows]
+
     def alias_version(self, model_name: str, alias: str) -> ModelVersionRecord | None:
         """The version `alias` points at; None when the model or the alias does not exist yet."""
         with self._read() as session:
@@ -785,6 +863,45 @@ def _check_sha256(files: dict[str, str]) -> None:
     for path, digest in files.items():
         if not _SHA256.fullmatch(digest):
             raise BadInputError(f"file {path!r}: sha256 must be 64 lowercase hex characters, got {digest!r}")
+
+
+def _check_evaluation(detail: EvaluationDetailIn) -> None:
+    labels = list(detail.labels)
+    if not labels or len(set(labels)) != len(labels):
+        raise BadInputError(f"evaluation labels must be distinct and non-empty, got {labels}")
+    if [score.label for score in detail.per_class] != labels:
+        raise BadInputError("evaluation per-class scores must follow the labels' order")
+    matrix = detail.confusion_matrix
+    if len(matrix) != len(labels) or any(len(row) != len(labels) or min(row) < 0 for row in matrix):
+        raise BadInputError(f"confusion matrix must be {len(labels)}x{len(labels)} non-negative counts")
+    if detail.adapted_checkpoint_key is not None and not _SHA256.fullmatch(detail.adapted_checkpoint_key):
+        raise BadInputError(f"adapted checkpoint key must be a sha256, got {detail.adapted_checkpoint_key!r}")
+    scores = {f"{s.label}.{name}": getattr(s, name) for s in detail.per_class for name in ("precision", "recall", "f1")}
+    bins = {f"bin{i}.{name}": getattr(b, name) for i, b in enumerate(detail.reliability)
+            for name in ("lower", "upper", "mean_confidence", "accuracy")}
+    _finite_metrics({**scores, **bins})
+
+
+def _evaluation_columns(detail: EvaluationDetailIn) -> dict[str, Any]:
+    """The record as the row's columns (plain JSON data)."""
+    return {
+        **asdict(detail),
+        "labels": list(detail.labels),
+        "per_class": [asdict(score) for score in detail.per_class],
+        "confusion_matrix": [list(row) for row in detail.confusion_matrix],
+        "reliability": [asdict(b) for b in detail.reliability],
+    }
+
+
+def _evaluation_record(row: EvaluationDetail) -> EvaluationDetailRecord:
+    return _to_record(
+        EvaluationDetailRecord,
+        row,
+        labels=tuple(row.labels),
+        per_class=tuple(ClassScore(**score) for score in row.per_class),
+        confusion_matrix=tuple(tuple(counts) for counts in row.confusion_matrix),
+        reliability=tuple(ReliabilityBin(**b) for b in row.reliability),
+    )
 
 
 def _artifact_files(version_id: int, artifact_path: str, files: dict[str, str]) -> list[ArtifactFile]:

@@ -1,157 +1,587 @@
 """The audit report of one model version: what a reviewer reads before letting it serve.
 
-Built from the registry alone (no training code), rendered as self-contained HTML or markdown.
+Built from the registry alone (no training code): the gate decision, a model card, metrics against
+the champion, per-class results, calibration, training curves, validation, drift, lineage, artifacts,
+environment and the audit trail. Rendered as self-contained HTML (`governance.report_render`) or markdown.
 """
 
 from __future__ import annotations
 
-import html
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
-from governance.records import ModelVersionDetail
-from governance.registry import Registry
+from governance.audit import AuditEventRecord, ChainVerification
+from governance.records import (
+    AliasMove,
+    DatasetRecord,
+    DriftReportRecord,
+    EvaluationDetailRecord,
+    GateDecisionRecord,
+    ModelVersionDetail,
+    RunRecord,
+    ValidationResultRecord,
+)
+from governance.registry import CHAMPION, Registry
+from governance.report_plots import confusion_matrix_svg, curves_svg, reliability_svg
+from governance.report_render import (
+    Badge,
+    Bullets,
+    Cell,
+    Chain,
+    Document,
+    Facts,
+    Figure,
+    Link,
+    Preformatted,
+    Section,
+    Styled,
+    Table,
+    render_html,
+    render_markdown,
+)
 from steward.errors import BadInputError
 
 FORMATS = ("html", "md")
+LOWER_IS_BETTER = frozenset({"ece", "latency_p50_ms", "latency_p95_ms"})
+POORLY_CALIBRATED_ECE = 0.1
+OBSERVED_WIDTH = 120
+EVENT_DETAIL_WIDTH = 90
+TRAINING_ROLES = ("train", "validation", "corpus")
+DATASET_ORDER = ("train", "validation", "test", "corpus")
 
 
 @dataclass(frozen=True)
-class Section:
-    title: str
-    lines: list[str] = field(default_factory=list)
-    header: tuple[str, ...] = ()
-    rows: list[tuple[str, ...]] = field(default_factory=list)
+class Evidence:
+    """Everything the report shows about one version, read from the registry in one go."""
+
+    detail: ModelVersionDetail
+    evaluation: EvaluationDetailRecord | None
+    champion_metrics: dict[str, float] | None
+    moves: list[AliasMove]  # alias moves to or away from this version
+    run_metrics: dict[str, float]
+    curves: dict[str, list[tuple[int, float]]]
+    validation: list[ValidationResultRecord]
+    drift: list[DriftReportRecord]
+    version_numbers: dict[int, int]  # version id -> version number, for drift rows
+    events: list[AuditEventRecord]
+    chain: ChainVerification
+    parent_run: RunRecord | None
+    ui_url: str | None
+
+    @property
+    def name(self) -> str:
+        return self.detail.version.model_name
+
+    @property
+    def number(self) -> int:
+        return self.detail.version.version
+
+    @property
+    def gate(self) -> GateDecisionRecord | None:
+        return self.detail.gate_decision
+
+    @property
+    def primary_metric(self) -> str:
+        return _primary_metric(self.detail)
+
+    @property
+    def card(self) -> dict:
+        return self.detail.run.config.get("card") or {}
 
 
-def _fmt(value: float | None) -> str:
-    return "—" if value is None else f"{value:.4f}"
+# -- reading the registry ----------------------------------------------------------------------------
 
 
-def _summary(detail: ModelVersionDetail) -> Section:
-    version, run, gate = detail.version, detail.run, detail.gate_decision
-    lines = [
-        f"Aliases: {', '.join(detail.aliases) or 'none'}; status: {version.status}",
-        f"Registered {version.created_at:%Y-%m-%d %H:%M} UTC by {version.created_by}",
-        f"Run {run.id} ({run.kind}) {run.status}, started {run.started_at:%Y-%m-%d %H:%M} UTC by {run.author}",
-    ]
-    if gate is not None:
-        lines.append(
-            f"Gate: {gate.outcome} — {gate.primary_metric} {_fmt(gate.candidate_score)} "
-            f"vs champion {_fmt(gate.champion_score)} (floor {gate.min_score}, "
-            f"required improvement {gate.min_improvement}). {gate.reasons}"
-        )
-    return Section("Summary", lines)
+def prefect_ui_url() -> str | None:
+    """The Prefect UI's address when one is configured (PREFECT_UI_URL, or derived from PREFECT_API_URL)."""
+    from prefect.settings import PREFECT_UI_URL
+
+    value = PREFECT_UI_URL.value()
+    return value.rstrip("/") if value else None
 
 
-def _metrics(detail: ModelVersionDetail, champion: dict[str, float] | None) -> Section:
-    rows = []
-    for name, value in sorted(detail.metrics.items()):
-        old = champion.get(name) if champion else None
-        delta = "—" if old is None else f"{value - old:+.4f}"
-        rows.append((name, _fmt(value), _fmt(old), delta))
-    return Section("Test metrics against the champion", header=("metric", "this version", "champion", "delta"),
-                   rows=rows)
+def _primary_metric(detail: ModelVersionDetail) -> str:
+    configured = detail.run.config.get("evaluation", {}).get("primary_metric")
+    gate = detail.gate_decision
+    return configured or (gate.primary_metric if gate else "macro_f1")
 
 
-def _lineage(detail: ModelVersionDetail) -> Section:
-    rows = [(role, d.source, str(d.rows), d.fingerprint) for role, d in sorted(detail.datasets.items())]
-    version = detail.version
-    parent = f"v{version.parent_version}" if version.parent_version else "none"
-    return Section(
-        "Lineage",
-        [f"Base model: {version.base_model}; parent version: {parent}; artifact: {version.artifact_path}"],
-        ("dataset", "source", "rows", "sha256 fingerprint"), rows,
+def gather(registry: Registry, model_name: str, version: int, ui_url: str | None) -> Evidence:
+    detail = registry.get_version(model_name, version)
+    run, gate = detail.run, detail.gate_decision
+    subject = f"{model_name}:{version}"
+    parent = detail.version.parent_version
+    curve_keys = ("pretrain_loss", "finetune_loss", f"validation_{_primary_metric(detail)}")
+    return Evidence(
+        detail=detail,
+        evaluation=registry.evaluation(detail.version.id),
+        champion_metrics=registry.metrics_for_version(gate.champion_version_id)
+        if gate and gate.champion_version_id else None,
+        moves=[m for m in registry.alias_history(model_name) if version in (m.version, m.previous_version)],
+        run_metrics=registry.run_metrics(run.id),
+        curves={key: registry.curve(run.id, key) for key in curve_keys},
+        validation=registry.validation_results(run.id),
+        drift=registry.drift_reports(model_name),
+        version_numbers={v.id: v.version for v in registry.list_versions(model_name)},
+        events=[e for e in registry.audit.events(model_name)
+                if e.subject == subject or e.payload.get("run_id") == run.id],
+        chain=registry.audit.verify(),
+        parent_run=registry.get_version(model_name, parent).run if parent is not None else None,
+        ui_url=ui_url,
     )
 
 
-def _artifacts(detail: ModelVersionDetail) -> Section:
-    rows = [(f.relative_path, f.sha256, str(f.size_bytes or "")) for f in detail.files]
-    return Section("Artifact files", header=("file", "sha256", "bytes"), rows=rows)
+# -- small formatting helpers ------------------------------------------------------------------------
 
 
-def _environment(detail: ModelVersionDetail) -> Section:
-    run = detail.run
-    rows = [(name, version) for name, version in sorted(run.package_versions.items())]
-    lines = [f"Seed {run.seed}; code version {run.code_version}; Prefect flow run {run.flow_run_id or 'none'}"]
-    return Section("Environment", lines, ("package", "version"), rows)
+def _num(value: float | None, digits: int = 4) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
 
 
-def _audit_trail(registry: Registry, detail: ModelVersionDetail) -> Section:
-    chain = registry.audit.verify()
-    status = (f"Chain verified: {chain.events_checked} events intact" if chain.ok
-              else f"CHAIN BROKEN at event {chain.first_broken_seq}: {chain.reason}")
-    run_id = detail.run.id
-    events = [
-        event for event in registry.audit.events(detail.version.model_name)
-        if event.payload.get("run_id") == run_id
-        or event.subject == f"{detail.version.model_name}:{detail.version.version}"
+def _when(moment: datetime | str | None) -> str:
+    if moment is None:
+        return "—"
+    if isinstance(moment, str):
+        return moment[:19].replace("T", " ") + " UTC"
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _flow_run_cell(run: RunRecord, ui_url: str | None) -> Cell:
+    if run.flow_run_id is None:
+        return "—"
+    if ui_url is None:
+        return run.flow_run_id
+    return Link(run.flow_run_id, f"{ui_url}/runs/flow-run/{run.flow_run_id}")
+
+
+def _delta(metric: str, new: float, old: float | None) -> Cell:
+    if old is None:
+        return "—"
+    change = new - old
+    better = change < 0 if metric in LOWER_IS_BETTER else change > 0
+    tone = "muted" if abs(change) < 1e-12 else "ok" if better else "bad"
+    return Styled(f"{change:+.4f}", tone)
+
+
+def _reasons(gate: GateDecisionRecord) -> list[str]:
+    return [reason for reason in gate.reasons.split("; ") if reason]
+
+
+def _approval(evidence: Evidence) -> AliasMove | None:
+    """The latest manual promotion of this version (`steward registry promote --approver`)."""
+    promotions = [m for m in evidence.moves if m.action == "promote" and m.version == evidence.number]
+    return promotions[-1] if promotions else None
+
+
+# -- summary -----------------------------------------------------------------------------------------
+
+
+def _badge(evidence: Evidence) -> Badge:
+    gate, approval = evidence.gate, _approval(evidence)
+    if CHAMPION in evidence.detail.aliases:
+        how = f"approved by {approval.actor}" if approval else "passed the promotion gate"
+        return Badge("PROMOTED", "ok", f"serving as {CHAMPION}; {how}")
+    if any(m.alias == CHAMPION and m.version == evidence.number for m in evidence.moves):
+        return Badge("FORMER CHAMPION", "muted", f"another version is {CHAMPION} now")
+    if gate is None:
+        return Badge("NOT GATED", "muted", "registered without a promotion gate")
+    if gate.outcome == "rejected":
+        return Badge("REJECTED", "bad", "failed the promotion gate; no alias")
+    return Badge("CHALLENGER · AWAITING APPROVAL", "wait",
+                 f"passed the gate; needs an approver other than {evidence.detail.run.author}")
+
+
+def _gate_numbers(gate: GateDecisionRecord) -> str:
+    champion = "no champion to beat" if gate.champion_score is None else (
+        f"champion v{gate.champion_version} {gate.champion_score:.4f} "
+        f"(Δ {gate.candidate_score - gate.champion_score:+.4f})"
+    )
+    return (f"{gate.primary_metric} {gate.candidate_score:.4f} vs {champion}; floor {gate.min_score}, "
+            f"required improvement {gate.min_improvement}")
+
+
+def _approver(evidence: Evidence) -> Cell:
+    approval, gate = _approval(evidence), evidence.gate
+    if approval is not None:
+        reason = f" — “{approval.reason}”" if approval.reason else ""
+        return f"{approval.actor} (made it {approval.alias} on {_when(approval.created_at)}){reason}"
+    if gate is not None and gate.outcome == "challenger":
+        return Styled(f"awaiting approval by someone other than {evidence.detail.run.author}", "wait")
+    if gate is not None and gate.outcome == "promoted":
+        return "none needed: the gate promoted it (no approval required)"
+    if gate is not None and gate.outcome == "rejected":
+        return "none: the gate rejected it"
+    return "—"
+
+
+def _decision(gate: GateDecisionRecord | None) -> Cell:
+    if gate is None:
+        return Styled("no gate decision recorded", "muted")
+    tone = {"promoted": "ok", "challenger": "wait", "rejected": "bad"}[gate.outcome]
+    return Styled(f"{gate.outcome} ({'passed' if gate.passed else 'failed'}) on {_when(gate.created_at)}", tone)
+
+
+def _summary(evidence: Evidence) -> Section:
+    detail, gate, run = evidence.detail, evidence.gate, evidence.detail.run
+    facts: list[tuple[str, Cell]] = [
+        ("Gate decision", _decision(gate)),
+        ("Gate numbers", _gate_numbers(gate) if gate else "—"),
+        ("Aliases", ", ".join(detail.aliases) or "none"),
+        ("Approver", _approver(evidence)),
+        ("Registered", f"{_when(detail.version.created_at)} by {detail.version.created_by}"),
+        ("Training run", f"{run.status}; started {_when(run.started_at)} by {run.author}, "
+                         f"finished {_when(run.finished_at)}"),
     ]
-    rows = [(str(e.seq), e.created_at[:19], e.actor, e.event_type, e.hash[:16]) for e in events]
-    return Section("Audit trail", [status], ("seq", "time (UTC)", "actor", "event", "hash"), rows)
+    blocks: list = [Facts(facts)]
+    if gate is not None:
+        blocks.append(Bullets(list(_reasons(gate)), title="Why"))
+    if evidence.moves:
+        blocks.append(_alias_table(evidence.moves))
+    return Section("summary", "Summary", blocks)
 
 
-def build_sections(registry: Registry, model_name: str, version: int) -> list[Section]:
-    detail = registry.get_version(model_name, version)
-    gate = detail.gate_decision
-    champion_metrics = None
-    if gate is not None and gate.champion_version_id is not None:
-        champion_metrics = registry.metrics_for_version(gate.champion_version_id)
-    return [
-        _summary(detail),
-        _metrics(detail, champion_metrics),
-        _lineage(detail),
-        _artifacts(detail),
-        _environment(detail),
-        _audit_trail(registry, detail),
+def _alias_table(moves: list[AliasMove]) -> Table:
+    rows = [
+        (_when(m.created_at), m.alias, m.action,
+         f"v{m.previous_version} → v{m.version}" if m.previous_version else f"→ v{m.version}", m.actor, m.reason)
+        for m in moves
     ]
+    return Table(("time", "alias", "action", "move", "by", "reason"), rows, "Alias moves involving this version")
 
 
-def render_markdown(title: str, sections: list[Section]) -> str:
-    out = [f"# {title}", ""]
-    for section in sections:
-        out += [f"## {section.title}", "", *[f"{line}  " for line in section.lines], ""]
-        if section.header:
-            out.append("| " + " | ".join(section.header) + " |")
-            out.append("|" + "---|" * len(section.header))
-            out += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in section.rows]
-            out.append("")
-    return "\n".join(out)
+# -- model card --------------------------------------------------------------------------------------
 
 
-STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2rem auto;color:#1f2933}
-h1{border-bottom:2px solid #3e4c59;padding-bottom:.3rem}h2{margin-top:2rem;color:#323f4b}
-table{border-collapse:collapse;width:100%;font-size:.9rem}th,td{border:1px solid #cbd2d9;padding:.3rem .5rem;
-text-align:left;word-break:break-all}th{background:#f0f4f8}p{margin:.3rem 0}
-"""
+def _dataset_line(role: str, evidence: Evidence) -> str:
+    dataset = evidence.detail.datasets[role]
+    return f"{role}: {dataset.source} — {dataset.rows} rows (sha256 {dataset.fingerprint[:12]}…)"
 
 
-def render_html(title: str, sections: list[Section]) -> str:
-    esc = html.escape
-    body = [f"<h1>{esc(title)}</h1>"]
-    for section in sections:
-        body.append(f"<h2>{esc(section.title)}</h2>")
-        body += [f"<p>{esc(line)}</p>" for line in section.lines]
-        if section.header:
-            head = "".join(f"<th>{esc(cell)}</th>" for cell in section.header)
-            rows = "".join(
-                "<tr>" + "".join(f"<td>{esc(cell)}</td>" for cell in row) + "</tr>" for row in section.rows
-            )
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-    return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{esc(title)}</title>"
-            f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>\n")
+def _derived_limitations(evidence: Evidence) -> list[str]:
+    lines = []
+    evaluation, ece = evidence.evaluation, evidence.detail.metrics.get("ece")
+    if evaluation is not None:
+        weakest = min(evaluation.per_class, key=lambda score: score.f1)
+        if weakest.f1 < 1.0:
+            lines.append(f"Weakest class: {weakest.label} (F1 {weakest.f1:.3f}, {weakest.support} test examples).")
+        lines.append(f"Measured on one test set of {evaluation.examples} examples; other domains or drifted "
+                     "inputs may score lower.")
+    if ece is not None and ece > POORLY_CALIBRATED_ECE:
+        lines.append(f"Confidences are poorly calibrated (ECE {ece:.3f}): do not read them as probabilities.")
+    drifted = [d for d in evidence.drift if d.drift_detected]
+    if drifted:
+        lines.append(f"Drift detected {len(drifted)} time(s), last on {_when(drifted[-1].created_at)}.")
+    return lines
 
 
-def write_report(registry: Registry, model_name: str, version: int, out: Path, fmt: str = "html") -> Path:
-    """Render the audit report of NAME:VERSION to `out` (written whole, via a temporary file)."""
+def _card_facts(evidence: Evidence) -> Facts:
+    card, version = evidence.card, evidence.detail.version
+    task = evidence.detail.run.config.get("task", "text-classification")
+    labels = ", ".join(evidence.evaluation.labels) if evidence.evaluation else "—"
+    intended: Cell = card.get("intended_use") or Styled("not stated: add card.intended_use to the config", "muted")
+    return Facts([
+        ("Model", f"{version.model_name} v{version.version}: {task}, fine-tuned from {version.base_model}"),
+        ("Intended use", intended),
+        ("Classes", labels),
+        ("Contact", card.get("contact") or "—"),
+    ])
+
+
+def _card_metrics(evidence: Evidence) -> list[Cell]:
+    metrics = evidence.detail.metrics
+    shown = [evidence.primary_metric, *sorted({"accuracy", "macro_f1", "ece"} - {evidence.primary_metric})]
+    return [f"{name}: {metrics[name]:.4f}" for name in shown if name in metrics]
+
+
+def _model_card(evidence: Evidence) -> Section:
+    datasets, card = evidence.detail.datasets, evidence.card
+    blocks: list = [
+        _card_facts(evidence),
+        Bullets([_dataset_line(r, evidence) for r in TRAINING_ROLES if r in datasets] or ["not recorded"],
+                "Training data"),
+        Bullets([_dataset_line("test", evidence)] if "test" in datasets else ["not recorded"], "Evaluation data"),
+        Bullets(_card_metrics(evidence) or ["none recorded"], "Metrics (test set)"),
+        Bullets([*card.get("limitations", []), *_derived_limitations(evidence)] or ["none stated"], "Limitations"),
+    ]
+    if card.get("out_of_scope"):
+        blocks.append(Bullets(list(card["out_of_scope"]), "Out of scope"))
+    return Section("model-card", "Model card", blocks)
+
+
+# -- quality -----------------------------------------------------------------------------------------
+
+
+def _metrics(evidence: Evidence) -> Section:
+    champion, gate = evidence.champion_metrics, evidence.gate
+    label = f"champion v{gate.champion_version}" if gate and gate.champion_version else "champion"
+    rows = [
+        (name, _num(value), _num(champion.get(name) if champion else None),
+         _delta(name, value, champion.get(name) if champion else None))
+        for name, value in sorted(evidence.detail.metrics.items())
+    ]
+    note = ("Champion values are its metrics as recorded in the registry." if champion
+            else "There was no champion to compare with when this version was gated.")
+    return Section("metrics", "Metrics against the champion",
+                   [note, Table(("metric", "this version", label, "delta"), rows)])
+
+
+def _missing_evaluation() -> str:
+    return "No evaluation details were recorded for this version (it predates them, or was registered elsewhere)."
+
+
+def _per_class(evidence: Evidence) -> Section:
+    evaluation = evidence.evaluation
+    if evaluation is None:
+        return Section("per-class", "Per-class results", [_missing_evaluation()])
+    scores = Table(("class", "precision", "recall", "F1", "support"), [
+        (s.label, _num(s.precision), _num(s.recall), _num(s.f1), str(s.support)) for s in evaluation.per_class
+    ])
+    matrix = Table(("true \\ predicted", *evaluation.labels), [
+        (label, *(str(count) for count in row))
+        for label, row in zip(evaluation.labels, evaluation.confusion_matrix, strict=True)
+    ], "Confusion matrix")
+    figure = Figure(f"Confusion matrix on {evaluation.examples} test examples (rows: true class)",
+                    lambda: confusion_matrix_svg(evaluation.labels, evaluation.confusion_matrix), matrix)
+    return Section("per-class", "Per-class results", [scores, figure])
+
+
+def _calibration(evidence: Evidence) -> Section:
+    evaluation, ece = evidence.evaluation, evidence.detail.metrics.get("ece")
+    intro = (f"Expected calibration error {_num(ece)}: the gap between confidence and accuracy, weighted over "
+             "equal-width confidence bins (0 is perfectly calibrated).")
+    if evaluation is None:
+        return Section("calibration", "Calibration", [intro, _missing_evaluation()])
+    bins = Table(("confidence", "examples", "mean confidence", "accuracy", "gap"), [
+        (f"{b.lower:.2f}–{b.upper:.2f}", str(b.count), _num(b.mean_confidence), _num(b.accuracy),
+         f"{b.accuracy - b.mean_confidence:+.4f}")
+        for b in evaluation.reliability
+    ], "Reliability bins")
+    figure = Figure("Reliability diagram: bars are the accuracy in each confidence bin, orange marks its mean "
+                    "confidence (the gap is miscalibration), the dashed line is perfect calibration",
+                    lambda: reliability_svg(evaluation.reliability, ece))
+    return Section("calibration", "Calibration", [intro, figure, bins])
+
+
+# -- training, validation, drift ---------------------------------------------------------------------
+
+
+def _curve_summary(curves: list[tuple[str, list[tuple[int, float]]]]) -> Table:
+    rows = [
+        (title, str(len(points)), _num(points[0][1]), _num(points[-1][1]),
+         _num(min(v for _, v in points)), _num(max(v for _, v in points)))
+        for title, points in curves
+    ]
+    return Table(("series", "points", "first", "last", "min", "max"), rows, "Training curves")
+
+
+def _pretraining_facts(evidence: Evidence) -> Facts:
+    metrics, evaluation = evidence.run_metrics, evidence.evaluation
+    before, after = metrics.get("pretrain_perplexity_before"), metrics.get("pretrain_perplexity_after")
+    change = f" ({(after - before) / before:+.1%})" if before and after is not None else ""
+    cache = metrics.get("pretrain_cache_hit")
+    key = evaluation.adapted_checkpoint_key if evaluation else None
+    return Facts([
+        ("Perplexity before → after", f"{_num(before, 2)} → {_num(after, 2)}{change}"),
+        ("Pretraining steps", _num(metrics.get("pretrain_steps"), 0)),
+        ("Adapted checkpoint", "—" if cache is None else "reused from cache" if cache else "trained in this run"),
+        ("Checkpoint cache key", key or "—"),
+    ])
+
+
+def _training(evidence: Evidence) -> Section:
+    primary = evidence.primary_metric
+    titles = {"pretrain_loss": ("Continued pretraining loss", "optimizer step", "MLM loss"),
+              "finetune_loss": ("Fine-tuning loss", "optimizer step", "loss"),
+              f"validation_{primary}": (f"Validation {primary}", "epoch", primary)}
+    curves = [(*titles[key], points) for key, points in evidence.curves.items() if points]
+    blocks: list = ["Continued pretraining did not run for this version."]
+    if "pretrain_steps" in evidence.run_metrics:
+        blocks = [_pretraining_facts(evidence)]
+    if curves:
+        summary = _curve_summary([(title, points) for title, _, _, points in curves])
+        blocks.append(Figure("Loss and validation curves of the training run", lambda: curves_svg(curves), summary))
+    else:
+        blocks.append("No training curves were recorded for this run.")
+    return Section("training", "Pretraining and fine-tuning", blocks)
+
+
+def _observed(value: object) -> str:
+    return _clip(value if isinstance(value, str) else json.dumps(value, default=str), OBSERVED_WIDTH)
+
+
+def _validation(evidence: Evidence) -> Section:
+    roles = {dataset.id: role for role, dataset in evidence.detail.datasets.items()}
+    results = evidence.validation
+    if not results:
+        return Section("validation", "Validation results", ["No validation results were recorded for its run."])
+    failed = [r for r in results if not r.success]
+    summary = (f"{len(results)} expectations checked before training: "
+               + (f"{len(failed)} failed." if failed else "all passed."))
+    rows = [
+        (roles.get(r.dataset_id, "—") if r.dataset_id else "—", r.expectation, r.column or "",
+         Styled("passed", "ok") if r.success else Styled("FAILED", "bad"), _observed(r.observed))
+        for r in results
+    ]
+    return Section("validation", "Validation results",
+                   [summary, Table(("dataset", "expectation", "column", "result", "observed"), rows)])
+
+
+def _drift(evidence: Evidence) -> Section:
+    if not evidence.drift:
+        return Section("drift", "Drift history", [
+            f"No drift reports for {evidence.name} yet (`steward monitor` records them against the champion)."])
+    rows = []
+    for report in evidence.drift:
+        number = evidence.version_numbers.get(report.version_id) if report.version_id else None
+        version = "—" if number is None else f"v{number}" + (" (this version)" if number == evidence.number else "")
+        status = Styled("drift", "bad") if report.drift_detected else Styled("no drift", "ok")
+        rows.append((_when(report.created_at), version, status, f"{report.drift_share:.1%}", report.report_path))
+    return Section("drift", "Drift history",
+                   [Table(("time", "version", "result", "drifted columns", "report"), rows)])
+
+
+# -- lineage, artifacts, environment, audit ----------------------------------------------------------
+
+
+def _datasets(detail: ModelVersionDetail) -> list[tuple[str, DatasetRecord]]:
+    """The version's datasets, training data first."""
+    def rank(role: str) -> int:
+        return DATASET_ORDER.index(role) if role in DATASET_ORDER else len(DATASET_ORDER)
+
+    return sorted(detail.datasets.items(), key=lambda item: (rank(item[0]), item[0]))
+
+
+def _lineage_chain(evidence: Evidence) -> Chain:
+    detail, evaluation = evidence.detail, evidence.evaluation
+    data = [f"{role}: {d.rows} rows · {d.fingerprint[:12]}…" for role, d in _datasets(detail)]
+    adapted = (["cache key " + evaluation.adapted_checkpoint_key[:12] + "…"]
+               if evaluation and evaluation.adapted_checkpoint_key else ["none recorded"])
+    parent = detail.version.parent_version
+    return Chain([
+        ("Datasets", data or ["none recorded"]),
+        ("Base model", [detail.version.base_model]),
+        ("Adapted checkpoint", adapted),
+        ("Fine-tuned version", [f"{evidence.name} v{evidence.number}",
+                                f"parent v{parent}" if parent else "no parent version"]),
+    ])
+
+
+def _runs_table(evidence: Evidence) -> Table:
+    runs = [("training run of this version", evidence.detail.run)]
+    if evidence.parent_run is not None:
+        runs.append((f"training run of parent v{evidence.detail.version.parent_version}", evidence.parent_run))
+    rows = [
+        (role, run.id, run.kind, run.status, _when(run.started_at), _when(run.finished_at), run.author,
+         _flow_run_cell(run, evidence.ui_url))
+        for role, run in runs
+    ]
+    return Table(("role", "run", "kind", "status", "started", "finished", "author", "Prefect flow run"), rows, "Runs")
+
+
+def _lineage(evidence: Evidence) -> Section:
+    detail, evaluation = evidence.detail, evidence.evaluation
+    adapted_path = evaluation.adapted_checkpoint_path if evaluation else None
+    datasets = Table(("role", "source", "rows", "sha256 fingerprint"), [
+        (role, d.source, str(d.rows), d.fingerprint) for role, d in _datasets(detail)
+    ], "Datasets")
+    facts = Facts([
+        ("Base model", detail.version.base_model),
+        ("Adapted checkpoint", adapted_path or "—"),
+        ("Fine-tuned weights", detail.version.artifact_path),
+    ])
+    return Section("lineage", "Lineage", [_lineage_chain(evidence), facts, datasets, _runs_table(evidence)])
+
+
+def _artifacts(evidence: Evidence) -> Section:
+    files = evidence.detail.files
+    total = sum(f.size_bytes or 0 for f in files)
+    rows = [(f.relative_path, f.sha256, "—" if f.size_bytes is None else f"{f.size_bytes:,}") for f in files]
+    return Section("artifacts", "Artifact files", [
+        f"{len(files)} files, {total:,} bytes; loading checks every sha256 below first.",
+        Table(("file", "sha256", "bytes"), rows),
+    ])
+
+
+def _environment(evidence: Evidence) -> Section:
+    run = evidence.detail.run
+    facts = Facts([
+        ("Seed", str(run.seed)),
+        ("Code version", run.code_version),
+        ("Python", run.package_versions.get("python", "—")),
+        ("Prefect flow run", _flow_run_cell(run, evidence.ui_url)),
+    ])
+    packages = Table(("package", "version"), sorted((k, v) for k, v in run.package_versions.items() if k != "python"))
+    config = Preformatted(json.dumps(run.config, indent=2, sort_keys=True), "Run configuration (as stored)")
+    return Section("environment", "Environment", [facts, packages, config])
+
+
+def _audit_trail(evidence: Evidence) -> Section:
+    chain = evidence.chain
+    status = (Styled(f"Chain verified: all {chain.events_checked} events intact", "ok") if chain.ok
+              else Styled(f"CHAIN BROKEN at event {chain.first_broken_seq}: {chain.reason}", "bad"))
+    rows = [
+        (str(e.seq), _when(e.created_at), e.actor, e.event_type, e.subject, _event_detail(e), e.hash[:16])
+        for e in evidence.events
+    ]
+    return Section("audit-trail", "Audit trail", [
+        Facts([("Hash chain", status), ("Events about this version", str(len(rows)))]),
+        Table(("seq", "time", "actor", "event", "subject", "details", "hash"), rows),
+    ])
+
+
+def _event_detail(event: AuditEventRecord) -> str:
+    """The payload in one short line (the run id is the same for every row, so it is left out)."""
+    payload = event.payload if isinstance(event.payload, dict) else {"payload": event.payload}
+    text = ", ".join(
+        f"{key}={value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)}"
+        for key, value in sorted(payload.items()) if key != "run_id"
+    )
+    return _clip(text, EVENT_DETAIL_WIDTH)
+
+
+# -- assembling and writing --------------------------------------------------------------------------
+
+
+def document(evidence: Evidence) -> Document:
+    detail = evidence.detail
+    subtitle = (f"{detail.run.config.get('task', 'text-classification')} · base model {detail.version.base_model}"
+                f" · registered {_when(detail.version.created_at)} · report generated {_when(datetime.now(UTC))}")
+    sections = [
+        _summary(evidence), _model_card(evidence), _metrics(evidence), _per_class(evidence),
+        _calibration(evidence), _training(evidence), _validation(evidence), _drift(evidence),
+        _lineage(evidence), _artifacts(evidence), _environment(evidence), _audit_trail(evidence),
+    ]
+    return Document(f"Audit report: {evidence.name} v{evidence.number}", subtitle, _badge(evidence), sections)
+
+
+def build_report(registry: Registry, model_name: str, version: int) -> Document:
+    """The report of NAME:VERSION as a document, ready to render in either format."""
+    return document(gather(registry, model_name, version, prefect_ui_url()))
+
+
+def _check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise BadInputError(f"report format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    sections = build_sections(registry, model_name, version)
-    title = f"Audit report: {model_name} v{version}"
-    text = render_html(title, sections) if fmt == "html" else render_markdown(title, sections)
+
+
+def save_report(doc: Document, out: Path, fmt: str = "html") -> Path:
+    """Render `doc` to `out` (written whole, via a temporary file)."""
+    _check_format(fmt)
+    text = render_html(doc) if fmt == "html" else render_markdown(doc)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
     partial.write_text(text, encoding="utf-8")
     partial.replace(out)
     return out.resolve()
+
+
+def write_report(registry: Registry, model_name: str, version: int, out: Path, fmt: str = "html") -> Path:
+    """Render the audit report of NAME:VERSION to `out`."""
+    _check_format(fmt)  # before the registry is read
+    return save_report(build_report(registry, model_name, version), out, fmt)

@@ -77,6 +77,15 @@ class ScheduleConfig(_Section):
     monitor_cron: str = "0 * * * *"
 
 
+class CardConfig(_Section):
+    """The model card's words that the registry cannot know (shown in the audit report)."""
+
+    intended_use: str = ""
+    limitations: list[str] = Field(default_factory=list)
+    out_of_scope: list[str] = Field(default_factory=list)
+    contact: str | None = None
+
+
 class StewardConfig(_Section):
     """One retraining job. Relative data paths are resolved against the config file's folder."""
 
@@ -93,6 +102,7 @@ class StewardConfig(_Section):
     monitoring: MonitoringConfig = MonitoringConfig()
     registry: RegistryConfig = RegistryConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    card: CardConfig = CardConfig()
     workdir: Path = Path(".")
 
     @model_validator(mode="after")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,6 +44,17 @@ class ClassMetrics:
 
 
 @dataclass(frozen=True)
+class ConfidenceBin:
+    """One bar of a reliability diagram: the predictions whose confidence lies in [lower, upper)."""
+
+    lower: float
+    upper: float
+    count: int
+    mean_confidence: float
+    accuracy: float
+
+
+@dataclass(frozen=True)
 class EvaluationResult:
     labels: list[str]  # the model's classes, in class-id order (rows/columns of the confusion matrix)
     examples: int
@@ -56,6 +67,7 @@ class EvaluationResult:
     latency_p95_ms: float
     throughput_per_s: float  # examples per second over the batched pass (tokenising included)
     predictions: list[str]
+    reliability: list[ConfidenceBin] = field(default_factory=list)  # the non-empty ECE bins
 
     def headline(self) -> dict[str, float]:
         """The scalar metrics recorded in the registry."""
@@ -102,6 +114,7 @@ def evaluate_model(
         latency_p95_ms=p95,
         throughput_per_s=throughput,
         predictions=[classifier.labels[index] for index in predicted],
+        reliability=reliability_bins(probabilities, truth),
     )
 
 
@@ -155,6 +168,27 @@ def expected_calibration_error(probabilities: torch.Tensor, truth: list[int], bi
             gap = correct[members].mean() - confidence[members].mean()
             error += float(gap.abs()) * float(members.float().mean())
     return error
+
+
+def reliability_bins(probabilities: torch.Tensor, truth: list[int], bins: int = ECE_BINS) -> list[ConfidenceBin]:
+    """The non-empty equal-width confidence bins that `expected_calibration_error` sums over."""
+    import torch
+
+    confidence, predicted = probabilities.max(dim=-1)
+    correct = predicted.eq(torch.tensor(truth)).float()
+    bin_of = torch.clamp((confidence * bins).long(), max=bins - 1)
+    found = []
+    for index in range(bins):
+        members = bin_of.eq(index)
+        if members.any():
+            found.append(ConfidenceBin(
+                lower=index / bins,
+                upper=(index + 1) / bins,
+                count=int(members.sum()),
+                mean_confidence=float(confidence[members].mean()),
+                accuracy=float(correct[members].mean()),
+            ))
+    return found
 
 
 def single_example_latency_ms(

@@ -1,0 +1,106 @@
+"""The audit report's plots as inline SVG. matplotlib is imported only when a plot is drawn, so the command
+line starts fast; a bare `Figure` (no pyplot) renders off-screen with no backend or global state to set."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from governance.records import ReliabilityBin
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+Curve = tuple[str, str, str, list[tuple[int, float]]]  # title, x label, y label, (step, value) points
+
+_RC = {
+    "svg.hashsalt": "steward-report",  # stable element ids: the same registry gives the same report
+    "font.size": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+# Inline SVG in HTML needs no prolog, namespaces or RDF metadata (which name external URLs).
+_STRIP = (
+    re.compile(r"\A.*?(?=<svg)", re.DOTALL),
+    re.compile(r"<metadata>.*?</metadata>", re.DOTALL),
+    re.compile(r'\s+xmlns(:\w+)?="[^"]*"'),
+)
+INK, ACCENT, WARM, GRID = "#1f2933", "#2f5d8a", "#d9822b", "#9aa5b1"
+
+
+def _svg(draw: Callable[[Figure], None], size: tuple[float, float]) -> str:
+    from matplotlib import rc_context
+    from matplotlib.figure import Figure
+
+    with rc_context(_RC):
+        figure = Figure(figsize=size, layout="constrained")
+        draw(figure)
+        buffer = io.StringIO()
+        figure.savefig(buffer, format="svg", bbox_inches="tight", pad_inches=0.08)
+    text = buffer.getvalue()
+    for pattern in _STRIP:
+        text = pattern.sub("", text)
+    return text
+
+
+def confusion_matrix_svg(labels: Sequence[str], matrix: Sequence[Sequence[int]]) -> str:
+    """Counts of [true][predicted] as a heat map with every count written in its cell."""
+    peak = max((max(row) for row in matrix), default=0) or 1
+
+    def draw(figure: Figure) -> None:
+        axes = figure.subplots()
+        image = axes.imshow([list(row) for row in matrix], cmap="Blues", vmin=0)
+        axes.spines[["top", "right"]].set_visible(True)
+        ticks = range(len(labels))
+        tilt = len(labels) > 3
+        axes.set_xticks(ticks, labels, rotation=30 if tilt else 0, ha="right" if tilt else "center")
+        axes.set_yticks(ticks, labels)
+        axes.set_xlabel("predicted class")
+        axes.set_ylabel("true class")
+        for row, counts in enumerate(matrix):
+            for column, count in enumerate(counts):
+                colour = "white" if count > peak / 2 else INK
+                axes.text(column, row, str(count), ha="center", va="center", color=colour, fontsize=10)
+        figure.colorbar(image, ax=axes, shrink=0.8, label="examples")
+
+    side = 2.6 + 0.6 * len(labels)
+    return _svg(draw, (side + 1.2, side))
+
+
+def reliability_svg(bins: Sequence[ReliabilityBin], ece: float | None) -> str:
+    """Accuracy against confidence per bin (a calibrated model follows the diagonal), counts below."""
+    centres = [(b.lower + b.upper) / 2 for b in bins]
+    width = 0.9 * min((b.upper - b.lower for b in bins), default=0.1)
+
+    def draw(figure: Figure) -> None:
+        top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+        top.bar(centres, [b.accuracy for b in bins], width=width, color=ACCENT, alpha=0.85, label="accuracy")
+        top.scatter(centres, [b.mean_confidence for b in bins], color=WARM, zorder=3, marker="_", s=220,
+                    linewidths=2.5, label="mean confidence")
+        top.plot([0, 1], [0, 1], linestyle="--", color=GRID, label="perfect calibration")
+        top.set(ylim=(0, 1.02), ylabel="accuracy",
+                title="Reliability" + ("" if ece is None else f" (ECE {ece:.4f})"))
+        top.legend(loc="upper left", frameon=False)
+        bottom.bar(centres, [b.count for b in bins], width=width, color=GRID)
+        bottom.set(xlim=(0, 1), xlabel="confidence of the predicted class", ylabel="examples")
+
+    return _svg(draw, (6.4, 4.8))
+
+
+def curves_svg(curves: Sequence[Curve]) -> str:
+    """One small line plot per series, side by side."""
+
+    from matplotlib.ticker import MaxNLocator
+
+    def draw(figure: Figure) -> None:
+        panels = figure.subplots(1, len(curves), squeeze=False)[0]
+        for axes, (title, xlabel, ylabel, points) in zip(panels, curves, strict=True):
+            steps, values = zip(*points, strict=True)
+            axes.plot(steps, values, color=ACCENT, marker="o" if len(points) <= 20 else None, markersize=3)
+            axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+            axes.grid(alpha=0.3)
+
+    return _svg(draw, (3.4 * len(curves) + 0.6, 3.0))
