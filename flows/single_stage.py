@@ -82,11 +82,10 @@ def finetune_only(config_path: str, registry_url: str | None = None) -> FineTune
     with flow_run(config_path, registry_url, "finetune") as context:
         start_dir = base_model_dir(context)
         data = load_valid_data(context)
-        if context.config.pretraining.enabled:
-            start_dir = adapt_to_domain(context, data, start_dir).model_dir
-        finetuned = train_classifier(context, data, start_dir)
+        adapted = adapt_to_domain(context, data, start_dir) if context.config.pretraining.enabled else None
+        finetuned = train_classifier(context, data, adapted.model_dir if adapted else start_dir)
         evaluation = evaluate_candidate(context, data, finetuned.model_dir)
-        version = register_candidate(context, data, finetuned, evaluation, None)
+        version = register_candidate(context, data, finetuned, evaluation, None, adapted)
         return FineTuneOutcome(
             context.run.id, context.config.name, version.version, evaluation.headline(), str(finetuned.model_dir),
         )
