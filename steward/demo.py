@@ -900,11 +900,12 @@ validation:
   allowed_labels: null
 pretraining:
   enabled: true
-  max_steps: 60
+  max_steps: 40
   batch_size: 16
   max_seq_length: 64
   learning_rate: 1.0e-4
   mlm_probability: 0.15
+  head_warmup_steps: 20          # the packaged MiniLM has no MLM head: train it alone first
 finetuning:
   epochs: 3
   batch_size: 16
