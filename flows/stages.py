@@ -13,12 +13,10 @@ from pathlib import Path
 from flows.artifacts import publish_validation
 from flows.context import RunContext, stage
 from governance.registry import (
-    ClassScore,
     EvaluationDetailIn,
     GateDecisionIn,
     ModelVersionDetail,
     ModelVersionRecord,
-    ReliabilityBin,
     ValidationResultIn,
 )
 from steward.errors import CheckFailedError
@@ -212,11 +210,9 @@ def _evaluation_detail(
         version_id=version_id,
         dataset_id=dataset_id,
         labels=tuple(evaluation.labels),
-        per_class=tuple(ClassScore(c.label, c.precision, c.recall, c.f1, c.support) for c in evaluation.per_class),
+        per_class=tuple(evaluation.per_class),
         confusion_matrix=tuple(tuple(row) for row in evaluation.confusion_matrix),
-        reliability=tuple(
-            ReliabilityBin(b.lower, b.upper, b.count, b.mean_confidence, b.accuracy) for b in evaluation.reliability
-        ),
+        reliability=tuple(evaluation.reliability),
         adapted_checkpoint_key=adapted.cache_key if adapted else None,
         adapted_checkpoint_path=str(adapted.model_dir) if adapted else None,
     )

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from steward.scores import ClassScore, ReliabilityBin
+
 
 @dataclass(frozen=True)
 class DatasetRecord:
@@ -170,26 +172,6 @@ class ModelVersionDetail:
     aliases: list[str]
     run: RunRecord
     gate_decision: GateDecisionRecord | None
-
-
-@dataclass(frozen=True)
-class ClassScore:
-    label: str
-    precision: float
-    recall: float
-    f1: float
-    support: int
-
-
-@dataclass(frozen=True)
-class ReliabilityBin:
-    """One bin of a reliability diagram: predictions whose confidence lies in [lower, upper)."""
-
-    lower: float
-    upper: float
-    count: int
-    mean_confidence: float
-    accuracy: float
 
 
 @dataclass(frozen=True)

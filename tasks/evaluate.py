@@ -13,6 +13,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from steward.errors import BadInputError
+from steward.scores import ClassScore, ReliabilityBin
 from tasks.finetune import (
     LABEL_MAP_FILE,
     Classifier,
@@ -35,39 +36,19 @@ LATENCY_SAMPLE = 50
 
 
 @dataclass(frozen=True)
-class ClassMetrics:
-    label: str
-    precision: float
-    recall: float
-    f1: float
-    support: int
-
-
-@dataclass(frozen=True)
-class ConfidenceBin:
-    """One bar of a reliability diagram: the predictions whose confidence lies in [lower, upper)."""
-
-    lower: float
-    upper: float
-    count: int
-    mean_confidence: float
-    accuracy: float
-
-
-@dataclass(frozen=True)
 class EvaluationResult:
     labels: list[str]  # the model's classes, in class-id order (rows/columns of the confusion matrix)
     examples: int
     accuracy: float
     macro_f1: float
-    per_class: list[ClassMetrics]
+    per_class: list[ClassScore]
     confusion_matrix: list[list[int]]  # [true class][predicted class]
     ece: float  # expected calibration error, 15 equal-width confidence bins
     latency_p50_ms: float  # one example per forward pass
     latency_p95_ms: float
     throughput_per_s: float  # examples per second over the batched pass (tokenising included)
     predictions: list[str]
-    reliability: list[ConfidenceBin] = field(default_factory=list)  # the non-empty ECE bins
+    reliability: list[ReliabilityBin] = field(default_factory=list)  # the non-empty ECE bins
 
     def headline(self) -> dict[str, float]:
         """The scalar metrics recorded in the registry."""
@@ -135,7 +116,7 @@ def load_saved_classifier(model_dir: Path, max_seq_length: int, device: Device) 
     )
 
 
-def per_class_metrics(truth: list[int], predicted: list[int], labels: list[str]) -> list[ClassMetrics]:
+def per_class_metrics(truth: list[int], predicted: list[int], labels: list[str]) -> list[ClassScore]:
     from sklearn.metrics import precision_recall_fscore_support
 
     ids = list(range(len(labels)))
@@ -143,7 +124,7 @@ def per_class_metrics(truth: list[int], predicted: list[int], labels: list[str])
         truth, predicted, labels=ids, zero_division=0
     )
     return [
-        ClassMetrics(labels[i], float(precision[i]), float(recall[i]), float(f1[i]), int(support[i]))
+        ClassScore(labels[i], float(precision[i]), float(recall[i]), float(f1[i]), int(support[i]))
         for i in ids
     ]
 
@@ -170,7 +151,7 @@ def expected_calibration_error(probabilities: torch.Tensor, truth: list[int], bi
     return error
 
 
-def reliability_bins(probabilities: torch.Tensor, truth: list[int], bins: int = ECE_BINS) -> list[ConfidenceBin]:
+def reliability_bins(probabilities: torch.Tensor, truth: list[int], bins: int = ECE_BINS) -> list[ReliabilityBin]:
     """The non-empty equal-width confidence bins that `expected_calibration_error` sums over."""
     import torch
 
@@ -181,7 +162,7 @@ def reliability_bins(probabilities: torch.Tensor, truth: list[int], bins: int = 
     for index in range(bins):
         members = bin_of.eq(index)
         if members.any():
-            found.append(ConfidenceBin(
+            found.append(ReliabilityBin(
                 lower=index / bins,
                 upper=(index + 1) / bins,
                 count=int(members.sum()),

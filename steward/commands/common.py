@@ -73,9 +73,3 @@ def console():
     from rich.console import Console
 
     return Console(highlight=False)
-
-
-def error_console():
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False)
