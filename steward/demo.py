@@ -917,7 +917,9 @@ evaluation:
   min_improvement: 0.0
   require_approval: false
 monitoring:
-  drift_share_threshold: 0.3
+  drift_share_threshold: 0.3     # drifted when at least this share of the drift signals drift
+  current: data/current.csv      # the batch `steward serve` checks every hour (try data/drifted.csv)
+  sample_size: 2000              # rows drawn (seeded) from each side of a large batch
 registry:
   url: null
 schedule:

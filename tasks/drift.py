@@ -1,0 +1,302 @@
+"""Drift of a batch of current text against the champion's reference data (Evidently 0.7).
+
+Two steps, so a reference scored once can be compared with many batches:
+
+1. `score_batch` draws a seeded sample (capped) of a table and computes, per row, what drift is
+   measured on: three text descriptors (length in characters, the share of words the tokenizer
+   does not know as whole words, the share of non-letter characters), and, from one forward
+   pass of the champion classifier, a sentence embedding (mean pooling of the last hidden
+   layer, as sentence-transformers does for MiniLM) and the predicted label.
+2. `compare_batches` runs one Evidently report over those columns and applies the decision rule.
+
+Decision rule: every signal gets Evidently's own test for its kind and size: text drift is
+Evidently's domain classifier (ROC AUC against a bootstrapped random-classifier percentile),
+embedding drift the same classifier on embeddings, the numeric descriptors and the predicted /
+true label columns Evidently's default per-column test (K-S or chi-square / Z up to 1,000 rows,
+Wasserstein / Jensen-Shannon distance above). `drift_share` is the share of signals that
+drifted; the batch has drifted when `drift_share >= monitoring.drift_share_threshold`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from steward.errors import BadInputError
+from tasks.modeling import pick_device, quiet_transformers
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from tasks.data import TextTable
+    from tasks.finetune import Classifier
+    from tasks.modeling import Device
+
+TEXT = "text"
+LABEL = "label"
+PREDICTION = "prediction"
+EMBEDDING = "embedding"
+DESCRIPTORS = ("length", "oov_share", "non_letter_share")
+EMBEDDING_PREFIX = "emb_"
+SCORING_BATCH_SIZE = 64
+_WORD = re.compile(r"[^\W\d_]+")
+
+
+@dataclass(frozen=True)
+class ScoredBatch:
+    """A sample of a table with one row per text: text, descriptors, prediction, embedding, label."""
+
+    source: str
+    rows_total: int
+    frame: pd.DataFrame
+
+    @property
+    def rows_scored(self) -> int:
+        return len(self.frame)
+
+    @property
+    def has_labels(self) -> bool:
+        return LABEL in self.frame.columns
+
+    @property
+    def embedding_columns(self) -> list[str]:
+        return [column for column in self.frame.columns if column.startswith(EMBEDDING_PREFIX)]
+
+    def save(self, path: Path) -> None:
+        """Parquet rows plus a JSON sidecar; written to temporary names first, so a cache is whole or absent."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        self.frame.to_parquet(partial, index=False)
+        meta = path.with_suffix(".json")
+        meta.with_suffix(".partial-json").write_text(json.dumps({"source": self.source, "rows_total": self.rows_total}))
+        meta.with_suffix(".partial-json").replace(meta)
+        partial.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> ScoredBatch | None:
+        """A batch saved by `save`, or None when there is none."""
+        import pandas as pd
+
+        if not path.is_file():
+            return None
+        meta = json.loads(path.with_suffix(".json").read_text())
+        return cls(meta["source"], meta["rows_total"], pd.read_parquet(path))
+
+
+@dataclass(frozen=True)
+class DriftSignal:
+    """One signal's verdict, as Evidently computed it."""
+
+    name: str
+    method: str
+    score: float
+    drifted: bool
+
+
+@dataclass(frozen=True)
+class DriftResult:
+    drift_detected: bool
+    drift_share: float
+    threshold: float
+    signals: list[DriftSignal]
+    reference_rows: int
+    reference_scored: int
+    current_rows: int
+    current_scored: int
+    report_path: Path
+
+    @property
+    def drifted_signals(self) -> list[str]:
+        return [signal.name for signal in self.signals if signal.drifted]
+
+
+def sample_rows(table: TextTable, cap: int, seed: int) -> tuple[list[str], list[str] | None]:
+    """The non-blank texts (and their labels) of `table`, a seeded sample of `cap` rows when larger."""
+    import numpy as np
+
+    rows = [index for index, text in enumerate(table.texts) if text is not None and text.strip()]
+    if not rows:
+        raise BadInputError(f"{table.source}: the {table.role} batch has no text to check for drift")
+    if len(rows) > cap:
+        rows = sorted(np.random.default_rng(seed).choice(rows, size=cap, replace=False).tolist())
+    texts = [table.texts[index] for index in rows]
+    if table.labels is None:
+        return texts, None
+    labels = [table.labels[index] for index in rows]
+    return texts, [label if label is not None else "(null)" for label in labels]
+
+
+def text_descriptors(texts: list[str], vocabulary: set[str]) -> dict[str, list[float]]:
+    """Length in characters, out-of-vocabulary word share and non-letter character share per text."""
+    lengths, oov, non_letters = [], [], []
+    for text in texts:
+        words = _WORD.findall(text.lower())
+        visible = [char for char in text if not char.isspace()]
+        lengths.append(float(len(text)))
+        oov.append(sum(_strip_accents(word) not in vocabulary for word in words) / len(words) if words else 0.0)
+        non_letters.append(sum(not char.isalpha() for char in visible) / len(visible) if visible else 0.0)
+    return dict(zip(DESCRIPTORS, (lengths, oov, non_letters), strict=True))
+
+
+def _strip_accents(word: str) -> str:
+    """BERT's uncased vocabularies hold words without accents ("café" is "cafe")."""
+    return "".join(char for char in unicodedata.normalize("NFD", word) if unicodedata.category(char) != "Mn")
+
+
+def whole_word_vocabulary(classifier: Classifier) -> set[str]:
+    """Tokenizer entries that are whole words (WordPiece continuations start with '##')."""
+    return {token for token in classifier.tokenizer.get_vocab() if token.isalpha()}
+
+
+def embed_and_predict(classifier: Classifier, texts: list[str], device: Device) -> tuple[list[list[float]], list[str]]:
+    """Mean-pooled last-layer embeddings and predicted labels, from one forward pass per batch.
+
+    Texts are scored in length order (less padding) and returned in input order."""
+    import torch
+    from transformers import DataCollatorWithPadding
+
+    from tasks.finetune import encode
+
+    examples = encode(classifier, texts)
+    order = sorted(range(len(examples)), key=lambda index: len(examples[index]["input_ids"]))
+    collate = DataCollatorWithPadding(classifier.tokenizer)
+    embeddings: list[list[float]] = [[] for _ in texts]
+    predictions: list[str] = ["" for _ in texts]
+    classifier.model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(order), SCORING_BATCH_SIZE):
+            chunk = order[start : start + SCORING_BATCH_SIZE]
+            batch = {k: v.to(device.torch_device) for k, v in collate([examples[i] for i in chunk]).items()}
+            with device.autocast():
+                output = classifier.model(**batch, output_hidden_states=True)
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            pooled = (output.hidden_states[-1].float() * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            for position, index in enumerate(chunk):
+                embeddings[index] = pooled[position].cpu().tolist()
+                predictions[index] = classifier.labels[int(output.logits[position].argmax())]
+    return embeddings, predictions
+
+
+@task(name="score-batch", retries=0, cache_policy=NO_CACHE)
+def score_batch(table: TextTable, model_dir: Path, sample_size: int, seed: int, max_seq_length: int) -> ScoredBatch:
+    """Sample `table` and compute the descriptors, embedding and prediction of every sampled row."""
+    import pandas as pd
+
+    from tasks.evaluate import load_saved_classifier
+
+    quiet_transformers()
+    texts, labels = sample_rows(table, sample_size, seed)
+    device = pick_device()
+    classifier = load_saved_classifier(Path(model_dir), max_seq_length, device)
+    embeddings, predictions = embed_and_predict(classifier, texts, device)
+    frame = pd.DataFrame({TEXT: texts, **text_descriptors(texts, whole_word_vocabulary(classifier))})
+    frame[PREDICTION] = predictions
+    if labels is not None:
+        frame[LABEL] = labels
+    width = len(embeddings[0])
+    vectors = pd.DataFrame(embeddings, columns=[f"{EMBEDDING_PREFIX}{i}" for i in range(width)])
+    return ScoredBatch(str(table.source), table.rows, pd.concat([frame, vectors], axis=1))
+
+
+@task(name="compare-batches", retries=0, cache_policy=NO_CACHE)
+def compare_batches(
+    reference: ScoredBatch, current: ScoredBatch, drift_share_threshold: float, report_path: Path,
+) -> DriftResult:
+    """One Evidently report over the column signals (saved as HTML to `report_path`), plus embedding drift."""
+    report, columns = _drift_report(reference, current)
+    snapshot = _run_quietly(report, columns, reference, current)
+    signals = [*_column_signals(snapshot, columns), _embedding_signal(reference, current)]
+    report_path = Path(report_path)
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    snapshot.save_html(str(report_path))
+    share = sum(signal.drifted for signal in signals) / len(signals)
+    return DriftResult(
+        drift_detected=share >= drift_share_threshold,
+        drift_share=share,
+        threshold=drift_share_threshold,
+        signals=signals,
+        reference_rows=reference.rows_total,
+        reference_scored=reference.rows_scored,
+        current_rows=current.rows_total,
+        current_scored=current.rows_scored,
+        report_path=report_path,
+    )
+
+
+def _drift_report(reference: ScoredBatch, current: ScoredBatch):
+    """The Evidently report and the per-column signals it tests (label only when both sides have it)."""
+    from evidently import Report
+    from evidently.metrics import ValueDrift
+
+    columns = [TEXT, *DESCRIPTORS, PREDICTION]
+    if reference.has_labels and current.has_labels:
+        columns.append(LABEL)
+    return Report([ValueDrift(column=column) for column in columns], include_tests=True), columns
+
+
+def _embedding_method():
+    from evidently.metrics.embeddings import ModelDriftMethod
+
+    return ModelDriftMethod(bootstrap=True)
+
+
+def _run_quietly(report, columns: list[str], reference: ScoredBatch, current: ScoredBatch):
+    """Run the report over `columns`; scikit-learn's convergence chatter is not the user's problem."""
+    from evidently import DataDefinition, Dataset
+
+    definition = DataDefinition(
+        text_columns=[TEXT],
+        numerical_columns=list(DESCRIPTORS),
+        categorical_columns=[column for column in columns if column in (PREDICTION, LABEL)],
+    )
+    current_data = Dataset.from_pandas(current.frame[columns], data_definition=definition)
+    reference_data = Dataset.from_pandas(reference.frame[columns], data_definition=definition)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return report.run(current_data, reference_data)
+        except ValueError as exc:
+            if "no terms remain" in str(exc):
+                raise BadInputError(
+                    f"{current.source}: the batch has no words to compare with the reference (text drift needs words)"
+                ) from None
+            raise
+
+
+def _column_signals(snapshot, columns: list[str]) -> list[DriftSignal]:
+    """Each per-column test of the report, as a signal (score and method as Evidently resolved them)."""
+    from evidently.core.metric_types import TestStatus
+
+    results = snapshot.dict()
+    metrics = {entry["config"].get("column"): entry for entry in results["metrics"]}
+    verdicts = {
+        test["metric_config"]["params"]["column"]: test["status"] == TestStatus.FAIL for test in results["tests"]
+    }
+    return [
+        DriftSignal(
+            name=column,
+            method=f"{metrics[column]['config']['method']} (threshold {metrics[column]['config']['threshold']})",
+            score=float(metrics[column]["value"]),
+            drifted=verdicts[column],
+        )
+        for column in columns
+    ]
+
+
+def _embedding_signal(reference: ScoredBatch, current: ScoredBatch) -> DriftSignal:
+    """Evidently's embedding drift method, applied directly: its report metric would also fit a t-SNE
+    for the plot, which costs ~30 s per 1,000 rows on 2 cores."""
+    columns = reference.embedding_columns
+    score, drifted, method = _embedding_method()(
+        current.frame[columns].reset_index(drop=True).copy(), reference.frame[columns].reset_index(drop=True).copy()
+    )
+    return DriftSignal(name=EMBEDDING, method=f"{method} (ROC AUC vs bootstrapped random)", score=float(score),
+                       drifted=bool(drifted))

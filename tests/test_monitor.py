@@ -1,0 +1,129 @@
+"""`steward monitor` end to end on a tiny model: drift found and not found, recorded, audited, cached."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import pytest
+
+from tests.test_flow_retrain import FILLER, LABEL_WORDS, _sentences, registry_for, run_json, write_project
+
+SHIFTED_WORDS = [
+    "kubernetes", "pod", "crashloop", "helm", "ingress", "namespace", "terraform", "vpc", "subnet", "0x7f3a",
+    "#4471", "v2.13.0", "OOMKilled", "--force", "https://status.example.com", "[ERROR]", "(exit=137)",
+]
+
+
+def _write_texts(path: Path, texts: list[str]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text"])
+        writer.writerows([text] for text in texts)
+    return path
+
+
+def _shifted_texts(rng: random.Random, count: int) -> list[str]:
+    """Longer tickets in another vocabulary, with digits and punctuation: drift on several signals."""
+    return [" ".join(rng.sample(SHIFTED_WORDS, 9) + rng.sample(FILLER, 2)) for _ in range(count)]
+
+
+@pytest.fixture
+def champion_project(tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    config = write_project(tmp_path, tiny_model_dir, pretraining={"enabled": False})
+    code, outcome = run_json(capsys, "run", "--config", str(config))
+    assert (code, outcome["promoted"]) == (0, True)
+    return config
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_shifted_batch_is_flagged_recorded_and_audited(
+    champion_project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    current = _write_texts(champion_project.parent / "shifted.csv", _shifted_texts(random.Random(1), 120))
+    code, outcome = run_json(
+        capsys, "monitor", "--config", str(champion_project), "--current", str(current), "--fail-on-drift"
+    )
+    assert code == 1
+    assert outcome["drift_detected"] is True
+    assert outcome["drift_share"] >= outcome["threshold"] == 0.3
+    assert {"text", "length", "non_letter_share"} <= set(outcome["drifted_signals"])
+    assert {s["name"] for s in outcome["signals"]} == {
+        "text", "length", "oov_share", "non_letter_share", "prediction", "embedding",
+    }
+    report = Path(outcome["report"])
+    html = report.read_text(encoding="utf-8")
+    assert all(f"Value Drift for column {column}" in html for column in ("text", "length", "prediction"))
+
+    with registry_for(champion_project) as registry:
+        [drift] = registry.drift_reports("tickets")
+        assert drift.drift_detected and drift.drift_share == pytest.approx(outcome["drift_share"])
+        assert drift.version_id == registry.alias_version("tickets", "champion").id
+        assert drift.run_id == outcome["run_id"] and registry.get_run(drift.run_id).status == "completed"
+        assert "drift_detected" in [event.event_type for event in registry.audit.events("tickets")]
+        assert registry.audit.verify().ok
+        assert len(registry.list_versions("tickets")) == 1  # monitoring never registers a model
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_batch_from_the_training_distribution_is_not_flagged(
+    champion_project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fresh = [text for text, _ in _sentences(random.Random(99), 120)]
+    current = _write_texts(champion_project.parent / "fresh.csv", fresh)
+    code, outcome = run_json(
+        capsys, "monitor", "--config", str(champion_project), "--current", str(current), "--fail-on-drift"
+    )
+    assert (code, outcome["drift_detected"]) == (0, False)
+    assert outcome["drift_share"] < 0.3
+    cached = list((champion_project.parent / ".steward" / "cache" / "drift").glob("*.parquet"))
+    assert len(cached) == 1  # the champion's scored reference, reused by the next check
+
+    code, again = run_json(capsys, "monitor", "--config", str(champion_project), "--current", str(current))
+    assert (code, again["drift_share"]) == (0, outcome["drift_share"])
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_labelled_batch_adds_label_drift(champion_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    only_billing = [(text, label) for text, label in _sentences(random.Random(5), 300) if label == "billing"]
+    current = champion_project.parent / "labelled.csv"
+    with current.open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([("text", "label"), *only_billing])
+    code, outcome = run_json(capsys, "monitor", "--config", str(champion_project), "--current", str(current))
+    assert code == 0
+    signals = {s["name"]: s for s in outcome["signals"]}
+    assert signals["label"]["drifted"] is True
+    assert sorted(LABEL_WORDS) == ["billing", "complaint", "praise"]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_monitoring_without_a_champion_is_a_clear_error(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_project(tmp_path, tiny_model_dir)
+    current = _write_texts(tmp_path / "batch.csv", ["printer is broken again"] * 3)
+    code, outcome = run_json(capsys, "monitor", "--config", str(config), "--current", str(current))
+    assert code == 2
+    assert "has no champion to monitor yet" in outcome["error"]
+    with registry_for(config) as registry:
+        failed = [event for event in registry.audit.events("tickets") if event.event_type == "run_failed"]
+        assert len(failed) == 1 and "no champion" in failed[0].payload["error"]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_changed_reference_data_is_refused(champion_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    train = champion_project.parent / "data" / "train.csv"
+    train.write_text(train.read_text(encoding="utf-8") + "an extra ticket,billing\n", encoding="utf-8")
+    current = _write_texts(champion_project.parent / "batch.csv", ["printer is broken again"] * 3)
+    code, outcome = run_json(capsys, "monitor", "--config", str(champion_project), "--current", str(current))
+    assert code == 2
+    assert outcome["error"].startswith(f"{train}: changed since tickets v1 was trained on it")
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_missing_current_batch_names_the_file(champion_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = champion_project.parent / "nope.csv"
+    code, outcome = run_json(capsys, "monitor", "--config", str(champion_project), "--current", str(missing))
+    assert code == 2
+    assert outcome["error"] == f"{missing}: file not found (current data)"
