@@ -1,0 +1,109 @@
+"""The deployments `steward serve` keeps running: retraining on its cron schedule and on drift events,
+monitoring on its cron schedule.
+
+Both deployments allow one run at a time. A run that would overlap a running one is cancelled rather
+than queued, so an hourly monitor that keeps reporting drift cannot pile up retrains behind a slow one.
+Cron strings are evaluated in UTC.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import serve
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.deployments.runner import EntrypointType, RunnerDeployment
+from prefect.events import DeploymentEventTrigger
+from prefect.schedules import Cron, Schedule
+
+from flows.monitor import DRIFT_EVENT, model_resource_id, monitor
+from flows.retrain import retrain
+from steward.config import StewardConfig
+from steward.errors import BadInputError
+
+ONE_RUN_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
+
+
+@dataclass(frozen=True)
+class ServedDeployments:
+    """What `steward serve` serves; `monitor` is None when the config names no `monitoring.current`."""
+
+    retrain: RunnerDeployment
+    monitor: RunnerDeployment | None
+
+    def all(self) -> list[RunnerDeployment]:
+        return [self.retrain] if self.monitor is None else [self.retrain, self.monitor]
+
+
+def cron_schedule(key: str, cron: str) -> Schedule:
+    """The config's cron string as a Prefect schedule; a bad string is a one-line error naming `key`."""
+    try:
+        return Cron(cron, timezone="UTC", slug=key.replace(".", "-").replace("_", "-"))
+    except ValueError:
+        raise BadInputError(
+            f"key '{key}': '{cron}' is not a cron schedule (five fields: minute hour day month weekday, "
+            "for example '0 3 * * 1')"
+        ) from None
+
+
+def retrain_on_drift(model_name: str, parameters: dict[str, Any]) -> DeploymentEventTrigger:
+    """Run the retrain deployment whenever the monitor reports drift of this model."""
+    return DeploymentEventTrigger(
+        name=f"{model_name}-retrain-on-drift",
+        description=f"Retrain {model_name} when `steward monitor` detects drift",
+        expect={DRIFT_EVENT},
+        match={"prefect.resource.id": model_resource_id(model_name)},
+        parameters=parameters,
+    )
+
+
+def build_deployments(config: StewardConfig, config_path: Path, registry_url: str | None = None) -> ServedDeployments:
+    """The retrain and monitor deployments of one config (nothing is sent to Prefect here)."""
+    retrain_schedule = cron_schedule("schedule.retrain_cron", config.schedule.retrain_cron)
+    monitor_schedule = cron_schedule("schedule.monitor_cron", config.schedule.monitor_cron)
+    parameters = {"config_path": str(config_path.resolve()), "registry_url": registry_url}
+    monitoring = None
+    if config.monitoring.current is not None:
+        current = str(config.resolve(config.monitoring.current))
+        monitoring = _monitor_deployment(config.name, monitor_schedule, {**parameters, "current_path": current})
+    return ServedDeployments(_retrain_deployment(config.name, retrain_schedule, parameters), monitoring)
+
+
+def _retrain_deployment(model_name: str, schedule: Schedule, parameters: dict[str, Any]) -> RunnerDeployment:
+    return retrain.to_deployment(
+        name=f"{model_name}-retrain",
+        description=f"Retrain {model_name}: on schedule.retrain_cron, and on {DRIFT_EVENT}",
+        schedule=schedule,
+        concurrency_limit=ONE_RUN_AT_A_TIME,
+        parameters=parameters,
+        triggers=[retrain_on_drift(model_name, parameters)],
+        tags=["steward", model_name],
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+
+
+def _monitor_deployment(model_name: str, schedule: Schedule, parameters: dict[str, Any]) -> RunnerDeployment:
+    return monitor.to_deployment(
+        name=f"{model_name}-monitor",
+        description=f"Check {model_name}'s current batch for drift on schedule.monitor_cron",
+        schedule=schedule,
+        concurrency_limit=ONE_RUN_AT_A_TIME,
+        parameters=parameters,
+        tags=["steward", model_name],
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+
+
+def serve_until_stopped(deployments: ServedDeployments) -> None:
+    """Register the deployments and run their scheduled and triggered runs until SIGINT or SIGTERM.
+
+    Prefect pauses served schedules on shutdown by default, which would silently stop the cron
+    schedules of a deployment that a worker or the next `steward serve` could still run; keep them.
+    """
+    # Prefect 3.8's SIGTERM handler calls the async `Runner.stop` without awaiting it before exiting;
+    # the shutdown itself is clean, so its "never awaited" warning would only alarm whoever reads the log.
+    warnings.filterwarnings("ignore", message="coroutine 'Runner.astop' was never awaited", category=RuntimeWarning)
+    serve(*deployments.all(), pause_on_shutdown=False)
