@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from governance.registry import Registry, RunRecord
+from governance.registry import STALE_RUN_ERROR, Registry, RunRecord
 from steward.config import StewardConfig, load_config, resolve_registry_url
 
 TRACKED_PACKAGES = (
@@ -128,6 +129,15 @@ def stage(context: RunContext, name: str) -> Iterator[None]:
     _progress(f"✓ {name} ({seconds:.1f}s)")
 
 
+def audit_resumptions(context: RunContext, positions: dict[str, tuple[str, int | None]]) -> None:
+    """A `stage_resumed` event for each stage that continued an interrupted run's checkpoint
+    (`positions`: stage → (unit, where it resumed), None when it started from scratch)."""
+    for name, (unit, position) in positions.items():
+        if position is not None:
+            payload = {"run_id": context.run.id, "stage": name, f"resumed_from_{unit}": position}
+            context.registry.audit.append("stage_resumed", context.subject, payload)
+
+
 @contextmanager
 def tracked_run(config: StewardConfig, registry: Registry, kind: str) -> Iterator[RunContext]:
     """A registry run that ends completed, or failed with the error when anything raises."""
@@ -140,11 +150,30 @@ def tracked_run(config: StewardConfig, registry: Registry, kind: str) -> Iterato
     registry.finish_run(context.run.id, status="completed")
 
 
+def show_crashed_in_prefect(dead_runs: list[RunRecord]) -> None:
+    """Runs whose process died stay 'Running' in Prefect forever; set their flow runs to Crashed.
+    Best effort: a flow run this Prefect server does not know (another server's) is left alone."""
+    import httpx
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.states import Crashed
+
+    flow_run_ids = [run.flow_run_id for run in dead_runs if run.flow_run_id]
+    if not flow_run_ids:
+        return
+    with get_client(sync_client=True) as client:
+        for flow_run_id in flow_run_ids:
+            state = Crashed(message=f"Steward: the run's process died ({STALE_RUN_ERROR}); found by a later run")
+            with contextlib.suppress(ObjectNotFound, httpx.HTTPError, ValueError):
+                client.set_flow_run_state(flow_run_id, state, force=True)
+
+
 @contextmanager
 def opened_registry(config_path: str, registry_url: str | None) -> Iterator[tuple[StewardConfig, Registry]]:
     """The validated config and the registry it resolves to, closed afterwards."""
     config = load_config(config_path)
     registry = Registry.open(resolve_registry_url(registry_url, config))
+    show_crashed_in_prefect(registry.runs_found_dead)
     try:
         yield config, registry
     finally:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from prefect import flow
 
 from flows.artifacts import publish_gate_decision, publish_metrics, publish_report
-from flows.context import RunContext, Workspace, opened_registry, tracked_run
+from flows.context import RunContext, Workspace, audit_resumptions, opened_registry, tracked_run
 from flows.stages import (
     adapt_to_domain,
     apply_gate,
@@ -36,6 +36,8 @@ class RetrainOutcome:
     baseline_metrics: dict[str, float] | None
     baseline_version: int | None
     pretraining_cache_hit: bool | None
+    pretraining_resumed_from_step: int | None = None  # set when an interrupted run's checkpoint was resumed
+    finetuning_resumed_from_epoch: int | None = None
     report: str = ""
 
 
@@ -46,6 +48,9 @@ def retrain_once(context: RunContext) -> RetrainOutcome:
     data = load_valid_data(context)
     pretrained = adapt_to_domain(context, data, start_dir) if config.pretraining.enabled else None
     finetuned = train_classifier(context, data, pretrained.model_dir if pretrained else start_dir)
+    resumed_step = pretrained.resumed_from_step if pretrained else None
+    audit_resumptions(context, {"continued pretraining": ("step", resumed_step),
+                                "fine-tuning": ("epoch", finetuned.resumed_from_epoch)})
     evaluation = evaluate_candidate(context, data, finetuned.model_dir)
     champion = score_champion(context, data)
     candidate = register_candidate(
@@ -66,6 +71,8 @@ def retrain_once(context: RunContext) -> RetrainOutcome:
         baseline_metrics=champion.metrics if champion else None,
         baseline_version=champion.version.version if champion else None,
         pretraining_cache_hit=pretrained.cache_hit if pretrained else None,
+        pretraining_resumed_from_step=resumed_step,
+        finetuning_resumed_from_epoch=finetuned.resumed_from_epoch,
     )
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, insert, or_, select
 
-from governance.db import PG_WRITE_LOCK_KEY, read_only
+from governance.db import PG_WRITE_LOCK_KEY, reachable, read_only
 from governance.models import AuditEvent
 from governance.redact import redact
 
@@ -125,7 +125,7 @@ class AuditLog:
         actor: str | None = None,
     ) -> AuditEventRecord:
         """Append one event in its own transaction."""
-        with self._engine.begin() as conn:
+        with reachable(self._engine), self._engine.begin() as conn:
             return self.append_in(conn, event_type, subject, payload, actor=actor)
 
     def append_in(
@@ -149,7 +149,7 @@ class AuditLog:
         """Append events in transactions of ``batch_size`` (bulk loads); returns how many were appended."""
         total = 0
         for batch in _batches(events, batch_size):
-            with self._engine.begin() as conn:
+            with reachable(self._engine), self._engine.begin() as conn:
                 conn.execute(_INSERT, _chain(_locked_head(conn), batch))
             total += len(batch)
         return total
@@ -163,7 +163,7 @@ class AuditLog:
             stmt = stmt.where(or_(subject == subject_prefix, subject.startswith(subject_prefix + ":", autoescape=True)))
         if limit is not None:
             stmt = stmt.limit(limit)
-        with self._read_engine.connect() as conn:
+        with reachable(self._engine), self._read_engine.connect() as conn:
             rows = conn.execute(stmt).all()
         return [_record(row._asdict()) for row in reversed(rows)]
 
@@ -171,7 +171,7 @@ class AuditLog:
         """Recompute every hash and link in seq order, streaming; stops at the first broken event."""
         checked = 0
         prev_hash = GENESIS_HASH
-        with self._read_engine.connect() as conn:
+        with reachable(self._engine), self._read_engine.connect() as conn:
             result = conn.execution_options(yield_per=_VERIFY_BATCH).execute(select(*_COLUMNS).order_by(_TABLE.c.seq))
             for expected_seq, row in enumerate(result.tuples(), start=1):
                 problem = _check(row, expected_seq, prev_hash)

@@ -18,8 +18,11 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from governance.models import json_dumps
+from governance.redact import redact_text
+from steward.errors import RegistryUnavailableError
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # Arbitrary constant shared by every Steward process ("Steward" in ASCII).
@@ -39,6 +42,23 @@ def create_registry_engine(url: str | URL) -> Engine:
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_on_begin)
     return engine
+
+
+def error_reason(exc: BaseException) -> str:
+    """First line of the underlying driver error, with any URL password masked."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return redact_text(text.splitlines()[0] if text else type(exc).__name__)
+
+
+@contextmanager
+def reachable(engine: Engine) -> Iterator[None]:
+    """Turn a refused or lost database connection (server down, stopped mid-command) into a one-line
+    `RegistryUnavailableError`; the transaction in flight rolls back, so nothing half-written stays."""
+    try:
+        yield
+    except (OperationalError, InterfaceError) as exc:
+        masked = engine.url.render_as_string(hide_password=True)
+        raise RegistryUnavailableError(f"registry {masked} is unavailable: {error_reason(exc)}") from exc
 
 
 def read_only(engine: Engine) -> Engine:

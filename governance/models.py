@@ -110,6 +110,8 @@ class Run(Base):
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
     error: Mapped[str | None] = mapped_column(Text)
+    host: Mapped[str | None] = mapped_column(String(255))  # where the run's process runs, and its id:
+    pid: Mapped[int | None]  # a 'running' run whose process is gone is stale (Registry.fail_dead_runs)
 
 
 class ModelVersion(Base):

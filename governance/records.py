@@ -35,6 +35,8 @@ class RunRecord:
     started_at: datetime
     finished_at: datetime | None
     error: str | None
+    host: str | None = None
+    pid: int | None = None
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
+import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, fields
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,7 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, aliased
 
 from governance.audit import AuditLog, ChainVerification, canonical_json, default_actor
-from governance.db import create_registry_engine, lock_for_write, migrate, read_only
+from governance.db import create_registry_engine, error_reason, lock_for_write, migrate, reachable, read_only
 from governance.models import (
     Alias,
     AliasHistory,
@@ -62,7 +64,7 @@ from governance.records import (
     ValidationResultRecord,
 )
 from governance.redact import mask_url, redact, redact_text
-from steward.errors import BadInputError, CheckFailedError
+from steward.errors import BadInputError, CheckFailedError, RegistryUnavailableError
 
 __all__ = [
     "AliasMove",
@@ -93,6 +95,9 @@ CHAMPION = "champion"
 RUN_STATUSES = ("completed", "failed")
 GATE_OUTCOMES = ("promoted", "challenger", "rejected")
 STALE_RUN_ERROR = "stale: process died"
+# A run's process was created before the run started; allow for the error of process start times
+# (whole-second boot time, clock adjustments). A pid reused this soon after a run started goes unnoticed.
+PROCESS_START_SLACK_S = 5.0
 _GATE_PAYLOAD_FIELDS = (
     "run_id",
     "champion_version",
@@ -164,10 +169,32 @@ def _subject(model_name: str, version: int) -> str:
     return f"{model_name}:{version}"
 
 
-def _error_reason(exc: BaseException) -> str:
-    """First line of the underlying driver error, with any URL password masked."""
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return redact_text(text.splitlines()[0] if text else type(exc).__name__)
+def this_host() -> str:
+    """Where a process id means something: the host name and, on Linux, the boot and the PID namespace
+    (so a container sharing its name, or the same machine after a reboot, never looks like this one)."""
+    name = socket.gethostname()
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return name
+    return f"{name} (boot {boot[:8]}, pid namespace {namespace})"
+
+
+def process_alive(pid: int, started_at: datetime) -> bool:
+    """Whether process `pid` on this host is still the one that started a run at `started_at`
+    (not gone, not a zombie, and not a newer process that was given the same id)."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return process.create_time() <= started_at.timestamp() + PROCESS_START_SLACK_S
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:  # someone else's live process
+        return True
 
 
 class Registry:
@@ -178,20 +205,30 @@ class Registry:
         self._read_engine = read_only(engine)
         self._audit = AuditLog(engine)
         self.url = masked_url
+        self.runs_found_dead: list[RunRecord] = []  # failed by `open`: their process was gone
 
     @classmethod
     def open(cls, url: str) -> Registry:
-        """Connect and upgrade the schema to the newest migration."""
+        """Connect, upgrade the schema to the newest migration, and fail the runs whose process died."""
         masked = mask_url(url)
         engine = None
         try:
             engine = create_registry_engine(url)
             migrate(engine)
-        except (SQLAlchemyError, CommandError, ImportError, OSError) as exc:
+        except (SQLAlchemyError, CommandError, ImportError, OSError, ValueError) as exc:
             if engine is not None:
                 engine.dispose()
-            raise BadInputError(f"cannot open registry {masked}: {_error_reason(exc)}") from None
-        return cls(engine, masked)
+            raise BadInputError(f"cannot open registry {masked}: {error_reason(exc)}") from None
+        registry = cls(engine, masked)
+        registry.runs_found_dead = registry._sweep_dead_runs()
+        return registry
+
+    def _sweep_dead_runs(self) -> list[RunRecord]:
+        """`fail_dead_runs` as housekeeping on open: a registry user who may only read skips it."""
+        try:
+            return self.fail_dead_runs()
+        except (SQLAlchemyError, RegistryUnavailableError):
+            return []
 
     def close(self) -> None:
         self._engine.dispose()
@@ -211,13 +248,13 @@ class Registry:
     @contextmanager
     def _write(self) -> Iterator[Session]:
         """A session whose transaction holds the registry write lock; commits on success."""
-        with Session(self._engine, expire_on_commit=False) as session, session.begin():
+        with reachable(self._engine), Session(self._engine, expire_on_commit=False) as session, session.begin():
             lock_for_write(session.connection())
             yield session
 
     @contextmanager
     def _read(self) -> Iterator[Session]:
-        with Session(self._read_engine) as session:
+        with reachable(self._engine), Session(self._read_engine) as session:
             yield session
 
     def _event(
@@ -313,6 +350,8 @@ class Registry:
             seed=seed,
             author=author,
             started_at=utcnow(),
+            host=this_host(),
+            pid=os.getpid(),
         )
         with self._write() as session:
             session.add(run)
@@ -322,6 +361,8 @@ class Registry:
                 "seed": seed,
                 "code_version": code_version,
                 "flow_run_id": flow_run_id,
+                "host": run.host,
+                "pid": run.pid,
                 "config_sha256": hashlib.sha256(canonical_json(snapshot).encode()).hexdigest(),
             }
             self._event(session, "run_started", model_name, payload, actor=author)
@@ -337,11 +378,13 @@ class Registry:
             self._close_run(session, run, status, error)
             return _to_record(RunRecord, run)
 
-    def _close_run(self, session: Session, run: Run, status: str, error: str | None) -> None:
+    def _close_run(
+        self, session: Session, run: Run, status: str, error: str | None, detail: dict[str, Any] | None = None,
+    ) -> None:
         run.status = status
         run.finished_at = utcnow()
         run.error = None if error is None else redact_text(error)
-        payload = {"run_id": run.id, "kind": run.kind, "status": status, "error": run.error}
+        payload = {"run_id": run.id, "kind": run.kind, "status": status, "error": run.error, **(detail or {})}
         self._event(session, f"run_{status}", run.model_name, payload)
 
     def get_run(self, run_id: str) -> RunRecord:
@@ -356,8 +399,28 @@ class Registry:
                 select(Run).where(Run.status == "running", Run.started_at < cutoff).order_by(Run.started_at)
             ).all()
             for run in stale:
-                self._close_run(session, run, "failed", STALE_RUN_ERROR)
+                self._close_run(session, run, "failed", STALE_RUN_ERROR, {"stale": True})
             return [run.id for run in stale]
+
+    def fail_dead_runs(self) -> list[RunRecord]:
+        """Mark as failed the runs still 'running' on this host whose process is gone (killed with
+        SIGKILL, out of memory), each with a `run_failed` event; returns them as they are now.
+        Runs of other hosts are left alone: only `fail_stale_runs` (by age) can judge those."""
+        with self._read() as session:
+            running = session.execute(
+                select(Run.id, Run.pid, Run.started_at).where(Run.status == "running", Run.host == this_host())
+            ).all()
+        dead = [run_id for run_id, pid, started_at in running if pid is None or not process_alive(pid, started_at)]
+        if not dead:
+            return []
+        with self._write() as session:
+            runs = session.scalars(
+                select(Run).where(Run.id.in_(dead), Run.status == "running").order_by(Run.started_at)
+            ).all()
+            for run in runs:
+                detail = {"stale": True, "host": run.host, "pid": run.pid}
+                self._close_run(session, run, "failed", STALE_RUN_ERROR, detail)
+            return [_to_record(RunRecord, run) for run in runs]
 
     # -- versions and lineage ----------------------------------------------------------------------
 
@@ -727,7 +790,8 @@ class Registry:
             author = self._run(session, row.run_id).author
             if not (model.require_approval and approver == author):
                 move = self._move_alias(session, model, row, alias, "promote", approver, reason)
-                payload = {**_move_payload(move), "approver": approver, "author": author}
+                who = {"approver": approver, "author": author, "performed_by": default_actor()}
+                payload = {**_move_payload(move), **who}
                 self._event(session, "model_promoted", _subject(model_name, version), payload, actor=approver)
                 return move
             payload = {
@@ -736,6 +800,7 @@ class Registry:
                 "approver": approver,
                 "author": author,
                 "reason": reason,
+                "performed_by": default_actor(),
             }
             self._event(session, "promotion_refused", _subject(model_name, version), payload, actor=approver)
         raise CheckFailedError(

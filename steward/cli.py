@@ -9,9 +9,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
-from steward.errors import StewardError
+from steward.errors import ConfigError, StewardError, UnexpectedError, one_line
+
+# The same name as steward.config.REGISTRY_URL_ENV (not imported: it would load pydantic at start-up).
+REGISTRY_URL_ENV = "STEWARD_REGISTRY_URL"
+DEBUG_ENV = "STEWARD_DEBUG"  # set: an unexpected error shows its traceback instead of one line
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -35,6 +40,12 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         raise SystemExit(2)
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got '{text}'")
+    return int(text)
 
 
 def _common(parser: argparse.ArgumentParser, *, config: str = "optional", json_flag: bool = True) -> None:
@@ -80,12 +91,26 @@ def _add_stage_commands(commands: argparse._SubParsersAction) -> None:
     ):
         stage = commands.add_parser(name, help=helptext)
         _common(stage, config="required")
+        stage.add_argument("--nproc", type=_positive_int, default=1, metavar="N",
+                           help="train with N processes (torch DistributedDataParallel through torchrun)")
         stage.set_defaults(handler=_lazy(stages, name))
 
     evaluate = commands.add_parser("evaluate", help="score a registered version on the config's test set")
     _common(evaluate, config="required")
     evaluate.add_argument("--model", required=True, metavar="NAME:VERSION")
     evaluate.set_defaults(handler=_lazy(stages, "evaluate"))
+
+    monitoring = "steward.commands.monitoring"
+    monitor = commands.add_parser("monitor", help="drift of a batch of current text against the champion's data")
+    _common(monitor, config="required")
+    monitor.add_argument("--current", required=True, metavar="PATH",
+                         help="the current batch (csv/tsv/jsonl/parquet/txt)")
+    monitor.add_argument("--fail-on-drift", action="store_true", help="exit 1 when drift is detected")
+    monitor.set_defaults(handler=_lazy(monitoring, "monitor"))
+
+    serve = commands.add_parser("serve", help="serve the retraining and monitoring deployments on their schedules")
+    _common(serve, config="required", json_flag=False)
+    serve.set_defaults(handler=_lazy("steward.commands.serving", "serve"))
 
 
 def _add_registry_commands(commands: argparse._SubParsersAction) -> None:
@@ -117,7 +142,7 @@ def _add_registry_commands(commands: argparse._SubParsersAction) -> None:
 
     rollback = actions.add_parser("rollback", help="champion back to the previous champion")
     rollback.add_argument("name")
-    rollback.add_argument("--reason", default="")
+    rollback.add_argument("--reason", default="", help="why (recorded with who did it in the audit log)")
     _common(rollback)
     rollback.set_defaults(handler=_lazy(module, "rollback"))
 
@@ -160,17 +185,54 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault(key, value)
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
+        with _registry_url_in_environment(args) as handler_args:
+            return args.handler(handler_args)
     except StewardError as exc:
-        sys.stderr.write(f"steward: error: {exc}\n")
-        if getattr(args, "json", False):
-            import json
+        _report_error(args, exc)
+        if isinstance(exc, ConfigError):
+            from steward.commands.common import record_rejected_config
 
-            sys.stdout.write(json.dumps({"ok": False, "error": str(exc), "exit_code": exc.exit_code}) + "\n")
+            record_rejected_config(args, exc)
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("steward: interrupted\n")
         return 130
+    except Exception as exc:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        error = UnexpectedError(f"unexpected {type(exc).__name__}: {exc} (set {DEBUG_ENV}=1 for the traceback)")
+        _report_error(args, error)
+        return error.exit_code
+
+
+@contextmanager
+def _registry_url_in_environment(args: argparse.Namespace) -> Iterator[argparse.Namespace]:
+    """Hand `--registry` to the command through STEWARD_REGISTRY_URL (which it outranks anyway), so it
+    never becomes a Prefect flow parameter: Prefect stores parameters and shows them in its UI, password
+    included. The variable is restored afterwards."""
+    url = getattr(args, "registry", None)
+    if not url:
+        yield args
+        return
+    previous = os.environ.get(REGISTRY_URL_ENV)
+    os.environ[REGISTRY_URL_ENV] = url
+    try:
+        yield argparse.Namespace(**{**vars(args), "registry": None})
+    finally:
+        if previous is None:
+            os.environ.pop(REGISTRY_URL_ENV, None)
+        else:
+            os.environ[REGISTRY_URL_ENV] = previous
+
+
+def _report_error(args: argparse.Namespace, error: StewardError) -> None:
+    """The one-line error on stderr (and, with --json, as one JSON object on stdout)."""
+    message = one_line(str(error))
+    sys.stderr.write(f"steward: error: {message}\n")
+    if getattr(args, "json", False):
+        import json
+
+        sys.stdout.write(json.dumps({"ok": False, "error": message, "exit_code": error.exit_code}) + "\n")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from steward.errors import BadInputError
+from steward.errors import ConfigError
+
+REGISTRY_URL_ENV = "STEWARD_REGISTRY_URL"
 
 
 class _Section(BaseModel):
@@ -66,6 +68,8 @@ class EvaluationConfig(_Section):
 
 class MonitoringConfig(_Section):
     drift_share_threshold: float = Field(0.3, ge=0.0, le=1.0)
+    current: Path | None = None  # the batch the scheduled monitor checks (a file production refreshes)
+    sample_size: int = Field(2_000, ge=50)  # rows drawn (seeded) from each side of a large batch
 
 
 class RegistryConfig(_Section):
@@ -128,12 +132,16 @@ def resolve_registry_url(override: str | None, config: StewardConfig | None) -> 
     """
     if override:
         return override
-    if os.environ.get("STEWARD_REGISTRY_URL"):
-        return os.environ["STEWARD_REGISTRY_URL"]
+    if os.environ.get(REGISTRY_URL_ENV):
+        return os.environ[REGISTRY_URL_ENV]
     if config is not None and config.registry.url:
         return config.registry.url
-    workdir = config.workdir if config is not None else Path.cwd()
-    return f"sqlite:///{(workdir / '.steward' / 'registry.db').resolve()}"
+    return default_registry_url(config.workdir if config is not None else Path.cwd())
+
+
+def default_registry_url(folder: Path) -> str:
+    """The SQLite registry a config in `folder` uses when nothing else names one."""
+    return f"sqlite:///{(folder / '.steward' / 'registry.db').resolve()}"
 
 
 def _known_keys(location: tuple) -> list[str]:
@@ -158,36 +166,58 @@ def _describe(error: dict) -> str:
     return f"key '{location}': {error['msg']}" if location else error["msg"]
 
 
+def _readable_parts(raw: dict) -> tuple[str | None, str | None]:
+    """The model name and registry.url of an invalid config, where they are plain strings."""
+    name = raw.get("name")
+    registry = raw.get("registry")
+    url = registry.get("url") if isinstance(registry, dict) else None
+    return (name if isinstance(name, str) else None), (url if isinstance(url, str) else None)
+
+
 def parse_config(raw: object, source: str, workdir: Path) -> StewardConfig:
     """Validate already-parsed YAML; errors name the file and the offending key."""
+    if raw is None:
+        raise ConfigError(f"{source}: the config file is empty", Path(source))
     if not isinstance(raw, dict):
-        raise BadInputError(f"{source}: the config must be a YAML mapping of keys, got {type(raw).__name__}")
+        raise ConfigError(f"{source}: the config must be a YAML mapping of keys, got {type(raw).__name__}",
+                          Path(source))
+    name, registry_url = _readable_parts(raw)
     if "workdir" in raw:
-        raise BadInputError(f"{source}: unknown key 'workdir'")
+        raise ConfigError(f"{source}: unknown key 'workdir'", Path(source), name, registry_url)
     try:
         return StewardConfig.model_validate({**raw, "workdir": workdir})
     except ValidationError as exc:
-        raise BadInputError(f"{source}: {_describe(exc.errors()[0])}") from None
+        raise ConfigError(f"{source}: {_describe(exc.errors()[0])}", Path(source), name, registry_url) from None
+
+
+def _read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found", path) from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: a directory, not a config file", path) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})", path) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        byte = data[exc.start : exc.start + 1].hex()
+        raise ConfigError(f"{path}: line {line}: config is not UTF-8 text (byte 0x{byte})", path) from None
 
 
 def load_config(path: str | Path) -> StewardConfig:
-    """Read and validate a config file; every failure is a one-line BadInputError."""
+    """Read and validate a config file; every failure is a one-line `ConfigError`."""
     import yaml
 
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BadInputError(f"{path}: config file not found") from None
-    except UnicodeDecodeError as exc:
-        raise BadInputError(f"{path}: config is not UTF-8 text (byte {exc.start})") from None
-    except OSError as exc:
-        raise BadInputError(f"{path}: cannot read config ({exc.strerror})") from None
+    text = _read_text(path)
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise BadInputError(f"{path}: YAML syntax error{where}: {problem}") from None
+        raise ConfigError(f"{path}: YAML syntax error{where}: {problem}", path) from None
     return parse_config(raw, str(path), path.resolve().parent)

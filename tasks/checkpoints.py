@@ -62,12 +62,24 @@ def write_checkpoint(
 
 
 def latest_checkpoint(output_dir: Path, run_key: str) -> FoundCheckpoint | None:
-    """The newest complete checkpoint whose record carries `run_key`."""
+    """The newest complete checkpoint whose record carries `run_key`. A checkpoint left incomplete
+    (a process killed while deleting it) is skipped, never loaded."""
     for directory in reversed(checkpoint_dirs(output_dir)):
-        record = json.loads((directory / RECORD).read_text())
-        if record.get("run_key") == run_key:
+        record = _read_record(directory)
+        if record is not None and record.get("run_key") == run_key:
             return FoundCheckpoint(directory, record)
     return None
+
+
+def _read_record(directory: Path) -> dict[str, Any] | None:
+    """The checkpoint's JSON record, or None unless the record, model and trainer state are all there."""
+    if not all((directory / name).is_file() for name in (RECORD, MODEL, TRAINER_STATE)):
+        return None
+    try:
+        record = json.loads((directory / RECORD).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def restore(found: FoundCheckpoint, model: torch.nn.Module, device: torch.device) -> dict[str, Any]:
@@ -94,7 +106,9 @@ def checkpoint_dirs(output_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first (temp dirs start with a dot and are never listed)."""
     if not output_dir.is_dir():
         return []
-    found = [p for p in output_dir.iterdir() if p.is_dir() and p.name.startswith(PREFIX)]
+    found = [
+        p for p in output_dir.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()
+    ]
     return sorted(found, key=lambda p: int(p.name.removeprefix(PREFIX)))
 
 

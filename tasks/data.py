@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from steward.errors import BadInputError, StewardError
+from steward.errors import BadInputError, StewardError, warn
 
 if TYPE_CHECKING:
     import datasets
@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet")
 NULL_MARK = "\\N"  # how a null cell enters the fingerprint (distinct from an empty string)
+# A text this long is almost surely a broken file or a pasted blob; it is kept (validation's text_length
+# judges it) but named in a warning, since training reads only its first max_seq_length tokens.
+LONG_TEXT_CHARS = 100_000
+LONG_ROWS_NAMED = 3
 
 
 @dataclass(frozen=True)
@@ -111,10 +115,13 @@ def load_table(path: Path, text_column: str, label_column: str | None, role: str
     if not path.exists():
         raise BadInputError(f"{path}: file not found ({role} data)")
     frame = _read_frame(path, text_column, role)
+    if frame.empty and len(frame.columns) > 0:
+        raise BadInputError(f"{path}: no rows of data, only a header ({role} data)")
     _require_column(path, frame, text_column, "text")
     if label_column is not None:
         _require_column(path, frame, label_column, "label")
     texts = [_as_text(value) for value in frame[text_column].tolist()]
+    _warn_about_long_texts(path, role, texts)
     labels = None if label_column is None else [_as_label(v) for v in frame[label_column].tolist()]
     schema = {str(column): str(dtype) for column, dtype in frame.dtypes.items()}
     return make_table(role, path, texts, labels, schema)
@@ -137,6 +144,18 @@ def load_corpus(config: StewardConfig) -> TextTable:
     if not documents:
         raise BadInputError(f"{path}: the domain corpus has no text")
     return make_table("corpus", path, list(documents), None, table.schema)
+
+
+def _warn_about_long_texts(path: Path, role: str, texts: list[str | None]) -> None:
+    """Name the rows (numbered from 1, header excluded) whose text exceeds `LONG_TEXT_CHARS`."""
+    long_rows = [(row, len(text)) for row, text in enumerate(texts, start=1) if text and len(text) > LONG_TEXT_CHARS]
+    if not long_rows:
+        return
+    named = ", ".join(f"row {row} ({length:,} characters)" for row, length in long_rows[:LONG_ROWS_NAMED])
+    more = f" and {len(long_rows) - LONG_ROWS_NAMED} more" if len(long_rows) > LONG_ROWS_NAMED else ""
+    use = ("continued pretraining reads all of it" if role == "corpus"
+           else "training and evaluation read only the first max_seq_length tokens of a text")
+    warn(f"{path}: unusually long text in the {role} data at {named}{more} (a broken file or a pasted blob?); {use}")
 
 
 def split_validation(train: TextTable, fraction: float = 0.1, seed: int = 0) -> tuple[TextTable, TextTable]:
@@ -197,7 +216,7 @@ def _read_delimited(path: Path, text: str, separator: str) -> pd.DataFrame:
     # TSV is read without quoting (the IANA format has none): a review that starts with `"` stays intact.
     quoting = csv.QUOTE_NONE if separator == "\t" else csv.QUOTE_MINIMAL
     try:
-        return pd.read_csv(
+        frame = pd.read_csv(
             io.StringIO(text),
             sep=separator,
             quoting=quoting,
@@ -207,6 +226,23 @@ def _read_delimited(path: Path, text: str, separator: str) -> pd.DataFrame:
         )
     except pd.errors.ParserError as exc:
         raise BadInputError(f"{path}: {_describe_parser_error(str(exc))}") from None
+    _refuse_cut_off_last_row(path, text, separator, quoting, frame)
+    return frame
+
+
+def _refuse_cut_off_last_row(path: Path, text: str, separator: str, quoting: int, frame: pd.DataFrame) -> None:
+    """A file that ends without a newline in a row with fewer fields than the header was cut off
+    (an interrupted copy or download); pandas would quietly read the missing fields as nulls."""
+    if text.endswith(("\n", "\r")) or frame.empty or not frame.iloc[-1].isna().iloc[-1]:
+        return
+    last_line = text.splitlines()[-1]
+    fields = next(csv.reader([last_line], delimiter=separator, quoting=quoting), [])
+    if len(fields) < len(frame.columns):
+        line = len(text.splitlines())
+        raise BadInputError(
+            f"{path}: line {line}: the file ends in the middle of a row ({len(fields)} of "
+            f"{len(frame.columns)} fields; truncated?)"
+        )
 
 
 def _describe_parser_error(message: str) -> str:

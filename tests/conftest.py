@@ -70,3 +70,20 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness():
         yield
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url(prefect_harness: None) -> str:
+    """The session Prefect server's API URL, for `steward` subprocesses (so none starts its own server)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return str(PREFECT_API_URL.value())
+
+
+@pytest.fixture
+def steward_env(prefect_api_url: str) -> dict[str, str]:
+    """The environment of a `steward` subprocess: quiet, offline, one torch thread, the session's Prefect."""
+    env = {**os.environ, **QUIET_THIRD_PARTY_DEFAULTS, "PREFECT_API_URL": prefect_api_url}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env.pop("STEWARD_REGISTRY_URL", None)
+    return env

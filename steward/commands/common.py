@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from steward.errors import BadInputError
+from steward.errors import BadInputError, ConfigError, StewardError, one_line
 
 if TYPE_CHECKING:
     from governance.registry import Registry
@@ -36,6 +37,40 @@ def open_registry(args: argparse.Namespace, config: StewardConfig | None = None)
         yield registry
     finally:
         registry.close()
+
+
+def rejection_registry_url(override: str | None, error: ConfigError) -> str | None:
+    """Where a rejected config is audited: --registry, else STEWARD_REGISTRY_URL, else the registry.url
+    still readable in the config, else the default SQLite file beside the config file (None when the
+    config's folder does not exist: there is nowhere sensible to write)."""
+    from steward.config import REGISTRY_URL_ENV, default_registry_url
+
+    url = override or os.environ.get(REGISTRY_URL_ENV) or error.registry_url
+    if url:
+        return url
+    folder = error.path.resolve().parent if error.path is not None else None
+    return default_registry_url(folder) if folder is not None and folder.is_dir() else None
+
+
+def record_rejected_config(args: argparse.Namespace, error: ConfigError) -> None:
+    """Append an `input_rejected` audit event with the one-line error; silent when the registry
+    itself cannot be reached (the error the user sees already says what was wrong)."""
+    from governance.registry import Registry
+
+    url = rejection_registry_url(getattr(args, "registry", None), error)
+    if url is None:
+        return
+    payload = {
+        "command": " ".join(part for part in (args.command, getattr(args, "action", None)) if part),
+        "config": str(error.path) if error.path is not None else None,
+        "error": one_line(str(error)),
+        "exit_code": error.exit_code,
+    }
+    try:
+        with Registry.open(url) as registry:
+            registry.audit.append("input_rejected", error.model_name or "config", payload)
+    except StewardError:
+        return
 
 
 def parse_ref(ref: str) -> tuple[str, int]:
