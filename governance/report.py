@@ -441,9 +441,14 @@ def _drift(evidence: Evidence) -> Section:
         number = evidence.version_numbers.get(report.version_id) if report.version_id else None
         version = "—" if number is None else f"v{number}" + (" (this version)" if number == evidence.number else "")
         status = Styled("drift", "bad") if report.drift_detected else Styled("no drift", "ok")
-        rows.append((_when(report.created_at), version, status, f"{report.drift_share:.1%}", report.report_path))
-    return Section("drift", "Drift history",
-                   [Table(("time", "version", "result", "drifted columns", "report"), rows)])
+        drifted = [signal["name"] for signal in report.details.get("signals", []) if signal.get("drifted")]
+        rows.append((_when(report.created_at), version, status, f"{report.drift_share:.0%}",
+                     ", ".join(drifted) or "none", report.details.get("current", ""), report.report_path))
+    return Section("drift", "Drift history", [
+        "Each check compares a batch with the champion's training data; drift when the share of drifted "
+        "signals reaches the configured threshold.",
+        Table(("time", "champion", "result", "drift share", "drifted signals", "batch", "Evidently report"), rows),
+    ])
 
 
 # -- lineage, artifacts, environment, audit ----------------------------------------------------------

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from steward.cli import main
 from tests.test_flow_retrain import FILLER, LABEL_WORDS, _sentences, registry_for, run_json, write_project
 
 SHIFTED_WORDS = [
@@ -64,6 +65,12 @@ def test_shifted_batch_is_flagged_recorded_and_audited(
         assert "drift_detected" in [event.event_type for event in registry.audit.events("tickets")]
         assert registry.audit.verify().ok
         assert len(registry.list_versions("tickets")) == 1  # monitoring never registers a model
+
+    markdown = champion_project.parent / "v1.md"
+    assert main(["audit", "report", "tickets:1", "--format", "md", "--out", str(markdown),
+                 "--config", str(champion_project)]) == 0
+    history = markdown.read_text(encoding="utf-8").split("Drift history", 1)[1]
+    assert "drift" in history and "text" in history and str(current) in history and str(report) in history
 
 
 @pytest.mark.usefixtures("prefect_harness")
