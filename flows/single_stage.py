@@ -69,21 +69,23 @@ def validate_only(
 
 
 @flow(name="steward-pretrain", log_prints=False)
-def pretrain_only(config_path: str, registry_url: str | None = None) -> PretrainResult:
-    """Continued pretraining alone (cached: an unchanged corpus returns the adapted checkpoint)."""
+def pretrain_only(config_path: str, registry_url: str | None = None, nproc: int = 1) -> PretrainResult:
+    """Continued pretraining alone (cached: an unchanged corpus returns the adapted checkpoint);
+    `nproc` > 1 trains in that many torchrun workers."""
     with flow_run(config_path, registry_url, "pretrain") as context:
         start_dir = base_model_dir(context)
-        return adapt_to_domain(context, load_valid_data(context), start_dir)
+        return adapt_to_domain(context, load_valid_data(context), start_dir, nproc)
 
 
 @flow(name="steward-finetune", log_prints=False)
-def finetune_only(config_path: str, registry_url: str | None = None) -> FineTuneOutcome:
-    """Fine-tune (on the adapted checkpoint when pretraining is enabled) and register, without a gate."""
+def finetune_only(config_path: str, registry_url: str | None = None, nproc: int = 1) -> FineTuneOutcome:
+    """Fine-tune (on the adapted checkpoint when pretraining is enabled) and register, without a gate;
+    `nproc` > 1 trains (both stages) in that many torchrun workers."""
     with flow_run(config_path, registry_url, "finetune") as context:
         start_dir = base_model_dir(context)
         data = load_valid_data(context)
-        adapted = adapt_to_domain(context, data, start_dir) if context.config.pretraining.enabled else None
-        finetuned = train_classifier(context, data, adapted.model_dir if adapted else start_dir)
+        adapted = adapt_to_domain(context, data, start_dir, nproc) if context.config.pretraining.enabled else None
+        finetuned = train_classifier(context, data, adapted.model_dir if adapted else start_dir, nproc)
         evaluation = evaluate_candidate(context, data, finetuned.model_dir)
         version = register_candidate(context, data, finetuned, evaluation, None, adapted)
         return FineTuneOutcome(

@@ -121,8 +121,9 @@ def load_valid_data(context: RunContext) -> LoadedData:
     return data
 
 
-def adapt_to_domain(context: RunContext, data: LoadedData, base_model_dir: Path) -> PretrainResult:
-    """Continued pretraining on the domain corpus, or on the training texts when there is none."""
+def adapt_to_domain(context: RunContext, data: LoadedData, base_model_dir: Path, nproc: int = 1) -> PretrainResult:
+    """Continued pretraining on the domain corpus, or on the training texts when there is none
+    (`nproc` > 1: in that many torchrun workers; this process keeps the registry)."""
     config = context.config
     corpus = data.corpus if data.corpus is not None else data.train
     with stage(context, "continued pretraining"):
@@ -130,6 +131,7 @@ def adapt_to_domain(context: RunContext, data: LoadedData, base_model_dir: Path)
             base_model_dir, corpus, config.pretraining, config.seed,
             output_dir=context.workspace.work_dir("pretrain"),
             cache_root=context.workspace.pretrain_cache,
+            nproc=nproc,
         )
         context.registry.log_metrics(
             run_id=context.run.id,
@@ -149,13 +151,15 @@ def base_model_dir(context: RunContext) -> Path:
     return resolve_base_model(context.config.base_model, context.config.workdir, context.config.allow_pickle)
 
 
-def train_classifier(context: RunContext, data: LoadedData, start_dir: Path) -> FineTuneResult:
+def train_classifier(context: RunContext, data: LoadedData, start_dir: Path, nproc: int = 1) -> FineTuneResult:
+    """Fine-tune into the run's model folder (`nproc` > 1: in that many torchrun workers)."""
     config = context.config
     with stage(context, "fine-tuning"):
         result = fine_tune(
             start_dir, data.train, data.validation, config.finetuning, config.seed,
             output_dir=context.workspace.work_dir("finetune"),
             primary_metric=config.evaluation.primary_metric,
+            nproc=nproc,
         )
         final_dir = context.workspace.model_dir(config.name, context.run.id)
         final_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,10 @@
 Labels are strings; their sorted set fixes the class ids. Batches are dynamically padded and
 grouped by length; every epoch ends with a validation pass, a checkpoint, and the early-stopping
 check on the primary metric. The best epoch's weights are what gets saved.
+
+The same loop runs in one process or in N torchrun workers (`nproc`, see `tasks.distributed`): each rank
+takes its share of every global batch of `batch_size` examples, and the loss is the summed cross-entropy
+over the global batch size, so the averaged gradient is the single-process one.
 """
 
 from __future__ import annotations
@@ -13,17 +17,21 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from steward.config import FinetuningConfig
 from steward.errors import BadInputError
-from tasks import checkpoints
+from tasks import checkpoints, distributed
+from tasks.distributed import SINGLE_PROCESS, Ranks, table_from_json, table_to_json
 from tasks.modeling import (
     Device,
+    TrainingClock,
+    adamw,
     deterministic,
     load_tokenizer,
     pick_device,
@@ -36,7 +44,6 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from steward.config import FinetuningConfig
     from tasks.data import TextTable
 
 LABEL_MAP_FILE = "label_map.json"
@@ -78,6 +85,57 @@ class FineTuneResult:
     train_examples: int
     seconds: float
     resumed_from_epoch: int | None
+    trained_tokens: int  # real (non-pad) tokens through the training steps of this call, all ranks together
+    training_seconds: float  # wall time of those steps alone (no validation, checkpoints or loading)
+
+
+def result_to_json(result: FineTuneResult) -> dict[str, Any]:
+    return {**asdict(result), "model_dir": str(result.model_dir)}
+
+
+def result_from_json(data: dict[str, Any]) -> FineTuneResult:
+    return FineTuneResult(**{
+        **data,
+        "model_dir": Path(data["model_dir"]),
+        "epoch_scores": [EpochScore(**score) for score in data["epoch_scores"]],
+        "loss_curve": [(int(step), float(loss)) for step, loss in data["loss_curve"]],
+    })
+
+
+@dataclass(frozen=True)
+class FineTuneJob:
+    """The inputs of one fine-tuning run; as JSON, the job spec of a multi-process run's workers."""
+
+    model_dir: Path
+    train: TextTable
+    validation: TextTable
+    params: FinetuningConfig
+    seed: int
+    output_dir: Path
+    primary_metric: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model_dir": str(self.model_dir),
+            "train": table_to_json(self.train),
+            "validation": table_to_json(self.validation),
+            "params": self.params.model_dump(mode="json"),
+            "seed": self.seed,
+            "output_dir": str(self.output_dir),
+            "primary_metric": self.primary_metric,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FineTuneJob:
+        return cls(
+            model_dir=Path(data["model_dir"]),
+            train=table_from_json(data["train"]),
+            validation=table_from_json(data["validation"]),
+            params=FinetuningConfig.model_validate(data["params"]),
+            seed=data["seed"],
+            output_dir=Path(data["output_dir"]),
+            primary_metric=data["primary_metric"],
+        )
 
 
 @dataclass(frozen=True)
@@ -111,49 +169,73 @@ def fine_tune(
     output_dir: Path,
     primary_metric: str,
     on_epoch: EpochCallback | None = None,
+    nproc: int = 1,
 ) -> FineTuneResult:
     """Train a classifier head (and the encoder) and save the best epoch into `output_dir`.
-    `on_epoch(epoch)` is called after each epoch's checkpoint is written (progress reporting)."""
+    `on_epoch(epoch)` is called after each epoch's checkpoint is written (progress reporting; it runs in
+    the training process, so only with `nproc` 1). `nproc` > 1 trains in that many torchrun workers."""
+    job = FineTuneJob(Path(model_dir), train, validation, params, seed, Path(output_dir), primary_metric)
+    if nproc == 1:
+        return run_fine_tuning(job, SINGLE_PROCESS, on_epoch)
+    if on_epoch is not None:
+        raise ValueError("on_epoch runs inside the training process: it needs nproc=1")
+    started = time.perf_counter()
+    _class_labels(job)  # bad input is reported here, before any worker starts
+    distributed.require_batch_per_rank(params.batch_size, nproc, "finetuning")
+    job_dir = job.output_dir.with_name(f"{job.output_dir.name}.workers")
+    result = result_from_json(distributed.launch("finetune", job.to_json(), nproc, job_dir))
+    return replace(result, seconds=time.perf_counter() - started)
+
+
+def run_job(job: dict[str, Any], ranks: Ranks) -> dict[str, Any]:
+    """A torchrun worker's entry point (see `tasks.distributed`)."""
+    return result_to_json(run_fine_tuning(FineTuneJob.from_json(job), ranks))
+
+
+def run_fine_tuning(job: FineTuneJob, ranks: Ranks, on_epoch: EpochCallback | None = None) -> FineTuneResult:
+    """The fine-tuning run on this process's rank; rank 0 alone writes `job.output_dir`."""
     started = time.perf_counter()
     quiet_transformers()
-    train_texts, train_labels = train.complete_rows()
-    val_texts, val_labels = validation.complete_rows()
-    if not val_texts:
-        raise BadInputError(f"{validation.source}: the {validation.role} set has no rows with text and label")
-    labels = _class_labels(train, train_labels)
-    require_known_labels(validation, val_labels, labels)
-    output_dir = Path(output_dir)
-    run_key = _run_key(model_dir, train, validation, params, seed, primary_metric)
-    device = pick_device()
-    with deterministic(seed):
-        classifier = load_classifier(model_dir, labels, params.max_seq_length, device)
-        train_set = encode(classifier, train_texts, train_labels)
-        val_set = encode(classifier, val_texts, val_labels)
-        run = _Run(classifier, train_set, val_set, params, seed, primary_metric, output_dir, run_key, device)
+    labels = _class_labels(job)
+    device = pick_device(ranks.local_rank)
+    with deterministic(job.seed):
+        classifier = load_classifier(job.model_dir, labels, job.params.max_seq_length, device)
+        train_set = encode(classifier, *job.train.complete_rows())
+        val_set = encode(classifier, *job.validation.complete_rows())
+        run = _Run(classifier, train_set, val_set, job, _run_key(job), device, ranks)
         run.train(on_epoch)
-    classifier.model.load_state_dict(run.best_weights)
-    save_classifier(classifier, output_dir)
-    checkpoints.remove_checkpoints(output_dir)
+    if ranks.is_main:
+        classifier.model.load_state_dict(run.best_weights)
+        save_classifier(classifier, job.output_dir)
+        checkpoints.remove_checkpoints(job.output_dir)
     return FineTuneResult(
-        model_dir=output_dir,
+        model_dir=job.output_dir,
         labels=labels,
-        primary_metric=primary_metric,
+        primary_metric=job.primary_metric,
         best_epoch=run.best_epoch,
         best_score=run.best_score,
         epochs_run=len(run.scores),
-        validation_scores=[score.metric(primary_metric) for score in run.scores],
+        validation_scores=[score.metric(job.primary_metric) for score in run.scores],
         epoch_scores=run.scores,
         loss_curve=run.loss_curve,
         train_examples=len(train_set),
         seconds=time.perf_counter() - started,
         resumed_from_epoch=run.resumed_from_epoch,
+        trained_tokens=run.trained_tokens,
+        training_seconds=run.clock.seconds,
     )
 
 
-def _class_labels(train: TextTable, train_labels: list[str]) -> list[str]:
+def _class_labels(job: FineTuneJob) -> list[str]:
+    """The sorted training labels, after checking there are two and validation uses no others."""
+    _, train_labels = job.train.complete_rows()
+    val_texts, val_labels = job.validation.complete_rows()
+    if not val_texts:
+        raise BadInputError(f"{job.validation.source}: the {job.validation.role} set has no rows with text and label")
     labels = sorted(set(train_labels))
     if len(labels) < 2:
-        raise BadInputError(f"{train.source}: training needs at least two labels, found {labels or 'none'}")
+        raise BadInputError(f"{job.train.source}: training needs at least two labels, found {labels or 'none'}")
+    require_known_labels(job.validation, val_labels, labels)
     return labels
 
 
@@ -167,21 +249,14 @@ def require_known_labels(table: TextTable, labels: list[str], known: list[str]) 
         )
 
 
-def _run_key(
-    model_dir: Path,
-    train: TextTable,
-    validation: TextTable,
-    params: FinetuningConfig,
-    seed: int,
-    primary_metric: str,
-) -> str:
+def _run_key(job: FineTuneJob) -> str:
     inputs = {
-        "model_files": sha256_files(model_dir),
-        "train": train.fingerprint,
-        "validation": validation.fingerprint,
-        "params": params.model_dump(mode="json"),
-        "seed": seed,
-        "primary_metric": primary_metric,
+        "model_files": sha256_files(job.model_dir),
+        "train": job.train.fingerprint,
+        "validation": job.validation.fingerprint,
+        "params": job.params.model_dump(mode="json"),
+        "seed": job.seed,
+        "primary_metric": job.primary_metric,
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
@@ -243,8 +318,10 @@ def batched_logits(
     import torch
     from transformers import DataCollatorWithPadding
 
-    collate = DataCollatorWithPadding(classifier.tokenizer)
     model = classifier.model
+    if not examples:
+        return torch.empty(0, model.config.num_labels), 0.0
+    collate = DataCollatorWithPadding(classifier.tokenizer)
     model.eval()
     outputs, total_loss = [], 0.0
     with torch.no_grad():
@@ -283,16 +360,16 @@ class _Run:
         classifier: Classifier,
         train_set: list[Example],
         val_set: list[Example],
-        params: FinetuningConfig,
-        seed: int,
-        primary_metric: str,
-        output_dir: Path,
+        job: FineTuneJob,
         run_key: str,
         device: Device,
+        ranks: Ranks,
     ) -> None:
+        from transformers import DataCollatorWithPadding
+
         self.classifier, self.train_set, self.val_set = classifier, train_set, val_set
-        self.params, self.seed, self.primary_metric = params, seed, primary_metric
-        self.output_dir, self.run_key, self.device = output_dir, run_key, device
+        self.collate = DataCollatorWithPadding(classifier.tokenizer)
+        self.job, self.params, self.run_key, self.device, self.ranks = job, job.params, run_key, device, ranks
         self.lengths = [len(example["input_ids"]) for example in train_set]
         self.epoch = 0
         self.scores: list[EpochScore] = []
@@ -301,76 +378,111 @@ class _Run:
         self.best_weights = _cpu_copy(classifier.model)
         self.epochs_without_improvement = 0
         self.resumed_from_epoch: int | None = None
+        self.trained_tokens = 0
+        self.clock = TrainingClock(device)
 
     def train(self, on_epoch: EpochCallback | None) -> None:
         optimizer, scheduler = self._optimizer()
         self._resume(optimizer, scheduler)
+        trainer = self.ranks.wrap(self.classifier.model, self.device)
         while self.epoch < self.params.epochs and not self._should_stop():
             self.epoch += 1
-            self._train_epoch(optimizer, scheduler)
+            self._train_epoch(trainer, optimizer, scheduler)
             self._score_epoch()
-            self._save_checkpoint(optimizer, scheduler)
+            if self.ranks.is_main:
+                self._save_checkpoint(optimizer, scheduler)
             if on_epoch is not None:
                 on_epoch(self.epoch)
 
     def _should_stop(self) -> bool:
         return self.epochs_without_improvement >= self.params.early_stopping_patience
 
-    def _train_epoch(self, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+    def _train_epoch(self, trainer: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+        """One pass over the length-grouped batches; step losses stay on the device until the epoch ends."""
         import torch
         from tqdm.auto import tqdm
-        from transformers import DataCollatorWithPadding
 
-        collate = DataCollatorWithPadding(self.classifier.tokenizer)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        generator = torch.Generator().manual_seed(self.job.seed * 1_000_003 + self.epoch)
         batches = length_grouped_batches(self.lengths, self.params.batch_size, generator)
-        model = self.classifier.model
-        model.train()
-        quiet = not sys.stderr.isatty()
-        for indices in tqdm(batches, desc=f"fine-tune epoch {self.epoch}", file=sys.stderr, disable=quiet):
-            batch = collate([self.train_set[i] for i in indices])
-            batch = {name: tensor.to(self.device.torch_device) for name, tensor in batch.items()}
-            with self.device.autocast():
-                loss = model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            self.loss_curve.append((len(self.loss_curve) + 1, float(loss.detach())))
+        trainer.train()
+        quiet = not sys.stderr.isatty() or not self.ranks.is_main
+        shares = []
+        with self.clock.running():
+            for indices in tqdm(batches, desc=f"fine-tune epoch {self.epoch}", file=sys.stderr, disable=quiet):
+                mine = self.ranks.shard(indices)
+                # An empty share (a last batch smaller than the world) still joins the gradient all-reduce.
+                weight = 1 / len(indices) if mine else 0.0
+                shares.append(self._train_step(trainer, mine or indices[:1], weight, optimizer, scheduler))
+                self.trained_tokens += sum(self.lengths[i] for i in indices)
+            losses = self.ranks.all_sum(torch.stack(shares).double()).tolist()
+        first = len(self.loss_curve) + 1
+        self.loss_curve += list(enumerate(losses, start=first))
+
+    def _train_step(
+        self, trainer: torch.nn.Module, indices: list[int], weight: float,
+        optimizer: torch.optim.Optimizer, scheduler: Any,
+    ) -> torch.Tensor:
+        """Returns this rank's share of the global batch's mean loss (its summed cross-entropy × `weight`,
+        1 / global batch size). DDP averages gradients over ranks, so the backward pass scales the share
+        by the world size: the gradient is then the one-process gradient of the global batch."""
+        import torch
+
+        batch = self._collate([self.train_set[i] for i in indices])
+        labels = batch.pop("labels")
+        with self.device.autocast():
+            logits = trainer(**batch).logits
+        share = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum") * weight
+        (share * self.ranks.world_size).backward()
+        torch.nn.utils.clip_grad_norm_(self.classifier.model.parameters(), MAX_GRAD_NORM)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        return share.detach()
+
+    def _collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
+        return {name: tensor.to(self.device.torch_device) for name, tensor in self.collate(examples).items()}
 
     def _score_epoch(self) -> None:
-        logits, loss = batched_logits(self.classifier, self.val_set, self.params.batch_size * 2, self.device)
+        """Validation, each rank scoring its share: predictions and summed loss meet in one all-reduce."""
+        import torch
+
+        mine = self.ranks.shard(range(len(self.val_set)))
+        logits, mean_loss = batched_logits(
+            self.classifier, [self.val_set[i] for i in mine], self.params.batch_size * 2, self.device
+        )
+        combined = torch.zeros(len(self.val_set) + 1, dtype=torch.float64, device=self.device.torch_device)
+        combined[mine] = logits.argmax(dim=-1).to(combined)
+        combined[-1] = mean_loss * len(mine)
+        combined = self.ranks.all_sum(combined).tolist()
+        predicted = [int(value) for value in combined[:-1]]
         truth = [example["labels"] for example in self.val_set]
-        accuracy, macro_f1 = accuracy_and_macro_f1(truth, logits.argmax(dim=-1).tolist())
-        score = EpochScore(self.epoch, accuracy, macro_f1, loss)
+        accuracy, macro_f1 = accuracy_and_macro_f1(truth, predicted)
+        self._record(EpochScore(self.epoch, accuracy, macro_f1, combined[-1] / len(self.val_set)))
+
+    def _record(self, score: EpochScore) -> None:
         self.scores.append(score)
-        if score.metric(self.primary_metric) > self.best_score:
-            self.best_epoch, self.best_score = self.epoch, score.metric(self.primary_metric)
+        if score.metric(self.job.primary_metric) > self.best_score:
+            self.best_epoch, self.best_score = self.epoch, score.metric(self.job.primary_metric)
             self.best_weights = _cpu_copy(self.classifier.model)
             self.epochs_without_improvement = 0
         else:
             self.epochs_without_improvement += 1
 
     def _optimizer(self) -> tuple[torch.optim.Optimizer, Any]:
-        import torch
         from transformers import get_linear_schedule_with_warmup
 
         batches_per_epoch = math.ceil(len(self.train_set) / self.params.batch_size)
         total = batches_per_epoch * self.params.epochs
-        optimizer = torch.optim.AdamW(
-            self.classifier.model.parameters(),
-            lr=self.params.learning_rate,
-            weight_decay=WEIGHT_DECAY,
-            foreach=True,
-        )
+        optimizer = adamw(self.classifier.model.parameters(), self.params.learning_rate, WEIGHT_DECAY)
         warmup = math.ceil(LR_WARMUP_FRACTION * total)
         return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total)
 
     def _resume(self, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
-        found = checkpoints.latest_checkpoint(self.output_dir, self.run_key)
+        found = checkpoints.latest_checkpoint(self.job.output_dir, self.run_key)
+        self.ranks.barrier()  # every rank has looked before rank 0 clears stale checkpoints
         if found is None:
-            checkpoints.remove_checkpoints(self.output_dir)
+            if self.ranks.is_main:
+                checkpoints.remove_checkpoints(self.job.output_dir)
             return
         state = checkpoints.restore(found, self.classifier.model, self.device.torch_device)
         optimizer.load_state_dict(state["optimizer"])
@@ -395,7 +507,7 @@ class _Run:
         )
         state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
         model, best = self.classifier.model, {BEST_WEIGHTS: self.best_weights}
-        checkpoints.write_checkpoint(self.output_dir, self.epoch, model, state, asdict(record), best)
+        checkpoints.write_checkpoint(self.job.output_dir, self.epoch, model, state, asdict(record), best)
 
 
 def accuracy_and_macro_f1(truth: list[int], predicted: list[int]) -> tuple[float, float]:

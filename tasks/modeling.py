@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -158,14 +159,50 @@ class Device:
         with torch.autocast(device_type=self.torch_device.type, dtype=self.autocast_dtype):
             yield
 
+    def synchronize(self) -> None:
+        """Wait for the work queued on the device (CUDA runs asynchronously; the CPU never does)."""
+        import torch
 
-def pick_device() -> Device:
+        if self.torch_device.type == "cuda":
+            torch.cuda.synchronize(self.torch_device)
+
+
+def pick_device(local_rank: int = 0) -> Device:
+    """CUDA (the `local_rank`-th GPU of a multi-process run) with bf16 autocast where supported, else CPU."""
     import torch
 
     if torch.cuda.is_available():
+        torch_device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(torch_device)
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-        return Device(torch.device("cuda"), dtype)
+        return Device(torch_device, dtype)
     return Device(torch.device("cpu"), None)
+
+
+def adamw(parameters: Iterable[torch.nn.Parameter], learning_rate: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with the fused kernel (one pass over all parameters, CPU or CUDA): on MiniLM on CPU its step
+    is several times faster than the foreach one, and at batch 16 the optimizer step rivals the backward."""
+    import torch
+
+    return torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay, fused=True)
+
+
+class TrainingClock:
+    """Seconds spent in training steps alone, for throughput figures: only time inside `running()` counts,
+    and the device is synchronised on the way out so queued GPU work is counted where it ran."""
+
+    def __init__(self, device: Device) -> None:
+        self.device = device
+        self.seconds = 0.0
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.device.synchronize()
+            self.seconds += time.perf_counter() - started
 
 
 @contextlib.contextmanager

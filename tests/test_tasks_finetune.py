@@ -68,6 +68,24 @@ def test_fine_tuning_learns_and_saves_the_best_epoch(trained: FineTuneResult) ->
     assert json.loads((trained.model_dir / "label_map.json").read_text())["labels"] == trained.labels
 
 
+def test_throughput_figures_count_real_tokens_and_step_time(
+    trained: FineTuneResult, tiny_model_dir: Path
+) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    per_epoch = sum(len(ids) for ids in tokenizer(TRAIN.texts, truncation=True, max_length=32)["input_ids"])
+    assert trained.trained_tokens == trained.epochs_run * per_epoch  # padding never counts
+    assert 0.0 < trained.training_seconds < trained.seconds
+
+
+def test_a_progress_callback_needs_one_process(tiny_model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="on_epoch runs inside the training process: it needs nproc=1"):
+        fine_tune.fn(
+            tiny_model_dir, TRAIN, VALIDATION, PARAMS, SEED, tmp_path, "macro_f1", on_epoch=print, nproc=2
+        )
+
+
 def test_same_seed_gives_identical_runs(
     trained: FineTuneResult, tiny_model_dir: Path, tmp_path: Path
 ) -> None:

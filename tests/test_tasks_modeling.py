@@ -99,3 +99,13 @@ def test_cpu_runs_in_fp32_without_autocast() -> None:
         assert device.torch_device.type == "cuda"
     else:
         assert device.torch_device.type == "cpu" and device.autocast_dtype is None
+
+
+def test_each_local_rank_gets_its_own_gpu_or_the_cpu() -> None:
+    import torch
+
+    device = pick_device(local_rank=1)
+    if torch.cuda.is_available():
+        assert device.torch_device.index == 1 % torch.cuda.device_count()
+    else:
+        assert device.torch_device == torch.device("cpu")

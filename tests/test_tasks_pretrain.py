@@ -44,6 +44,8 @@ def test_pretraining_lowers_heldout_perplexity_then_hits_the_cache(
     assert (result.head_warmup_steps, result.steps, len(result.loss_curve)) == (10, 50, 50)
     assert result.perplexity_after < 0.5 * result.perplexity_before
     assert result.corpus_blocks > 100 and result.train_tokens % 32 == 0
+    assert result.trained_tokens == 50 * 16 * 32  # every step: 16 packed blocks of 32 tokens, no padding
+    assert 0.0 < result.training_seconds < result.seconds
     assert result.model_dir == cache_root / result.cache_key
     assert {"model.safetensors", "config.json", "tokenizer.json"} <= {
         p.name for p in result.model_dir.iterdir()
@@ -204,11 +206,28 @@ def test_masked_positions_only_loss_equals_the_full_forward(tmp_path: Path) -> N
     from transformers import DataCollatorForLanguageModeling
 
     from tasks.modeling import pick_device
-    from tasks.pretrain import language_model_loss, load_language_model
+    from tasks.pretrain import load_language_model, predicted_count, token_loss_module
 
     lm = load_language_model(build_tiny_bert(tmp_path / "m", with_mlm_head=True), pick_device())
     lm.model.eval()
     blocks = [{"input_ids": list(range(5, 37))} for _ in range(4)]
     batch = DataCollatorForLanguageModeling(lm.tokenizer, mlm_probability=0.3, seed=0)(blocks)
     with torch.no_grad():
-        assert float(language_model_loss(lm, batch)) == pytest.approx(float(lm.model(**batch).loss), rel=1e-5)
+        summed = token_loss_module(lm)(batch["input_ids"], batch["labels"])
+        mean = float(summed) / predicted_count(batch["labels"], causal=False)
+        assert mean == pytest.approx(float(lm.model(**batch).loss), rel=1e-5)
+
+
+def test_a_batch_with_nothing_masked_has_zero_loss_and_zero_gradients(tmp_path: Path) -> None:
+    import torch
+
+    from tasks.modeling import pick_device
+    from tasks.pretrain import load_language_model, token_loss_module
+
+    lm = load_language_model(build_tiny_bert(tmp_path / "m", with_mlm_head=True), pick_device())
+    input_ids = torch.arange(5, 37).repeat(2, 1)
+    loss = token_loss_module(lm)(input_ids, torch.full_like(input_ids, -100))
+    loss.backward()
+    assert loss.item() == 0.0
+    head_weights = [p for name, p in lm.model.named_parameters() if name.startswith("cls.")]
+    assert head_weights and all(p.grad is not None and not p.grad.any() for p in head_weights)

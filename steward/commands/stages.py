@@ -87,7 +87,7 @@ def pretrain(args: argparse.Namespace) -> int:
     load_config(args.config)  # fail fast on a bad config, before Prefect starts
     from flows.single_stage import pretrain_only
 
-    result = pretrain_only(config_path=args.config, registry_url=args.registry)
+    result = pretrain_only(config_path=args.config, registry_url=args.registry, nproc=args.nproc)
 
     def render() -> None:
         cached = " (cached checkpoint reused)" if result.cache_hit else ""
@@ -105,7 +105,7 @@ def finetune(args: argparse.Namespace) -> int:
     load_config(args.config)  # fail fast on a bad config, before Prefect starts
     from flows.single_stage import finetune_only
 
-    outcome = finetune_only(config_path=args.config, registry_url=args.registry)
+    outcome = finetune_only(config_path=args.config, registry_url=args.registry, nproc=args.nproc)
     emit(args, outcome, lambda: console().print(
         _metrics_table(f"{outcome.model} v{outcome.version} (registered, no alias)", outcome.metrics)
     ))
