@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import shutil
 import subprocess
 import sys
 import time
@@ -35,9 +37,24 @@ class Workspace:
     def pretrain_cache(self) -> Path:
         return self.root / "cache" / "pretrain"
 
-    def work_dir(self, stage: str) -> Path:
-        """Where a stage checkpoints; stable across runs so the next run resumes an interrupted one."""
-        return self.root / "work" / stage
+    @contextmanager
+    def claimed_work_dir(self, stage: str, run_id: str) -> Iterator[Path]:
+        """Where a stage checkpoints: `work/<stage>`, stable across runs so the next run resumes an
+        interrupted one. A run that finds it held by another live run (an OS lock, released even by
+        kill -9) works in a private folder instead, removed afterwards, so the two never mix checkpoints."""
+        shared = self.root / "work" / stage
+        shared.parent.mkdir(parents=True, exist_ok=True)
+        with (shared.parent / f"{stage}.lock").open("w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                private = shared.with_name(f"{stage}-{run_id}")
+                try:
+                    yield private
+                finally:
+                    shutil.rmtree(private, ignore_errors=True)
+                return
+            yield shared
 
     def model_dir(self, model_name: str, run_id: str) -> Path:
         return self.root / "models" / model_name / run_id

@@ -127,12 +127,13 @@ def adapt_to_domain(context: RunContext, data: LoadedData, base_model_dir: Path,
     config = context.config
     corpus = data.corpus if data.corpus is not None else data.train
     with stage(context, "continued pretraining"):
-        result = continue_pretraining(
-            base_model_dir, corpus, config.pretraining, config.seed,
-            output_dir=context.workspace.work_dir("pretrain"),
-            cache_root=context.workspace.pretrain_cache,
-            nproc=nproc,
-        )
+        with context.workspace.claimed_work_dir("pretrain", context.run.id) as work_dir:
+            result = continue_pretraining(
+                base_model_dir, corpus, config.pretraining, config.seed,
+                output_dir=work_dir,
+                cache_root=context.workspace.pretrain_cache,
+                nproc=nproc,
+            )
         context.registry.log_metrics(
             run_id=context.run.id,
             dataset_id=data.dataset_ids.get(corpus.role),
@@ -155,15 +156,14 @@ def train_classifier(context: RunContext, data: LoadedData, start_dir: Path, npr
     """Fine-tune into the run's model folder (`nproc` > 1: in that many torchrun workers)."""
     config = context.config
     with stage(context, "fine-tuning"):
-        result = fine_tune(
-            start_dir, data.train, data.validation, config.finetuning, config.seed,
-            output_dir=context.workspace.work_dir("finetune"),
-            primary_metric=config.evaluation.primary_metric,
-            nproc=nproc,
-        )
-        final_dir = context.workspace.model_dir(config.name, context.run.id)
-        final_dir.parent.mkdir(parents=True, exist_ok=True)
-        result = replace(result, model_dir=Path(shutil.move(result.model_dir, final_dir)))
+        with context.workspace.claimed_work_dir("finetune", context.run.id) as work_dir:
+            result = fine_tune(
+                start_dir, data.train, data.validation, config.finetuning, config.seed,
+                output_dir=work_dir, primary_metric=config.evaluation.primary_metric, nproc=nproc,
+            )
+            final_dir = context.workspace.model_dir(config.name, context.run.id)
+            final_dir.parent.mkdir(parents=True, exist_ok=True)
+            result = replace(result, model_dir=Path(shutil.move(result.model_dir, final_dir)))
         validation_curve = list(enumerate(result.validation_scores, start=1))
         context.registry.log_curve(
             run_id=context.run.id, key=f"validation_{config.evaluation.primary_metric}", points=validation_curve,

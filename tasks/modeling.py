@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ def check_model_dir(path: Path, allow_pickle: bool = False) -> Path:
     """A loadable model dir has config.json and safetensors weights (pickle only if allowed)."""
     if not (path / "config.json").is_file():
         raise BadInputError(f"{path}: not a model directory (no config.json)")
+    _refuse_custom_code(path / "config.json")
     if has_safetensors(path):
         return path
     pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
@@ -68,6 +70,19 @@ def check_model_dir(path: Path, allow_pickle: bool = False) -> Path:
             "or set allow_pickle: true in the config"
         )
     return path
+
+
+def _refuse_custom_code(config_file: Path) -> None:
+    """A model whose config maps to its own Python classes (`auto_map`) needs remote code: never run it."""
+    try:
+        model_config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInputError(f"{config_file}: not a readable model config ({exc})") from None
+    if isinstance(model_config, dict) and "auto_map" in model_config:
+        raise BadInputError(
+            f"{config_file}: the model needs custom code (auto_map); Steward never runs remote code "
+            "(trust_remote_code stays off)"
+        )
 
 
 def has_safetensors(model_dir: Path) -> bool:

@@ -190,7 +190,9 @@ def test_remote_code_in_a_base_model_is_never_run(
     code = main(["run", "--config", str(config)])
 
     message = one_error_line(capsys.readouterr().err)
-    assert code != 0 and "custom code" in message
+    assert code == 2
+    assert message.endswith("the model needs custom code (auto_map); Steward never runs remote code "
+                            "(trust_remote_code stays off)")
     assert not ran.exists()
     with default_registry(tmp_path) as registry:
         assert registry.list_models() == []
