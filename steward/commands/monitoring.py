@@ -21,7 +21,8 @@ def _print_outcome(outcome) -> None:
     out.print(table)
     verdict = "[bold red]drift detected[/]" if outcome.drift_detected else "[bold green]no drift[/]"
     out.print(f"{verdict}: share {outcome.drift_share:.2f} (threshold {outcome.threshold:.2f}); "
-              f"{outcome.current_scored:,} of {outcome.current_rows:,} current rows scored in {outcome.seconds:.1f}s")
+              f"{outcome.current_scored:,} of {outcome.current_rows:,} current rows scored; "
+              f"{outcome.seconds:.1f}s in all")
     out.print(f"Evidently report: {outcome.report}")
 
 
