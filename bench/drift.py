@@ -30,14 +30,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
+from quality import CITATION, DOMAIN_FILES, data_dir, progress, read_domain  # bench/quality.py, beside this file
 
 from steward.cli import QUIET_THIRD_PARTY_DEFAULTS
-from tasks.data import TextTable, make_table
+from tasks.data import TextTable
 from tasks.drift import DriftResult, ScoredBatch, compare_batches, score_batch
 
-CITATION = 'Kotzias et al., "From Group to Individual Labels using Deep Features", KDD 2015'
-BESIDE_CHECKOUT = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-DOMAIN_FILES = {"amazon": "amazon_cells", "imdb": "imdb", "yelp": "yelp"}
 SAMPLE_SIZE = 2_000
 MAX_SEQ_LENGTH = 64
 THRESHOLD = 0.3
@@ -58,25 +56,6 @@ class CommandTiming:
     warm_seconds: float
     drift_detected: bool
     drift_share: float
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def data_dir() -> Path:
-    folder = Path(os.environ.get("STEWARD_SHARED_DATA", BESIDE_CHECKOUT)) / "sentiment_labelled_sentences"
-    if not folder.is_dir():
-        sys.exit(f"bench/drift.py: {folder} not found (set STEWARD_SHARED_DATA to the shared data folder)")
-    return folder
-
-
-def read_domain(name: str) -> TextTable:
-    """One domain's `sentence<TAB>score` file, split on newlines only (IMDB has U+0085 inside sentences)."""
-    path = data_dir() / f"{DOMAIN_FILES[name]}_labelled.txt"
-    rows = [line.rpartition("\t") for line in path.read_text(encoding="utf-8").split("\n")[1:] if line.strip()]
-    return make_table(name, path, [t.strip() for t, _, _ in rows], [s.strip() for _, _, s in rows],
-                      {"text": "object", "label": "object"})
 
 
 def write_csv(path: Path, rows: list[tuple[str, ...]], header: tuple[str, ...]) -> Path:
@@ -189,6 +168,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if not data_dir().is_dir():
+        sys.exit(f"bench/drift.py: {data_dir()} not found (set STEWARD_SHARED_DATA to the shared data folder)")
     env = {**os.environ, **QUIET_THIRD_PARTY_DEFAULTS}
     os.environ.update(QUIET_THIRD_PARTY_DEFAULTS)
     domains = {name: read_domain(name) for name in DOMAIN_FILES}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefect import serve
+from prefect import Flow, serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.events import DeploymentEventTrigger
@@ -62,36 +62,35 @@ def retrain_on_drift(model_name: str, parameters: dict[str, Any]) -> DeploymentE
 
 def build_deployments(config: StewardConfig, config_path: Path, registry_url: str | None = None) -> ServedDeployments:
     """The retrain and monitor deployments of one config (nothing is sent to Prefect here)."""
+    name = config.name
     retrain_schedule = cron_schedule("schedule.retrain_cron", config.schedule.retrain_cron)
     monitor_schedule = cron_schedule("schedule.monitor_cron", config.schedule.monitor_cron)
     parameters = {"config_path": str(config_path.resolve()), "registry_url": registry_url}
+    retraining = _deployment(
+        retrain, f"{name}-retrain", f"Retrain {name}: on schedule.retrain_cron, and on {DRIFT_EVENT}",
+        retrain_schedule, parameters, name, triggers=[retrain_on_drift(name, parameters)],
+    )
     monitoring = None
     if config.monitoring.current is not None:
         current = str(config.resolve(config.monitoring.current))
-        monitoring = _monitor_deployment(config.name, monitor_schedule, {**parameters, "current_path": current})
-    return ServedDeployments(_retrain_deployment(config.name, retrain_schedule, parameters), monitoring)
+        monitoring = _deployment(
+            monitor, f"{name}-monitor", f"Check {name}'s current batch for drift on schedule.monitor_cron",
+            monitor_schedule, {**parameters, "current_path": current}, name,
+        )
+    return ServedDeployments(retraining, monitoring)
 
 
-def _retrain_deployment(model_name: str, schedule: Schedule, parameters: dict[str, Any]) -> RunnerDeployment:
-    return retrain.to_deployment(
-        name=f"{model_name}-retrain",
-        description=f"Retrain {model_name}: on schedule.retrain_cron, and on {DRIFT_EVENT}",
+def _deployment(
+    flow: Flow, name: str, description: str, schedule: Schedule, parameters: dict[str, Any], model_name: str,
+    triggers: list[DeploymentEventTrigger] | None = None,
+) -> RunnerDeployment:
+    return flow.to_deployment(
+        name=name,
+        description=description,
         schedule=schedule,
         concurrency_limit=ONE_RUN_AT_A_TIME,
         parameters=parameters,
-        triggers=[retrain_on_drift(model_name, parameters)],
-        tags=["steward", model_name],
-        entrypoint_type=EntrypointType.MODULE_PATH,
-    )
-
-
-def _monitor_deployment(model_name: str, schedule: Schedule, parameters: dict[str, Any]) -> RunnerDeployment:
-    return monitor.to_deployment(
-        name=f"{model_name}-monitor",
-        description=f"Check {model_name}'s current batch for drift on schedule.monitor_cron",
-        schedule=schedule,
-        concurrency_limit=ONE_RUN_AT_A_TIME,
-        parameters=parameters,
+        triggers=triggers,
         tags=["steward", model_name],
         entrypoint_type=EntrypointType.MODULE_PATH,
     )

@@ -25,7 +25,7 @@ from governance.registry import DriftReportIn, ModelVersionDetail, Registry
 from steward.config import StewardConfig
 from steward.errors import BadInputError
 from tasks.data import TextTable, load_table, split_validation
-from tasks.drift import DriftResult, ScoredBatch, compare_batches, score_batch
+from tasks.drift import DriftResult, DriftSignal, ScoredBatch, compare_batches, score_batch
 from tasks.modeling import verify_files
 
 DRIFT_EVENT = "steward.drift.detected"
@@ -47,7 +47,7 @@ class MonitorOutcome:
     drift_share: float
     threshold: float
     drifted_signals: list[str]
-    signals: list[dict[str, object]]
+    signals: list[DriftSignal]
     current: str
     current_rows: int
     current_scored: int
@@ -214,7 +214,7 @@ def monitor(config_path: str, current_path: str | None = None, registry_url: str
         drift_share=result.drift_share,
         threshold=result.threshold,
         drifted_signals=result.drifted_signals,
-        signals=[asdict(signal) for signal in result.signals],
+        signals=result.signals,
         current=str(batch_path),
         current_rows=result.current_rows,
         current_scored=result.current_scored,

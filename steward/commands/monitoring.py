@@ -16,8 +16,8 @@ def _print_outcome(outcome) -> None:
     for column in ("signal", "method", "score", "drifted"):
         table.add_column(column, justify="right" if column == "score" else "left")
     for signal in outcome.signals:
-        mark = "[bold red]yes[/]" if signal["drifted"] else "no"
-        table.add_row(signal["name"], signal["method"], f"{signal['score']:.4g}", mark)
+        mark = "[bold red]yes[/]" if signal.drifted else "no"
+        table.add_row(signal.name, signal.method, f"{signal.score:.4g}", mark)
     out.print(table)
     verdict = "[bold red]drift detected[/]" if outcome.drift_detected else "[bold green]no drift[/]"
     out.print(f"{verdict}: share {outcome.drift_share:.2f} (threshold {outcome.threshold:.2f}); "
