@@ -20,7 +20,7 @@ from governance.registry import (
     ValidationResultIn,
 )
 from steward.errors import CheckFailedError
-from tasks.data import TextTable, load_corpus, load_table, split_validation
+from tasks.data import TextTable, load_corpus, load_table, make_table, split_validation
 from tasks.evaluate import EvaluationResult, evaluate_model
 from tasks.finetune import FineTuneResult, fine_tune
 from tasks.gate import GateOutcome, decide_promotion
@@ -121,11 +121,21 @@ def load_valid_data(context: RunContext) -> LoadedData:
     return data
 
 
+def adaptation_corpus(data: LoadedData) -> TextTable:
+    """The domain corpus and the labelled training texts together (task-adaptive pretraining, Gururangan
+    et al. 2020: the task's own texts are the most in-domain text there is); the training texts alone
+    when there is no corpus."""
+    if data.corpus is None:
+        return data.train
+    texts = data.corpus.texts + data.train.texts
+    return make_table(data.corpus.role, data.corpus.source, texts, None, data.corpus.schema)
+
+
 def adapt_to_domain(context: RunContext, data: LoadedData, base_model_dir: Path, nproc: int = 1) -> PretrainResult:
-    """Continued pretraining on the domain corpus, or on the training texts when there is none
-    (`nproc` > 1: in that many torchrun workers; this process keeps the registry)."""
+    """Continued pretraining on the adaptation corpus (`nproc` > 1: in that many torchrun workers; this
+    process keeps the registry)."""
     config = context.config
-    corpus = data.corpus if data.corpus is not None else data.train
+    corpus = adaptation_corpus(data)
     with stage(context, "continued pretraining"):
         with context.workspace.claimed_work_dir("pretrain", context.run.id) as work_dir:
             result = continue_pretraining(
@@ -134,15 +144,18 @@ def adapt_to_domain(context: RunContext, data: LoadedData, base_model_dir: Path,
                 cache_root=context.workspace.pretrain_cache,
                 nproc=nproc,
             )
+        metrics = {
+            "pretrain_heldout_loss_before": result.heldout_loss_before,
+            "pretrain_heldout_loss_after": result.heldout_loss_after,
+            "pretrain_steps": float(result.steps),
+            "pretrain_cache_hit": float(result.cache_hit),
+        }
+        if result.perplexity_before is not None and result.perplexity_after is not None:
+            metrics |= {"pretrain_perplexity_before": result.perplexity_before,
+                        "pretrain_perplexity_after": result.perplexity_after}
         context.registry.log_metrics(
-            run_id=context.run.id,
-            dataset_id=data.dataset_ids.get(corpus.role),
-            metrics={
-                "pretrain_perplexity_before": result.perplexity_before,
-                "pretrain_perplexity_after": result.perplexity_after,
-                "pretrain_steps": float(result.steps),
-                "pretrain_cache_hit": float(result.cache_hit),
-            },
+            run_id=context.run.id, dataset_id=data.dataset_ids.get(data.corpus.role if data.corpus else "train"),
+            metrics=metrics,
         )
         context.registry.log_curve(run_id=context.run.id, key="pretrain_loss", points=result.loss_curve)
     return result

@@ -42,10 +42,11 @@ class ValidationConfig(_Section):
 
 class PretrainingConfig(_Section):
     enabled: bool = True
+    objective: Literal["auto", "mlm", "clm", "simcse"] = "auto"  # see tasks/pretrain.py
     max_steps: int = Field(200, ge=1)
     batch_size: int = Field(32, ge=1)
     max_seq_length: int = Field(128, ge=8)
-    learning_rate: float = Field(1.0e-4, gt=0)
+    learning_rate: float | None = Field(None, gt=0)  # None: the objective's own default
     mlm_probability: float = Field(0.15, gt=0.0, lt=1.0)
     head_warmup_steps: int = Field(50, ge=0)
     save_steps: int = Field(50, ge=1)

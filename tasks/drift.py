@@ -5,8 +5,8 @@ Two steps, so a reference scored once can be compared with many batches:
 1. `score_batch` draws a seeded sample (capped) of a table and computes, per row, what drift is
    measured on: three text descriptors (length in characters, the share of words the tokenizer
    does not know as whole words, the share of non-letter characters), and, from one forward
-   pass of the champion classifier, a sentence embedding (mean pooling of the last hidden
-   layer, as sentence-transformers does for MiniLM) and the predicted label.
+   pass of the champion classifier, its pooled sentence embedding (the pooling the base was
+   trained with: mean pooling for MiniLM, as sentence-transformers reads it) and the predicted label.
 2. `compare_batches` runs one Evidently report over those columns and applies the decision rule.
 
 Decision rule: every signal gets Evidently's own test for its kind and size: text drift is
@@ -36,8 +36,8 @@ from tasks.modeling import pick_device, quiet_transformers
 if TYPE_CHECKING:
     import pandas as pd
 
+    from tasks.classifier import Classifier
     from tasks.data import TextTable
-    from tasks.finetune import Classifier
     from tasks.modeling import Device
 
 TEXT = "text"
@@ -157,32 +157,13 @@ def whole_word_vocabulary(classifier: Classifier) -> set[str]:
 
 
 def embed_and_predict(classifier: Classifier, texts: list[str], device: Device) -> tuple[list[list[float]], list[str]]:
-    """Mean-pooled last-layer embeddings and predicted labels, from one forward pass per batch.
+    """The classifier's pooled sentence embeddings and predicted labels, from the same forward passes."""
+    from tasks.classifier import batched_logits, encode
 
-    Texts are scored in length order (less padding) and returned in input order."""
-    import torch
-    from transformers import DataCollatorWithPadding
-
-    from tasks.finetune import encode
-
-    examples = encode(classifier, texts)
-    order = sorted(range(len(examples)), key=lambda index: len(examples[index]["input_ids"]))
-    collate = DataCollatorWithPadding(classifier.tokenizer)
-    embeddings: list[list[float]] = [[] for _ in texts]
-    predictions: list[str] = ["" for _ in texts]
-    classifier.model.eval()
-    with torch.inference_mode():
-        for start in range(0, len(order), SCORING_BATCH_SIZE):
-            chunk = order[start : start + SCORING_BATCH_SIZE]
-            batch = {k: v.to(device.torch_device) for k, v in collate([examples[i] for i in chunk]).items()}
-            with device.autocast():
-                output = classifier.model(**batch, output_hidden_states=True)
-            mask = batch["attention_mask"].unsqueeze(-1).float()
-            pooled = (output.hidden_states[-1].float() * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-            for position, index in enumerate(chunk):
-                embeddings[index] = pooled[position].cpu().tolist()
-                predictions[index] = classifier.labels[int(output.logits[position].argmax())]
-    return embeddings, predictions
+    logits, embeddings = batched_logits(classifier, encode(classifier, texts), SCORING_BATCH_SIZE, device,
+                                        embeddings=True)
+    predictions = [classifier.labels[index] for index in logits.argmax(dim=-1).tolist()]
+    return embeddings.tolist(), predictions
 
 
 @task(name="score-batch", retries=0, cache_policy=NO_CACHE)
@@ -190,7 +171,7 @@ def score_batch(table: TextTable, model_dir: Path, sample_size: int, seed: int, 
     """Sample `table` and compute the descriptors, embedding and prediction of every sampled row."""
     import pandas as pd
 
-    from tasks.evaluate import load_saved_classifier
+    from tasks.classifier import load_saved_classifier
 
     quiet_transformers()
     texts, labels = sample_rows(table, sample_size, seed)

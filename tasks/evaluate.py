@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -14,17 +13,16 @@ from prefect.cache_policies import NO_CACHE
 
 from steward.errors import BadInputError
 from steward.scores import ClassScore, ReliabilityBin
-from tasks.finetune import (
-    LABEL_MAP_FILE,
+from tasks.classifier import (
     Classifier,
     accuracy_and_macro_f1,
     batched_logits,
     clip_text,
     encode,
+    load_saved_classifier,
     require_known_labels,
-    usable_max_length,
 )
-from tasks.modeling import Device, load_tokenizer, pick_device, quiet_transformers, weight_format_kwargs
+from tasks.modeling import Device, pick_device, quiet_transformers
 
 if TYPE_CHECKING:
     import torch
@@ -43,7 +41,9 @@ class EvaluationResult:
     macro_f1: float
     per_class: list[ClassScore]
     confusion_matrix: list[list[int]]  # [true class][predicted class]
-    ece: float  # expected calibration error, 15 equal-width confidence bins
+    ece: float  # expected calibration error, 15 equal-width confidence bins, after temperature scaling
+    ece_uncalibrated: float  # the same with temperature 1 (the raw softmax)
+    temperature: float
     latency_p50_ms: float  # one example per forward pass
     latency_p95_ms: float
     throughput_per_s: float  # examples per second over the batched pass (tokenising included)
@@ -56,6 +56,8 @@ class EvaluationResult:
             "accuracy": self.accuracy,
             "macro_f1": self.macro_f1,
             "ece": self.ece,
+            "ece_uncalibrated": self.ece_uncalibrated,
+            "temperature": self.temperature,
             "latency_p50_ms": self.latency_p50_ms,
             "latency_p95_ms": self.latency_p95_ms,
             "throughput_per_s": self.throughput_per_s,
@@ -79,7 +81,7 @@ def evaluate_model(
     started = time.perf_counter()
     logits, _ = batched_logits(classifier, encode(classifier, texts), batch_size, device)
     throughput = len(texts) / (time.perf_counter() - started)
-    probabilities = logits.softmax(dim=-1)
+    probabilities = classifier.probabilities(logits)
     predicted = probabilities.argmax(dim=-1).tolist()
     accuracy, macro_f1 = accuracy_and_macro_f1(truth, predicted)
     p50, p95 = single_example_latency_ms(classifier, texts[:LATENCY_SAMPLE], device)
@@ -91,28 +93,13 @@ def evaluate_model(
         per_class=per_class_metrics(truth, predicted, classifier.labels),
         confusion_matrix=confusion(truth, predicted, len(classifier.labels)),
         ece=expected_calibration_error(probabilities, truth),
+        ece_uncalibrated=expected_calibration_error(logits.softmax(dim=-1), truth),
+        temperature=classifier.temperature,
         latency_p50_ms=p50,
         latency_p95_ms=p95,
         throughput_per_s=throughput,
         predictions=[classifier.labels[index] for index in predicted],
         reliability=reliability_bins(probabilities, truth),
-    )
-
-
-def load_saved_classifier(model_dir: Path, max_seq_length: int, device: Device) -> Classifier:
-    """A classifier saved by `fine_tune`: weights, tokenizer and `label_map.json`."""
-    from transformers import AutoModelForSequenceClassification
-
-    label_map = model_dir / LABEL_MAP_FILE
-    if not label_map.is_file():
-        raise BadInputError(f"{model_dir}: not a fine-tuned Steward model (no {LABEL_MAP_FILE})")
-    labels = json.loads(label_map.read_text())["labels"]
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(model_dir), local_files_only=True, **weight_format_kwargs(model_dir)
-    )
-    tokenizer = load_tokenizer(model_dir)
-    return Classifier(
-        model.to(device.torch_device), tokenizer, labels, usable_max_length(model, tokenizer, max_seq_length)
     )
 
 

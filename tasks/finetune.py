@@ -1,12 +1,20 @@
-"""Fine-tuning a sequence classifier on the adapted (or base) encoder.
+"""Fine-tuning a classifier on the adapted (or base) encoder: a recipe for `tasks.training`.
 
-Labels are strings; their sorted set fixes the class ids. Batches are dynamically padded and
-grouped by length; every epoch ends with a validation pass, a checkpoint, and the early-stopping
-check on the primary metric. The best epoch's weights are what gets saved.
+The recipe, for small labelled sets:
+1. Pooling that matches the base (`tasks.classifier`): the packaged MiniLM is read through mean pooling.
+2. Linear probe, then fine-tune (Kumar et al., "Fine-Tuning can Distort Pretrained Features and
+   Underperform Out-of-Distribution", ICLR 2022): the head starts as the logistic regression fitted on
+   the frozen encoder's pooled training embeddings, so full fine-tuning starts from a good head instead
+   of tearing the features apart to fit a random one.
+3. Full fine-tuning with a short warm-up and a constant learning rate (a linear decay to 0 spends half of
+   a 200-step budget at a fraction of the rate), dynamically padded, length-grouped batches, a validation
+   pass every epoch, early stopping on the primary metric; the best epoch's weights are kept.
+4. Temperature scaling fitted on the validation split (Guo et al., ICML 2017): reported probabilities,
+   ECE and the reliability diagram mean something.
 
-The same loop runs in one process or in N torchrun workers (`nproc`, see `tasks.distributed`): each rank
-takes its share of every global batch of `batch_size` examples, and the loss is the summed cross-entropy
-over the global batch size, so the averaged gradient is the single-process one.
+Labels are strings; their sorted set fixes the class ids. In one process or in N torchrun workers
+(`nproc`, see `tasks.distributed`): each rank takes its share of every global batch, and the loss is the
+summed cross-entropy over the global batch size, so the averaged gradient is the single-process one.
 """
 
 from __future__ import annotations
@@ -14,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -26,38 +33,35 @@ from prefect.cache_policies import NO_CACHE
 
 from steward.config import FinetuningConfig
 from steward.errors import BadInputError
-from tasks import checkpoints, distributed
-from tasks.distributed import SINGLE_PROCESS, Ranks, table_from_json, table_to_json
-from tasks.modeling import (
-    Device,
-    TrainingClock,
-    adamw,
-    deterministic,
-    load_tokenizer,
-    pick_device,
-    quiet_transformers,
-    sha256_files,
-    weight_format_kwargs,
+from tasks import checkpoints, distributed, training
+from tasks.classifier import (
+    Classifier,
+    accuracy_and_macro_f1,
+    batched_logits,
+    collate,
+    encode,
+    new_classifier,
+    require_known_labels,
+    save_classifier,
 )
+from tasks.distributed import SINGLE_PROCESS, Ranks, table_from_json, table_to_json
+from tasks.modeling import Device, deterministic, pick_device, quiet_transformers, sha256_files
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from tasks.data import TextTable
 
-LABEL_MAP_FILE = "label_map.json"
-LR_WARMUP_FRACTION = 0.1
-WEIGHT_DECAY = 0.01
-MAX_GRAD_NORM = 1.0
+LR_WARMUP_FRACTION = 0.06
 MEGABATCH_FACTOR = 50  # length grouping sorts within windows of 50 batches, like HF's sampler
 BEST_WEIGHTS = "best"
-# Texts are cut to max_length × 64 characters before tokenising, so a 1 MB text costs no more than a
-# page; no real text spends more than 64 characters on one token, so truncation itself is unchanged.
-CHARS_PER_TOKEN_CAP = 64
+PROBE_C = 1.0  # the linear probe's inverse L2 strength (scikit-learn's default)
+# Solved to a tight tolerance: the optimum is unique (L2), so embeddings that differ in the last bits (other
+# thread counts, N processes) give the same head instead of wherever a loose L-BFGS happened to stop.
+PROBE_TOLERANCE = 1e-8
+TEMPERATURE_BOUNDS = (0.25, 10.0)  # a validation split the model gets all right must not push T to 0
 
 EpochCallback = Callable[[int], None]
-Example = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,7 @@ class FineTuneResult:
     resumed_from_epoch: int | None
     trained_tokens: int  # real (non-pad) tokens through the training steps of this call, all ranks together
     training_seconds: float  # wall time of those steps alone (no validation, checkpoints or loading)
+    temperature: float  # fitted on validation; probabilities are softmax(logits / temperature)
 
 
 def result_to_json(result: FineTuneResult) -> dict[str, Any]:
@@ -138,27 +143,6 @@ class FineTuneJob:
         )
 
 
-@dataclass(frozen=True)
-class Checkpoint:
-    """The loop's bookkeeping at the end of an epoch, stored beside the weights."""
-
-    run_key: str
-    epoch: int
-    best_epoch: int
-    best_score: float
-    epochs_without_improvement: int
-    validation_scores: list[EpochScore]
-    loss_curve: list[tuple[int, float]]
-
-
-@dataclass(frozen=True)
-class Classifier:
-    model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
-    labels: list[str]
-    max_length: int
-
-
 @task(name="fine-tune", retries=0, cache_policy=NO_CACHE)
 def fine_tune(
     model_dir: Path,
@@ -199,30 +183,32 @@ def run_fine_tuning(job: FineTuneJob, ranks: Ranks, on_epoch: EpochCallback | No
     labels = _class_labels(job)
     device = pick_device(ranks.local_rank)
     with deterministic(job.seed):
-        classifier = load_classifier(job.model_dir, labels, job.params.max_seq_length, device)
-        train_set = encode(classifier, *job.train.complete_rows())
-        val_set = encode(classifier, *job.validation.complete_rows())
-        run = _Run(classifier, train_set, val_set, job, _run_key(job), device, ranks)
-        run.train(on_epoch)
-    if ranks.is_main:
-        classifier.model.load_state_dict(run.best_weights)
-        save_classifier(classifier, job.output_dir)
-        checkpoints.remove_checkpoints(job.output_dir)
+        classifier = new_classifier(job.model_dir, labels, job.params.max_seq_length, device)
+        recipe = FineTuning(classifier, job, _run_key(job), device, ranks)
+        recipe.fit_linear_probe()
+        on_interval = None if on_epoch is None else lambda step: on_epoch(step // recipe.interval)
+        loop = training.train(recipe, ranks, device, "fine-tune", on_interval=on_interval)
+        classifier.model.load_state_dict(recipe.best_weights)
+        if ranks.is_main:
+            classifier.temperature = recipe.fit_temperature()
+            save_classifier(classifier, job.output_dir)
+            checkpoints.remove_checkpoints(job.output_dir)
     return FineTuneResult(
         model_dir=job.output_dir,
         labels=labels,
         primary_metric=job.primary_metric,
-        best_epoch=run.best_epoch,
-        best_score=run.best_score,
-        epochs_run=len(run.scores),
-        validation_scores=[score.metric(job.primary_metric) for score in run.scores],
-        epoch_scores=run.scores,
-        loss_curve=run.loss_curve,
-        train_examples=len(train_set),
+        best_epoch=recipe.best_epoch,
+        best_score=recipe.best_score,
+        epochs_run=len(recipe.scores),
+        validation_scores=[score.metric(job.primary_metric) for score in recipe.scores],
+        epoch_scores=recipe.scores,
+        loss_curve=loop.loss_curve,
+        train_examples=len(recipe.train_set),
         seconds=time.perf_counter() - started,
-        resumed_from_epoch=run.resumed_from_epoch,
-        trained_tokens=run.trained_tokens,
-        training_seconds=run.clock.seconds,
+        resumed_from_epoch=None if loop.resumed_from_step is None else loop.resumed_from_step // recipe.interval,
+        trained_tokens=loop.trained_tokens,
+        training_seconds=loop.training_seconds,
+        temperature=classifier.temperature,
     )
 
 
@@ -239,16 +225,6 @@ def _class_labels(job: FineTuneJob) -> list[str]:
     return labels
 
 
-def require_known_labels(table: TextTable, labels: list[str], known: list[str]) -> None:
-    """Refuse a dataset whose labels the model cannot predict, naming them."""
-    unknown = sorted(set(labels) - set(known))
-    if unknown:
-        raise BadInputError(
-            f"{table.source}: {table.role} labels not seen in training: {', '.join(unknown)} "
-            f"(known: {', '.join(known)})"
-        )
-
-
 def _run_key(job: FineTuneJob) -> str:
     inputs = {
         "model_files": sha256_files(job.model_dir),
@@ -261,84 +237,8 @@ def _run_key(job: FineTuneJob) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
-def load_classifier(model_dir: Path, labels: list[str], max_seq_length: int, device: Device) -> Classifier:
-    """A sequence classifier over `labels` on the encoder in `model_dir` (new head, seeded init)."""
-    from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(model_dir),
-        local_files_only=True,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={label: index for index, label in enumerate(labels)},
-        **weight_format_kwargs(model_dir),
-    )
-    tokenizer = load_tokenizer(model_dir)
-    return Classifier(
-        model.to(device.torch_device), tokenizer, labels, usable_max_length(model, tokenizer, max_seq_length)
-    )
-
-
-def usable_max_length(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, wanted: int) -> int:
-    limits = [wanted, getattr(model.config, "max_position_embeddings", wanted)]
-    if isinstance(tokenizer.model_max_length, int) and tokenizer.model_max_length < 1_000_000:
-        limits.append(tokenizer.model_max_length)
-    return min(limits)
-
-
-def encode(classifier: Classifier, texts: list[str], labels: list[str] | None = None) -> list[Example]:
-    """Token ids per text (truncated, unpadded), with the class id when labels are given."""
-    clipped = [clip_text(text, classifier.max_length) for text in texts]
-    encoded = classifier.tokenizer(clipped, truncation=True, max_length=classifier.max_length)
-    examples = [{name: values[i] for name, values in encoded.items()} for i in range(len(texts))]
-    if labels is not None:
-        class_ids = {label: index for index, label in enumerate(classifier.labels)}
-        for example, label in zip(examples, labels, strict=True):
-            example["labels"] = class_ids[label]
-    return examples
-
-
-def clip_text(text: str, max_length: int) -> str:
-    return text[: max_length * CHARS_PER_TOKEN_CAP]
-
-
-def save_classifier(classifier: Classifier, output_dir: Path) -> None:
-    """Weights (safetensors), tokenizer and `label_map.json` (class id → label string)."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    classifier.model.save_pretrained(output_dir)
-    classifier.tokenizer.save_pretrained(output_dir)
-    label_map = {"labels": classifier.labels, "id2label": dict(enumerate(classifier.labels))}
-    (output_dir / LABEL_MAP_FILE).write_text(json.dumps(label_map, indent=2))
-
-
-def batched_logits(
-    classifier: Classifier, examples: list[Example], batch_size: int, device: Device
-) -> tuple[torch.Tensor, float]:
-    """Logits for every example (in order) and the mean loss when examples carry labels."""
-    import torch
-    from transformers import DataCollatorWithPadding
-
-    model = classifier.model
-    if not examples:
-        return torch.empty(0, model.config.num_labels), 0.0
-    collate = DataCollatorWithPadding(classifier.tokenizer)
-    model.eval()
-    outputs, total_loss = [], 0.0
-    with torch.no_grad():
-        for start in range(0, len(examples), batch_size):
-            chunk = examples[start : start + batch_size]
-            batch = {k: v.to(device.torch_device) for k, v in collate(chunk).items()}
-            with device.autocast():
-                result = model(**batch)
-            outputs.append(result.logits.float().cpu())
-            if result.loss is not None:
-                total_loss += float(result.loss) * len(chunk)
-    return torch.cat(outputs), total_loss / max(len(examples), 1)
-
-
-def length_grouped_batches(
-    lengths: list[int], batch_size: int, generator: torch.Generator
-) -> list[list[int]]:
+def length_grouped_batches(lengths: list[int], batch_size: int, generator: torch.Generator) -> list[list[int]]:
     """Shuffle, sort by length within windows of 50 batches, cut into batches, shuffle batches:
     little padding, still random."""
     import torch
@@ -352,170 +252,144 @@ def length_grouped_batches(
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
-class _Run:
-    """Epoch loop with early stopping; its fields are what a checkpoint must restore."""
+class FineTuning:
+    """The recipe: one full phase of `epochs` passes; each epoch ends in a validation pass that keeps the
+    best weights and stops after `early_stopping_patience` epochs without gain."""
 
-    def __init__(
-        self,
-        classifier: Classifier,
-        train_set: list[Example],
-        val_set: list[Example],
-        job: FineTuneJob,
-        run_key: str,
-        device: Device,
-        ranks: Ranks,
-    ) -> None:
-        from transformers import DataCollatorWithPadding
-
-        self.classifier, self.train_set, self.val_set = classifier, train_set, val_set
-        self.collate = DataCollatorWithPadding(classifier.tokenizer)
-        self.job, self.params, self.run_key, self.device, self.ranks = job, job.params, run_key, device, ranks
-        self.lengths = [len(example["input_ids"]) for example in train_set]
-        self.epoch = 0
+    def __init__(self, classifier: Classifier, job: FineTuneJob, run_key: str, device: Device, ranks: Ranks) -> None:
+        self.classifier, self.job, self.params, self.device, self.ranks = classifier, job, job.params, device, ranks
+        self.run_key, self.output_dir = run_key, job.output_dir
+        self.model = self.loss_module = classifier.model
+        self.train_set = encode(classifier, *job.train.complete_rows())
+        self.val_set = encode(classifier, *job.validation.complete_rows())
+        self.lengths = [len(example["input_ids"]) for example in self.train_set]
+        self.interval = math.ceil(len(self.train_set) / self.params.batch_size)  # one epoch
         self.scores: list[EpochScore] = []
-        self.loss_curve: list[tuple[int, float]] = []
         self.best_epoch, self.best_score = 0, -math.inf
         self.best_weights = _cpu_copy(classifier.model)
         self.epochs_without_improvement = 0
-        self.resumed_from_epoch: int | None = None
-        self.trained_tokens = 0
-        self.clock = TrainingClock(device)
+        self._epoch_batches: tuple[int, list[list[int]]] = (-1, [])
 
-    def train(self, on_epoch: EpochCallback | None) -> None:
-        optimizer, scheduler = self._optimizer()
-        self._resume(optimizer, scheduler)
-        trainer = self.ranks.wrap(self.classifier.model, self.device)
-        while self.epoch < self.params.epochs and not self._should_stop():
-            self.epoch += 1
-            self._train_epoch(trainer, optimizer, scheduler)
-            self._score_epoch()
-            if self.ranks.is_main:
-                self._save_checkpoint(optimizer, scheduler)
-            if on_epoch is not None:
-                on_epoch(self.epoch)
+    def phases(self) -> list[training.Phase]:
+        steps = self.interval * self.params.epochs
+        warmup = training.warmup_steps(steps, LR_WARMUP_FRACTION)
+        return [training.Phase("full", steps, self.params.learning_rate, warmup, "constant")]
 
-    def _should_stop(self) -> bool:
-        return self.epochs_without_improvement >= self.params.early_stopping_patience
-
-    def _train_epoch(self, trainer: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
-        """One pass over the length-grouped batches; step losses stay on the device until the epoch ends."""
+    def fit_linear_probe(self) -> None:
+        """Set the head to the multinomial logistic regression on the frozen pooled training embeddings."""
         import torch
-        from tqdm.auto import tqdm
+        from sklearn.linear_model import LogisticRegression
 
-        generator = torch.Generator().manual_seed(self.job.seed * 1_000_003 + self.epoch)
-        batches = length_grouped_batches(self.lengths, self.params.batch_size, generator)
-        trainer.train()
-        quiet = not sys.stderr.isatty() or not self.ranks.is_main
-        shares = []
-        with self.clock.running():
-            for indices in tqdm(batches, desc=f"fine-tune epoch {self.epoch}", file=sys.stderr, disable=quiet):
-                mine = self.ranks.shard(indices)
-                # An empty share (a last batch smaller than the world) still joins the gradient all-reduce.
-                weight = 1 / len(indices) if mine else 0.0
-                shares.append(self._train_step(trainer, mine or indices[:1], weight, optimizer, scheduler))
-                self.trained_tokens += sum(self.lengths[i] for i in indices)
-            losses = self.ranks.all_sum(torch.stack(shares).double()).tolist()
-        first = len(self.loss_curve) + 1
-        self.loss_curve += list(enumerate(losses, start=first))
+        _, embeddings = batched_logits(self.classifier, self.train_set, self.params.batch_size * 2, self.device,
+                                       embeddings=True)
+        truth = [example["labels"] for example in self.train_set]
+        probe = LogisticRegression(C=PROBE_C, tol=PROBE_TOLERANCE, max_iter=10_000)
+        probe.fit(embeddings.double().numpy(), truth)
+        weight, bias = torch.tensor(probe.coef_), torch.tensor(probe.intercept_)
+        if weight.shape[0] == 1:  # binary: one logit w·x + b is the difference of two halves
+            weight, bias = torch.cat([-weight, weight]) / 2, torch.cat([-bias, bias]) / 2
+        head = self.classifier.model.head
+        with torch.no_grad():
+            head.weight.copy_(weight.to(head.weight))
+            head.bias.copy_(bias.to(head.bias))
+        self.best_weights = _cpu_copy(self.classifier.model)
 
-    def _train_step(
-        self, trainer: torch.nn.Module, indices: list[int], weight: float,
-        optimizer: torch.optim.Optimizer, scheduler: Any,
-    ) -> torch.Tensor:
-        """Returns this rank's share of the global batch's mean loss (its summed cross-entropy × `weight`,
-        1 / global batch size). DDP averages gradients over ranks, so the backward pass scales the share
-        by the world size: the gradient is then the one-process gradient of the global batch."""
+    def begin_phase(self, phase: training.Phase) -> None:
+        pass
+
+    def step_loss(self, trainer: torch.nn.Module, step: int) -> tuple[torch.Tensor, int]:
+        """This rank's share of the global batch's mean loss: its summed cross-entropy / global batch size.
+        An empty share (a last batch smaller than the world) still joins the gradient all-reduce."""
         import torch
 
-        batch = self._collate([self.train_set[i] for i in indices])
+        indices = self._batches(step // self.interval)[step % self.interval]
+        mine = self.ranks.shard(indices)
+        batch = collate(self.classifier, [self.train_set[i] for i in mine or indices[:1]], self.device)
         labels = batch.pop("labels")
         with self.device.autocast():
-            logits = trainer(**batch).logits
+            logits = trainer(**batch)
+        weight = 1 / len(indices) if mine else 0.0
         share = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum") * weight
-        (share * self.ranks.world_size).backward()
-        torch.nn.utils.clip_grad_norm_(self.classifier.model.parameters(), MAX_GRAD_NORM)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        return share.detach()
+        return share, sum(self.lengths[i] for i in indices)
 
-    def _collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
-        return {name: tensor.to(self.device.torch_device) for name, tensor in self.collate(examples).items()}
+    def _batches(self, epoch: int) -> list[list[int]]:
+        import torch
 
-    def _score_epoch(self) -> None:
+        if self._epoch_batches[0] != epoch:
+            generator = torch.Generator().manual_seed(training.derived_seed(self.job.seed, epoch + 1))
+            self._epoch_batches = (epoch, length_grouped_batches(self.lengths, self.params.batch_size, generator))
+        return self._epoch_batches[1]
+
+    def evaluate(self, step: int) -> bool:
         """Validation, each rank scoring its share: predictions and summed loss meet in one all-reduce."""
         import torch
 
         mine = self.ranks.shard(range(len(self.val_set)))
-        logits, mean_loss = batched_logits(
-            self.classifier, [self.val_set[i] for i in mine], self.params.batch_size * 2, self.device
-        )
+        logits, _ = batched_logits(self.classifier, [self.val_set[i] for i in mine], self.params.batch_size * 2,
+                                   self.device)
+        truth = torch.tensor([self.val_set[i]["labels"] for i in mine], dtype=torch.long)
         combined = torch.zeros(len(self.val_set) + 1, dtype=torch.float64, device=self.device.torch_device)
         combined[mine] = logits.argmax(dim=-1).to(combined)
-        combined[-1] = mean_loss * len(mine)
+        combined[-1] = float(torch.nn.functional.cross_entropy(logits, truth, reduction="sum")) if mine else 0.0
         combined = self.ranks.all_sum(combined).tolist()
         predicted = [int(value) for value in combined[:-1]]
-        truth = [example["labels"] for example in self.val_set]
-        accuracy, macro_f1 = accuracy_and_macro_f1(truth, predicted)
-        self._record(EpochScore(self.epoch, accuracy, macro_f1, combined[-1] / len(self.val_set)))
+        accuracy, macro_f1 = accuracy_and_macro_f1([example["labels"] for example in self.val_set], predicted)
+        self._record(EpochScore(len(self.scores) + 1, accuracy, macro_f1, combined[-1] / len(self.val_set)))
+        return self.epochs_without_improvement >= self.params.early_stopping_patience
 
     def _record(self, score: EpochScore) -> None:
         self.scores.append(score)
         if score.metric(self.job.primary_metric) > self.best_score:
-            self.best_epoch, self.best_score = self.epoch, score.metric(self.job.primary_metric)
+            self.best_epoch, self.best_score = score.epoch, score.metric(self.job.primary_metric)
             self.best_weights = _cpu_copy(self.classifier.model)
             self.epochs_without_improvement = 0
         else:
             self.epochs_without_improvement += 1
 
-    def _optimizer(self) -> tuple[torch.optim.Optimizer, Any]:
-        from transformers import get_linear_schedule_with_warmup
+    def fit_temperature(self) -> float:
+        """The temperature that minimises the validation negative log-likelihood of the (best) model."""
+        logits, _ = batched_logits(self.classifier, self.val_set, self.params.batch_size * 2, self.device)
+        return fit_temperature(logits, [example["labels"] for example in self.val_set])
 
-        batches_per_epoch = math.ceil(len(self.train_set) / self.params.batch_size)
-        total = batches_per_epoch * self.params.epochs
-        optimizer = adamw(self.classifier.model.parameters(), self.params.learning_rate, WEIGHT_DECAY)
-        warmup = math.ceil(LR_WARMUP_FRACTION * total)
-        return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total)
+    def checkpoint_index(self, step: int) -> int:
+        return step // self.interval
 
-    def _resume(self, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
-        found = checkpoints.latest_checkpoint(self.job.output_dir, self.run_key)
-        self.ranks.barrier()  # every rank has looked before rank 0 clears stale checkpoints
-        if found is None:
-            if self.ranks.is_main:
-                checkpoints.remove_checkpoints(self.job.output_dir)
-            return
-        state = checkpoints.restore(found, self.classifier.model, self.device.torch_device)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+    def state(self) -> dict[str, Any]:
+        return {
+            "best_epoch": self.best_epoch,
+            "best_score": self.best_score,
+            "epochs_without_improvement": self.epochs_without_improvement,
+            "validation_scores": [asdict(score) for score in self.scores],
+        }
+
+    def extra_weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {BEST_WEIGHTS: self.best_weights}
+
+    def restore(self, state: dict[str, Any], found: checkpoints.FoundCheckpoint) -> None:
+        self.best_epoch, self.best_score = state["best_epoch"], state["best_score"]
+        self.epochs_without_improvement = state["epochs_without_improvement"]
+        self.scores = [EpochScore(**score) for score in state["validation_scores"]]
         self.best_weights = checkpoints.load_extra_weights(found, BEST_WEIGHTS)
-        record = found.record
-        self.epoch = self.resumed_from_epoch = record["epoch"]
-        self.best_epoch, self.best_score = record["best_epoch"], record["best_score"]
-        self.epochs_without_improvement = record["epochs_without_improvement"]
-        self.scores = [EpochScore(**score) for score in record["validation_scores"]]
-        self.loss_curve = [(int(step), float(loss)) for step, loss in record["loss_curve"]]
-
-    def _save_checkpoint(self, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
-        record = Checkpoint(
-            self.run_key,
-            self.epoch,
-            self.best_epoch,
-            self.best_score,
-            self.epochs_without_improvement,
-            self.scores,
-            self.loss_curve,
-        )
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-        model, best = self.classifier.model, {BEST_WEIGHTS: self.best_weights}
-        checkpoints.write_checkpoint(self.job.output_dir, self.epoch, model, state, asdict(record), best)
 
 
-def accuracy_and_macro_f1(truth: list[int], predicted: list[int]) -> tuple[float, float]:
-    """sklearn's accuracy and macro F1 (over the classes present in truth or predictions)."""
-    from sklearn.metrics import accuracy_score, f1_score
+def fit_temperature(logits: torch.Tensor, truth: list[int]) -> float:
+    """Temperature scaling (Guo et al. 2017): the T > 0 minimising the NLL of softmax(logits / T), by L-BFGS
+    on log T, within `TEMPERATURE_BOUNDS`."""
+    import torch
 
-    accuracy = float(accuracy_score(truth, predicted))
-    return accuracy, float(f1_score(truth, predicted, average="macro", zero_division=0))
+    target = torch.tensor(truth, dtype=torch.long)
+    log_temperature = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_temperature], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(logits.float() / log_temperature.exp(), target)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    low, high = TEMPERATURE_BOUNDS
+    return min(max(float(log_temperature.detach().exp()), low), high)
 
 
 def _cpu_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -1,14 +1,24 @@
-"""Domain-adaptive continued pretraining: masked LM for encoders, causal LM for decoders.
+"""Domain-adaptive continued pretraining: recipes for `tasks.training`, one per objective.
 
-One readable path, as in Hugging Face's `run_mlm.py`: corpus text → tokens → packed blocks of
-`max_seq_length` (concatenate, cut, drop the remainder; no padding anywhere) → a plain AdamW loop. When
-the base checkpoint has no trained LM head (sentence encoders such as MiniLM), the head is first trained
-alone with the encoder frozen. Checkpoints in `output_dir` let an interrupted run resume; the finished
-model is cached under `cache_root/<key>/`, the key hashing every input that shapes it.
+`pretraining.objective` picks what the encoder learns from the unlabelled domain corpus (plus the
+labelled training texts: task-adaptive pretraining, Gururangan et al., "Don't Stop Pretraining", ACL 2020):
 
-A step's masks depend on the seed and the step alone, so a resumed run and a run with N processes
-(`nproc`, see `tasks.distributed`: each rank takes its share of every global batch) see the same
-training examples as one uninterrupted process.
+- `mlm` — masked language modelling, as Hugging Face's `run_mlm.py`: corpus → tokens → packed blocks of
+  `max_seq_length` (concatenate, cut, drop the remainder; no padding) → 80/10/10 masking. A checkpoint
+  that ships no MLM head first trains the head alone with the encoder frozen (`head_warmup_steps`).
+- `clm` — causal language modelling on the same packed blocks, for decoders.
+- `simcse` — unsupervised SimCSE (Gao et al., "SimCSE: Simple Contrastive Learning of Sentence
+  Embeddings", EMNLP 2021): each sentence is encoded twice with different dropout masks and pooled the
+  way the base pools; the pair is pulled together against the other sentences of the batch (InfoNCE,
+  temperature 0.05). Made for sentence encoders: nothing new to learn first, and it trains the very
+  pooled vector the classifier reads.
+- `auto` (the default) — `clm` for decoders, `simcse` for a sentence encoder (a base that ships a
+  sentence-transformers pooling config, like the packaged MiniLM), `mlm` otherwise.
+
+Checkpoints in `output_dir` let an interrupted run resume; the finished model is cached under
+`cache_root/<key>/`, the key hashing every input that shapes it. A step's batch (and its masks) depend on
+the seed and the step alone, so a resumed run and a run with N processes (`nproc`, see
+`tasks.distributed`) see the same training examples as one uninterrupted process.
 """
 
 from __future__ import annotations
@@ -18,25 +28,24 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from steward.config import PretrainingConfig
 from steward.errors import BadInputError
-from tasks import checkpoints, distributed
+from tasks import checkpoints, distributed, training
+from tasks.classifier import POOLING_DIR, base_pooling, copy_pooling_config, pool
 from tasks.distributed import SINGLE_PROCESS, Ranks, table_from_json, table_to_json
 from tasks.modeling import (
     Device,
-    TrainingClock,
-    adamw,
     deterministic,
     is_causal_lm,
     load_tokenizer,
@@ -47,42 +56,46 @@ from tasks.modeling import (
 )
 
 if TYPE_CHECKING:
-    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from tasks.data import TextTable
 
-CACHE_FORMAT = 2  # bump when the training recipe changes, so old cache entries stop matching
+CACHE_FORMAT = 3  # bump when the training recipe changes, so old cache entries stop matching
 HELDOUT_FRACTION = 0.05
 LR_WARMUP_FRACTION = 0.06
-WEIGHT_DECAY = 0.01
-MAX_GRAD_NORM = 1.0
 IGNORED = -100  # the label of a position that is not predicted
+SIMCSE_TEMPERATURE = 0.05  # Gao et al.'s τ
 RESULT_FILE = "steward_pretrain.json"
+# `pretraining.learning_rate` unset: MLM's rate from run_mlm.py-style recipes; SimCSE's from Gao et al. (3e-5
+# for BERT-base): a sentence encoder's pooled space is easily knocked out of shape by more.
+DEFAULT_LEARNING_RATES = {"mlm": 1e-4, "clm": 1e-4, "simcse": 3e-5}
 
-StepCallback = Callable[[int, float], None]
+StepCallback = training.StepCallback
 Block = dict[str, list[int]]
 
 
 @dataclass(frozen=True)
 class PretrainResult:
-    """The adapted checkpoint and how it was made. `perplexity_before` is measured on the held-out
-    blocks once the head is warmed up (a random head's perplexity says nothing about the domain)."""
+    """The adapted checkpoint and how it was made. The held-out loss is the objective's own loss on the
+    held-out 5% of the corpus; for language modelling its exp is the perplexity, measured `before` once the
+    head is warmed up (a random head's perplexity says nothing about the domain)."""
 
     model_dir: Path
     cache_hit: bool
     cache_key: str
-    objective: str  # "masked-lm" or "causal-lm"
+    objective: str  # "mlm", "clm" or "simcse" (what `auto` chose, if it was asked)
     steps: int  # optimizer steps in all: head warm-up + max_steps
-    head_warmup_steps: int  # 0 when the base checkpoint already had a trained LM head
-    perplexity_before: float
-    perplexity_after: float
+    head_warmup_steps: int  # 0 when the base checkpoint already had a trained LM head, or for simcse
+    heldout_loss_before: float
+    heldout_loss_after: float
+    perplexity_before: float | None  # language modelling only
+    perplexity_after: float | None
     loss_curve: list[tuple[int, float]]
     resumed_from_step: int | None
-    corpus_blocks: int
+    corpus_blocks: int  # training units: packed blocks (LM) or sentences (simcse), held-out ones included
     train_tokens: int
     seconds: float
-    trained_tokens: int  # tokens through the training steps of the run that made it (blocks have no padding)
+    trained_tokens: int  # real tokens through the training steps of the run that made it
     training_seconds: float  # wall time of those steps alone (no evaluation, checkpoints or loading)
 
 
@@ -161,17 +174,6 @@ class PackedCorpus:
     block_size: int
 
 
-@dataclass(frozen=True)
-class Checkpoint:
-    """What a resumed run needs besides the weights and optimizer state."""
-
-    run_key: str
-    step: int
-    phase: str  # "head" (encoder frozen) or "full"
-    loss_curve: list[tuple[int, float]]
-    perplexity_before: float | None
-
-
 @task(name="continue-pretraining", retries=0, cache_policy=NO_CACHE)
 def continue_pretraining(
     base_model_dir: Path,
@@ -206,39 +208,61 @@ def run_job(job: dict[str, Any], ranks: Ranks) -> dict[str, Any]:
     return result_to_json(run_pretraining(PretrainJob.from_json(job), ranks))
 
 
+def resolve_objective(objective: str, base_model_dir: Path) -> str:
+    """`auto` → `clm` for a decoder, `simcse` for a sentence encoder (it ships a sentence-transformers
+    pooling config), `mlm` otherwise; an explicit objective is kept, after checking it fits the base."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(base_model_dir), local_files_only=True, trust_remote_code=False)
+    causal = is_causal_lm(config)
+    if objective == "auto":
+        return "clm" if causal else "simcse" if (base_model_dir / POOLING_DIR).is_dir() else "mlm"
+    if (objective == "clm") != causal:
+        kind = "a decoder (causal LM)" if causal else "an encoder"
+        raise BadInputError(f"pretraining.objective '{objective}' does not fit {base_model_dir}: it is {kind}")
+    return objective
+
+
 def run_pretraining(job: PretrainJob, ranks: Ranks, on_step: StepCallback | None = None) -> PretrainResult:
     """The pretraining run on this process's rank; rank 0 alone writes checkpoints and the cache entry."""
     started = time.perf_counter()
     key = cache_key(job.base_model_dir, job.corpus, job.params, job.seed)
     quiet_transformers()
     device = pick_device(ranks.local_rank)
+    objective = resolve_objective(job.params.objective, job.base_model_dir)
     with deterministic(job.seed):
-        lm = load_language_model(job.base_model_dir, device)
-        packed = pack_corpus(lm.tokenizer, job.corpus, job.params.max_seq_length, lm.causal, job.seed)
-        run = _Run(lm, packed, job, key, device, ranks, on_step)
-        run.train()
-        perplexity_after = run.perplexity()
+        recipe_type = SimCSE if objective == "simcse" else LanguageModelling
+        recipe = recipe_type(job, key, device, ranks)
+        loop = training.train(recipe, ranks, device, f"pretrain ({objective})", on_step=on_step)
+        loss_after = recipe.heldout_loss()
+    before = recipe.heldout_loss_before
     result = PretrainResult(
         model_dir=job.cache_root / key,
         cache_hit=False,
         cache_key=key,
-        objective="causal-lm" if lm.causal else "masked-lm",
-        steps=run.total_steps,
-        head_warmup_steps=run.warmup_steps,
-        perplexity_before=run.perplexity_before,
-        perplexity_after=perplexity_after,
-        loss_curve=run.loss_curve,
-        resumed_from_step=run.resumed_from_step,
-        corpus_blocks=len(packed.train) + len(packed.heldout),
-        train_tokens=len(packed.train) * packed.block_size,
+        objective=objective,
+        steps=loop.steps,
+        head_warmup_steps=recipe.head_warmup_steps,
+        heldout_loss_before=before,
+        heldout_loss_after=loss_after,
+        perplexity_before=_perplexity(before) if objective != "simcse" else None,
+        perplexity_after=_perplexity(loss_after) if objective != "simcse" else None,
+        loss_curve=loop.loss_curve,
+        resumed_from_step=loop.resumed_from_step,
+        corpus_blocks=recipe.units,
+        train_tokens=recipe.train_tokens,
         seconds=time.perf_counter() - started,
-        trained_tokens=run.trained_tokens,
-        training_seconds=run.clock.seconds,
+        trained_tokens=loop.trained_tokens,
+        training_seconds=loop.training_seconds,
     )
     if ranks.is_main:
-        _publish(lm, result, result.model_dir)
+        _publish(recipe.model, recipe.tokenizer, result, job.base_model_dir)
         checkpoints.remove_checkpoints(job.output_dir)
     return result
+
+
+def _perplexity(loss: float) -> float:
+    return math.exp(min(loss, 700.0))
 
 
 def cache_key(base_model_dir: Path, corpus: TextTable, params: PretrainingConfig, seed: int) -> str:
@@ -252,6 +276,209 @@ def cache_key(base_model_dir: Path, corpus: TextTable, params: PretrainingConfig
         "seed": seed,
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+class _Adaptation:
+    """What every objective's recipe shares: the run key, checkpoints every `save_steps`, no early stop,
+    and the held-out loss measured before the first full-model step."""
+
+    model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    head_warmup_steps = 0
+
+    def __init__(self, job: PretrainJob, run_key: str, device: Device, ranks: Ranks) -> None:
+        self.job, self.params, self.seed, self.run_key = job, job.params, job.seed, run_key
+        self.device, self.ranks = device, ranks
+        self.output_dir, self.interval = job.output_dir, job.params.save_steps
+        self.heldout_loss_before = math.nan
+
+    def full_phase(self, learning_rate: float) -> training.Phase:
+        warmup = training.warmup_steps(self.params.max_steps, LR_WARMUP_FRACTION)
+        return training.Phase("full", self.params.max_steps, learning_rate, warmup, "linear")
+
+    def heldout_loss(self) -> float:
+        raise NotImplementedError
+
+    def begin_phase(self, phase: training.Phase) -> None:
+        if phase.name == "full" and math.isnan(self.heldout_loss_before):
+            self.heldout_loss_before = self.heldout_loss()
+
+    def evaluate(self, step: int) -> bool:
+        return False
+
+    def checkpoint_index(self, step: int) -> int:
+        return step
+
+    def state(self) -> dict[str, Any]:
+        return {"heldout_loss_before": None if math.isnan(self.heldout_loss_before) else self.heldout_loss_before}
+
+    def extra_weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {}
+
+    def restore(self, state: dict[str, Any], found: checkpoints.FoundCheckpoint) -> None:
+        before = state["heldout_loss_before"]
+        self.heldout_loss_before = math.nan if before is None else before
+
+
+class LanguageModelling(_Adaptation):
+    """`mlm` / `clm` on packed blocks; a missing MLM head is first trained alone, the encoder frozen."""
+
+    def __init__(self, job: PretrainJob, run_key: str, device: Device, ranks: Ranks) -> None:
+        from transformers import DataCollatorForLanguageModeling
+
+        super().__init__(job, run_key, device, ranks)
+        self.lm = load_language_model(job.base_model_dir, device)
+        self.model, self.tokenizer = self.lm.model, self.lm.tokenizer
+        self.packed = pack_corpus(self.tokenizer, job.corpus, self.params.max_seq_length, self.lm.causal, self.seed)
+        self.units = len(self.packed.train) + len(self.packed.heldout)
+        self.train_tokens = len(self.packed.train) * self.packed.block_size
+        self.head_warmup_steps = self.params.head_warmup_steps if self.lm.head_missing else 0
+        self.masker = None if self.lm.causal else DataCollatorForLanguageModeling(
+            self.tokenizer, mlm_probability=self.params.mlm_probability
+        )
+        self.heldout = self._inputs_and_labels(self.packed.heldout, mask_seed=self.seed)  # the same masks every call
+        self.loss_module = token_loss_module(self.lm)
+        self.order = _BlockOrder(len(self.packed.train), self.seed)
+
+    def phases(self) -> list[training.Phase]:
+        learning_rate = self.params.learning_rate or DEFAULT_LEARNING_RATES["mlm"]
+        head = training.Phase("head", self.head_warmup_steps, learning_rate, frozen=self.model.base_model)
+        return ([head] if self.head_warmup_steps else []) + [self.full_phase(learning_rate)]
+
+    def step_loss(self, trainer: torch.nn.Module, step: int) -> tuple[torch.Tensor, int]:
+        """This rank's share of the global batch, divided by the global count of predicted tokens, so DDP's
+        gradient average is the one-process one."""
+        indices = self.order.batch(step, self.params.batch_size)
+        mask_seed = training.derived_seed(self.seed + 1, step)
+        inputs, labels = self._inputs_and_labels(self.packed.train.rows(indices), mask_seed)
+        predicted = max(predicted_count(labels, self.lm.causal), 1)
+        mine = self.ranks.shard(range(len(indices)))
+        inputs, labels = inputs[mine].to(self.device.torch_device), labels[mine].to(self.device.torch_device)
+        with self.device.autocast():
+            share = trainer(inputs, labels) / predicted
+        return share, len(indices) * self.packed.block_size
+
+    def _inputs_and_labels(self, blocks: Blocks, mask_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Causal LM: the block is both. Masked LM: the collator's 80/10/10 masking of the whole global
+        batch, drawn from a generator seeded with `mask_seed`, so every rank draws the same masks."""
+        import torch
+
+        if self.masker is None:
+            return blocks.input_ids, blocks.input_ids.clone()
+        self.masker.generator = torch.Generator().manual_seed(mask_seed)
+        return self.masker.torch_mask_tokens(blocks.input_ids.clone(), special_tokens_mask=blocks.special_tokens_mask)
+
+    def heldout_loss(self) -> float:
+        """Mean loss per predicted token on the held-out blocks (masks fixed at the start), each rank
+        scoring its share."""
+        import torch
+
+        inputs, labels = self.heldout
+        mine = self.ranks.shard(range(len(inputs)))
+        totals = torch.zeros(2, dtype=torch.float64, device=self.device.torch_device)
+        self.loss_module.eval()
+        with torch.no_grad():
+            for start in range(0, len(mine), self.params.batch_size):
+                rows = mine[start : start + self.params.batch_size]
+                chunk = labels[rows].to(self.device.torch_device)
+                with self.device.autocast():
+                    totals[0] += self.loss_module(inputs[rows].to(self.device.torch_device), chunk).double()
+                totals[1] += predicted_count(chunk, self.lm.causal)
+        loss, tokens = self.ranks.all_sum(totals).tolist()
+        return loss / tokens if tokens else math.nan
+
+
+class SimCSE(_Adaptation):
+    """Unsupervised SimCSE on the corpus sentences (truncated, not packed): one forward of the batch
+    twice over, so the two copies of a sentence get different dropout masks. With N processes each rank's
+    in-batch negatives are its own share of the global batch."""
+
+    def __init__(self, job: PretrainJob, run_key: str, device: Device, ranks: Ranks) -> None:
+        import torch
+        from transformers import AutoModel
+
+        super().__init__(job, run_key, device, ranks)
+        self.tokenizer = load_tokenizer(job.base_model_dir)
+        self.model = AutoModel.from_pretrained(
+            str(job.base_model_dir), local_files_only=True, **weight_format_kwargs(job.base_model_dir)
+        ).to(device.torch_device)
+        self.loss_module = _ContrastiveLoss(self.model, base_pooling(job.base_model_dir))
+        sentences = self.tokenizer(
+            job.corpus.present_texts(), truncation=True, max_length=self.params.max_seq_length,
+            return_attention_mask=False, return_token_type_ids=False,
+        )["input_ids"]
+        if len(sentences) < 2 * 2:
+            raise BadInputError(f"{job.corpus.source}: the domain corpus has {len(sentences)} texts, too few "
+                                "for contrastive pretraining (at least 4)")
+        order = torch.randperm(len(sentences), generator=torch.Generator().manual_seed(self.seed)).tolist()
+        heldout_count = max(2, round(HELDOUT_FRACTION * len(sentences)))  # sentences, not blocks
+        self.heldout = [sentences[i] for i in sorted(order[:heldout_count])]
+        self.sentences = [sentences[i] for i in sorted(order[heldout_count:])]
+        self.units, self.train_tokens = len(sentences), sum(len(ids) for ids in self.sentences)
+        self.order = _BlockOrder(len(self.sentences), self.seed)
+
+    def phases(self) -> list[training.Phase]:
+        return [self.full_phase(self.params.learning_rate or DEFAULT_LEARNING_RATES["simcse"])]
+
+    def _padded(self, sentences: list[list[int]]) -> dict[str, torch.Tensor]:
+        batch = self.tokenizer.pad({"input_ids": sentences}, return_tensors="pt")
+        return {name: batch[name].to(self.device.torch_device) for name in ("input_ids", "attention_mask")}
+
+    def step_loss(self, trainer: torch.nn.Module, step: int) -> tuple[torch.Tensor, int]:
+        indices = self.order.batch(step, self.params.batch_size)
+        mine = self.ranks.shard(indices)
+        with self.device.autocast():
+            share = trainer(**self._padded([self.sentences[i] for i in mine])) / len(indices)
+        return share, sum(len(self.sentences[i]) for i in indices)
+
+    def heldout_loss(self) -> float:
+        """The contrastive loss over this rank's whole held-out share at once (every held-out sentence is a
+        negative for every other: a few-sentence batch would make the task trivially easy), with dropout on
+        as in training (without it the two copies are equal), under a fixed seed that leaves the training
+        RNG untouched; the mean over ranks."""
+        import torch
+
+        mine = self.ranks.shard(self.heldout)
+        self.loss_module.train()
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            first, second = (torch.cat([self._embedded(chunk) for chunk in _chunks(mine, self.params.batch_size)])
+                             for _ in range(2))
+        totals = torch.tensor([float(info_nce(first, second)), float(len(mine))], dtype=torch.float64)
+        loss, count = self.ranks.all_sum(totals.to(self.device.torch_device)).tolist()
+        return loss / count if count else math.nan
+
+    def _embedded(self, sentences: list[list[int]]) -> torch.Tensor:
+        with self.device.autocast():
+            return self.loss_module.embed(**self._padded(sentences)).float()
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def info_nce(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Summed InfoNCE of unit vectors: row i of `first` against every row of `second`, its twin the target."""
+    similarity = first @ second.T / SIMCSE_TEMPERATURE
+    targets = torch.arange(len(first), device=similarity.device)
+    return torch.nn.functional.cross_entropy(similarity, targets, reduction="sum")
+
+
+class _ContrastiveLoss(torch.nn.Module):
+    """forward(input_ids, attention_mask) → the summed InfoNCE loss of the batch against its dropout twin."""
+
+    def __init__(self, encoder: PreTrainedModel, pooling: str) -> None:
+        super().__init__()
+        self.encoder, self.pooling = encoder, pooling
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Unit-length pooled sentence vectors."""
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return torch.nn.functional.normalize(pool(hidden, attention_mask, self.pooling).float(), dim=-1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        twice = self.embed(torch.cat([input_ids, input_ids]), torch.cat([attention_mask, attention_mask]))
+        return info_nce(*twice.chunk(2))
 
 
 def load_language_model(model_dir: Path, device: Device) -> LanguageModel:
@@ -368,181 +595,6 @@ def _masked_lm_head(model: PreTrainedModel) -> torch.nn.Module | None:
     return heads[0] if len(heads) == 1 else None
 
 
-class _Run:
-    """The training loop's state: nanoGPT-sized, one method per thing it does."""
-
-    def __init__(
-        self,
-        lm: LanguageModel,
-        packed: PackedCorpus,
-        job: PretrainJob,
-        key: str,
-        device: Device,
-        ranks: Ranks,
-        on_step: StepCallback | None,
-    ) -> None:
-        from transformers import DataCollatorForLanguageModeling
-
-        self.lm, self.packed, self.job, self.params, self.seed = lm, packed, job, job.params, job.seed
-        self.key, self.device, self.ranks, self.on_step = key, device, ranks, on_step
-        self.warmup_steps = self.params.head_warmup_steps if lm.head_missing else 0
-        self.total_steps = self.warmup_steps + self.params.max_steps
-        self.masker = None if lm.causal else DataCollatorForLanguageModeling(
-            lm.tokenizer, mlm_probability=self.params.mlm_probability
-        )
-        self.heldout = self._inputs_and_labels(packed.heldout, mask_seed=self.seed)  # the same masks every call
-        self.loss_module = token_loss_module(lm)
-        self.trainer = self.loss_module
-        self.order = _BlockOrder(len(packed.train), self.seed)
-        self.step = 0
-        self.phase = "full"
-        self.loss_curve: list[tuple[int, float]] = []
-        self.perplexity_before: float = math.nan
-        self.resumed_from_step: int | None = None
-        self.trained_tokens = 0
-        self.clock = TrainingClock(device)
-
-    def train(self) -> None:
-        """Steps in segments that end where the loop must look up: end of head warm-up, a checkpoint, the end."""
-        from tqdm.auto import tqdm
-
-        optimizer, scheduler = self._resume_or_start()
-        progress = tqdm(
-            total=self.total_steps,
-            initial=self.step,
-            desc="pretrain",
-            file=sys.stderr,
-            disable=not sys.stderr.isatty() or not self.ranks.is_main,
-        )
-        while self.step < self.total_steps:
-            if self.step == self.warmup_steps and self.phase == "head":
-                optimizer, scheduler = self._optimizer("full")
-            if self.step == self.warmup_steps and math.isnan(self.perplexity_before):
-                self.perplexity_before = self.perplexity()
-            done = self.step
-            self._train_segment(self._segment_end(), optimizer, scheduler)
-            progress.update(self.step - done)
-            progress.set_postfix(loss=f"{self.loss_curve[-1][1]:.3f}")
-            if self.step % self.params.save_steps == 0 and self.step < self.total_steps and self.ranks.is_main:
-                self._save_checkpoint(optimizer, scheduler)
-        progress.close()
-
-    def _segment_end(self) -> int:
-        stops = [self.total_steps, (self.step // self.params.save_steps + 1) * self.params.save_steps]
-        return min(stops + ([self.warmup_steps] if self.step < self.warmup_steps else []))
-
-    def _train_segment(self, end: int, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
-        """Steps up to `end`; their losses stay on the device and meet across ranks in one all-reduce."""
-        import torch
-
-        shares = []
-        self.trainer.train()
-        with self.clock.running():
-            while self.step < end:
-                shares.append(self._train_step(optimizer, scheduler))
-                self.step += 1
-                if self.on_step is not None:  # single process only: its share is the whole loss
-                    self.on_step(self.step, float(shares[-1]))
-            losses = self.ranks.all_sum(torch.stack(shares).double()).tolist()
-        first = self.step - len(losses) + 1
-        self.loss_curve += list(enumerate(losses, start=first))
-
-    def _train_step(self, optimizer: torch.optim.Optimizer, scheduler: Any) -> torch.Tensor:
-        """This rank's share of the global batch; returns its share of the global mean loss. The loss is
-        divided by the global count of predicted tokens, so DDP's gradient average is the one-process one."""
-        import torch
-
-        indices = self.order.batch(self.step, self.params.batch_size)
-        inputs, labels = self._inputs_and_labels(self.packed.train.rows(indices), self._mask_seed(self.step))
-        predicted = max(predicted_count(labels, self.lm.causal), 1)
-        mine = self.ranks.shard(range(len(indices)))
-        inputs, labels = inputs[mine].to(self.device.torch_device), labels[mine].to(self.device.torch_device)
-        with self.device.autocast():
-            share = self.trainer(inputs, labels) / predicted
-        (share * self.ranks.world_size).backward()
-        trainable = [p for p in self.lm.model.parameters() if p.requires_grad]
-        torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        self.trained_tokens += len(indices) * self.packed.block_size
-        return share.detach()
-
-    def _mask_seed(self, step: int) -> int:
-        return (self.seed + 1) * 1_000_003 + step
-
-    def _inputs_and_labels(self, blocks: Blocks, mask_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Causal LM: the block is both. Masked LM: the collator's 80/10/10 masking of the whole global
-        batch, drawn from a generator seeded with `mask_seed`, so every rank draws the same masks."""
-        import torch
-
-        if self.masker is None:
-            return blocks.input_ids, blocks.input_ids.clone()
-        self.masker.generator = torch.Generator().manual_seed(mask_seed)
-        return self.masker.torch_mask_tokens(blocks.input_ids.clone(), special_tokens_mask=blocks.special_tokens_mask)
-
-    def perplexity(self) -> float:
-        """exp(mean loss per predicted token) on the held-out blocks (masks fixed at the start), each rank
-        scoring its share."""
-        import torch
-
-        inputs, labels = self.heldout
-        mine = self.ranks.shard(range(len(inputs)))
-        totals = torch.zeros(2, dtype=torch.float64, device=self.device.torch_device)
-        self.loss_module.eval()
-        with torch.no_grad():
-            for start in range(0, len(mine), self.params.batch_size):
-                rows = mine[start : start + self.params.batch_size]
-                chunk = labels[rows].to(self.device.torch_device)
-                with self.device.autocast():
-                    totals[0] += self.loss_module(inputs[rows].to(self.device.torch_device), chunk).double()
-                totals[1] += predicted_count(chunk, self.lm.causal)
-        loss, tokens = self.ranks.all_sum(totals).tolist()
-        return math.exp(min(loss / tokens, 700.0)) if tokens else math.nan
-
-    def _optimizer(self, phase: str) -> tuple[torch.optim.Optimizer, Any]:
-        """Head phase: encoder frozen, constant LR. Full phase: everything, linear decay with warmup.
-        DDP is set up again for each phase: it tracks the parameters that had gradients when wrapped."""
-        from transformers import get_constant_schedule, get_linear_schedule_with_warmup
-
-        model = self.lm.model
-        model.requires_grad_(True)
-        if phase == "head":
-            model.base_model.requires_grad_(False)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = adamw(trainable, self.params.learning_rate, WEIGHT_DECAY)
-        self.phase = phase
-        self.trainer = self.ranks.wrap(self.loss_module, self.device)
-        if phase == "head":
-            return optimizer, get_constant_schedule(optimizer)
-        warmup = math.ceil(LR_WARMUP_FRACTION * self.params.max_steps)
-        return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, self.params.max_steps)
-
-    def _resume_or_start(self) -> tuple[torch.optim.Optimizer, Any]:
-        found = checkpoints.latest_checkpoint(self.job.output_dir, self.key)
-        self.ranks.barrier()  # every rank has looked before rank 0 clears stale checkpoints
-        if found is None:
-            if self.ranks.is_main:
-                checkpoints.remove_checkpoints(self.job.output_dir)  # stale ones from other inputs would confuse
-            return self._optimizer("head" if self.warmup_steps else "full")
-        checkpoint = Checkpoint(**found.record)
-        state = checkpoints.restore(found, self.lm.model, self.device.torch_device)
-        optimizer, scheduler = self._optimizer(checkpoint.phase)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        self.step, self.resumed_from_step = checkpoint.step, checkpoint.step
-        self.loss_curve = [(int(step), float(loss)) for step, loss in checkpoint.loss_curve]
-        if checkpoint.perplexity_before is not None:
-            self.perplexity_before = checkpoint.perplexity_before
-        return optimizer, scheduler
-
-    def _save_checkpoint(self, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
-        before = None if math.isnan(self.perplexity_before) else self.perplexity_before
-        checkpoint = Checkpoint(self.key, self.step, self.phase, self.loss_curve, before)
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-        checkpoints.write_checkpoint(self.job.output_dir, self.step, self.lm.model, state, asdict(checkpoint))
-
-
 class _BlockOrder:
     """Which training blocks make up step N's batch: a fresh seeded permutation per pass over the
     data, so the order depends only on (seed, step) and a resumed run sees the same batches."""
@@ -559,17 +611,21 @@ class _BlockOrder:
         import torch
 
         if epoch != self.epoch:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            generator = torch.Generator().manual_seed(training.derived_seed(self.seed, epoch))
             self.epoch, self.order = epoch, torch.randperm(self.blocks, generator=generator).tolist()
         return self.order
 
 
-def _publish(lm: LanguageModel, result: PretrainResult, cached_dir: Path) -> None:
-    """Save model, tokenizer and result into a temp dir beside the cache entry, then rename it in."""
+def _publish(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, result: PretrainResult,
+             base_model_dir: Path) -> None:
+    """Save model, tokenizer, the base's pooling config and the result into a temp dir beside the cache
+    entry, then rename it in."""
+    cached_dir = result.model_dir
     staging = cached_dir.with_name(f".{cached_dir.name}.{uuid.uuid4().hex}.tmp")
     staging.mkdir(parents=True)
-    lm.model.save_pretrained(staging)
-    lm.tokenizer.save_pretrained(staging)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    copy_pooling_config(base_model_dir, staging)
     record = {k: v for k, v in asdict(result).items() if k not in ("model_dir", "cache_hit")}
     (staging / RESULT_FILE).write_text(json.dumps(record, indent=2))
     try:

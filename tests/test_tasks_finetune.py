@@ -156,6 +156,8 @@ def test_headline_metrics_are_plain_floats(evaluation: EvaluationResult) -> None
         "accuracy",
         "macro_f1",
         "ece",
+        "ece_uncalibrated",
+        "temperature",
         "latency_p50_ms",
         "latency_p95_ms",
         "throughput_per_s",

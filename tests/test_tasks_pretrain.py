@@ -40,7 +40,7 @@ def test_pretraining_lowers_heldout_perplexity_then_hits_the_cache(
     result = continue_pretraining.fn(tiny_model_dir, corpus, FAST, 7, output_dir, cache_root)
 
     assert not result.cache_hit and result.resumed_from_step is None
-    assert result.objective == "masked-lm"
+    assert result.objective == "mlm"
     assert (result.head_warmup_steps, result.steps, len(result.loss_curve)) == (10, 50, 50)
     assert result.perplexity_after < 0.5 * result.perplexity_before
     assert result.corpus_blocks > 100 and result.train_tokens % 32 == 0
@@ -170,7 +170,7 @@ def test_a_decoder_is_pretrained_as_a_causal_lm(tmp_path: Path, tiny_model_dir: 
     gpt2 = build_tiny_gpt2(tmp_path / "gpt2", tiny_model_dir)
     params = FAST.model_copy(update={"max_steps": 30})
     result = continue_pretraining.fn(gpt2, repetitive_corpus(), params, 0, tmp_path / "o", tmp_path / "c")
-    assert result.objective == "causal-lm" and result.head_warmup_steps == 0
+    assert result.objective == "clm" and result.head_warmup_steps == 0
     assert result.perplexity_after < 0.5 * result.perplexity_before
 
 
@@ -179,7 +179,8 @@ def test_minilm_gets_its_missing_mlm_head_warmed_up(tmp_path: Path) -> None:
     from tasks.modeling import resolve_base_model
 
     params = PretrainingConfig(
-        max_steps=5, head_warmup_steps=5, batch_size=4, max_seq_length=32, learning_rate=1e-4, save_steps=50
+        objective="mlm", max_steps=5, head_warmup_steps=5, batch_size=4, max_seq_length=32, learning_rate=1e-4,
+        save_steps=50,
     )
     corpus = make_table("corpus", Path("support.txt"), SUPPORT_SENTENCES, None, {})
     result = continue_pretraining.fn(
@@ -187,6 +188,28 @@ def test_minilm_gets_its_missing_mlm_head_warmed_up(tmp_path: Path) -> None:
     )
     assert result.head_warmup_steps == 5 and result.steps == 10 and len(result.loss_curve) == 10
     assert 1.0 < result.perplexity_after < float("inf")
+
+
+@pytest.mark.minilm
+def test_auto_adapts_a_sentence_encoder_with_simcse(tmp_path: Path) -> None:
+    """The packaged MiniLM ships a sentence-transformers pooling config: `auto` picks SimCSE, which trains
+    no new head and lowers the held-out contrastive loss; the adapted checkpoint keeps the pooling config."""
+    from tasks.modeling import resolve_base_model
+
+    params = PretrainingConfig(max_steps=6, batch_size=8, max_seq_length=48, save_steps=50)
+    distinct = sorted({f"{first} {second}" for first in SUPPORT_SENTENCES for second in SUPPORT_SENTENCES})
+    corpus = make_table("corpus", Path("support.txt"), distinct, None, {})
+    result = continue_pretraining.fn(resolve_base_model("minilm"), corpus, params, 0, tmp_path / "o", tmp_path / "c")
+    assert (result.objective, result.head_warmup_steps, result.steps) == ("simcse", 0, 6)
+    assert result.perplexity_before is None and result.perplexity_after is None
+    assert result.heldout_loss_after < result.heldout_loss_before
+    assert (result.model_dir / "1_Pooling" / "config.json").is_file()
+
+
+def test_an_objective_that_does_not_fit_the_base_is_bad_input(tmp_path: Path, tiny_model_dir: Path) -> None:
+    clm = FAST.model_copy(update={"objective": "clm"})
+    with pytest.raises(BadInputError, match=r"pretraining.objective 'clm' does not fit .*: it is an encoder"):
+        continue_pretraining.fn(tiny_model_dir, repetitive_corpus(), clm, 7, tmp_path / "o", tmp_path / "c")
 
 
 SUPPORT_SENTENCES = [

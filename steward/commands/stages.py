@@ -92,8 +92,8 @@ def pretrain(args: argparse.Namespace) -> int:
     def render() -> None:
         cached = " (cached checkpoint reused)" if result.cache_hit else ""
         console().print(
-            f"Adapted checkpoint{cached}: {result.model_dir}\n"
-            f"Held-out perplexity {result.perplexity_before:.2f} → {result.perplexity_after:.2f} "
+            f"Adapted checkpoint{cached} ({result.objective}): {result.model_dir}\n"
+            f"Held-out {result.objective} loss {result.heldout_loss_before:.3f} → {result.heldout_loss_after:.3f} "
             f"after {result.steps} steps"
         )
 

@@ -1,0 +1,239 @@
+"""The classifier Steward trains, saves, evaluates and monitors: an encoder, the base's own pooling, a head.
+
+A sentence encoder such as the packaged MiniLM was trained to be read through its mean-pooled token
+states; its [CLS] pooler (what `AutoModelForSequenceClassification` would put under the head) was never
+trained. So the pooling comes from the base: its sentence-transformers `1_Pooling/config.json` when
+present (mean or CLS token), mean pooling otherwise. The head's logits are divided by a temperature fitted
+on the validation split (Guo et al., "On Calibration of Modern Neural Networks", ICML 2017), so reported
+probabilities are calibrated.
+
+A saved classifier folder holds the encoder (`config.json`, `model.safetensors`), the tokenizer,
+`head.safetensors` and `label_map.json` (labels, pooling, temperature).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from steward.errors import BadInputError
+from tasks.modeling import Device, load_tokenizer, weight_format_kwargs
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from tasks.data import TextTable
+
+LABEL_MAP_FILE = "label_map.json"
+HEAD_FILE = "head.safetensors"
+POOLING_DIR = "1_Pooling"  # sentence-transformers' pooling module folder
+# Texts are cut to max_length × 64 characters before tokenising, so a 1 MB text costs no more than a
+# page; no real text spends more than 64 characters on one token, so truncation itself is unchanged.
+CHARS_PER_TOKEN_CAP = 64
+DEFAULT_HEAD_DROPOUT = 0.1  # for encoder configs that name no dropout
+
+Pooling = Literal["mean", "cls"]
+Example = dict[str, Any]
+
+
+def base_pooling(model_dir: Path) -> Pooling:
+    """The pooling the base was trained with: its sentence-transformers config, else mean pooling."""
+    config_file = Path(model_dir) / POOLING_DIR / "config.json"
+    if not config_file.is_file():
+        return "mean"
+    config = json.loads(config_file.read_text())
+    return "cls" if config.get("pooling_mode_cls_token") and not config.get("pooling_mode_mean_tokens") else "mean"
+
+
+def copy_pooling_config(base_dir: Path, target_dir: Path) -> None:
+    """Carry the base's pooling config into a checkpoint derived from it (an adapted encoder)."""
+    source = Path(base_dir) / POOLING_DIR
+    if source.is_dir():
+        shutil.copytree(source, Path(target_dir) / POOLING_DIR, dirs_exist_ok=True)
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+    """One vector per sequence: the mean over real (unmasked) tokens, or the first token's state."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+class SentenceClassifier(torch.nn.Module):
+    """encoder → pooling → dropout → linear head; `forward` returns logits (before the temperature)."""
+
+    def __init__(self, encoder: PreTrainedModel, num_labels: int, pooling: Pooling) -> None:
+        super().__init__()
+        self.encoder, self.pooling = encoder, pooling
+        self.dropout = torch.nn.Dropout(_head_dropout(encoder.config))
+        self.head = torch.nn.Linear(encoder.config.hidden_size, num_labels)
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **inputs).last_hidden_state
+        return pool(hidden, attention_mask, self.pooling)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.embed(input_ids, attention_mask, **inputs)))
+
+
+def _head_dropout(config: Any) -> float:
+    """The dropout before the head, read from the encoder's config as `*ForSequenceClassification` does."""
+    for name in ("classifier_dropout", "hidden_dropout_prob", "dropout"):
+        value = getattr(config, name, None)
+        if isinstance(value, float | int):
+            return float(value)
+    return DEFAULT_HEAD_DROPOUT
+
+
+@dataclass
+class Classifier:
+    model: SentenceClassifier
+    tokenizer: PreTrainedTokenizerBase
+    labels: list[str]
+    max_length: int
+    temperature: float = 1.0
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Calibrated class probabilities: softmax(logits / temperature)."""
+        return (logits.float() / self.temperature).softmax(dim=-1)
+
+
+def new_classifier(model_dir: Path, labels: list[str], max_seq_length: int, device: Device) -> Classifier:
+    """A classifier over `labels` on the encoder in `model_dir`, with a new (seeded) head."""
+    encoder = _load_encoder(model_dir)
+    model = SentenceClassifier(encoder, len(labels), base_pooling(model_dir))
+    tokenizer = load_tokenizer(model_dir)
+    return Classifier(model.to(device.torch_device), tokenizer, labels, usable_max_length(encoder, tokenizer,
+                                                                                          max_seq_length))
+
+
+def load_saved_classifier(model_dir: Path, max_seq_length: int, device: Device) -> Classifier:
+    """A classifier saved by `save_classifier`: encoder, head, tokenizer, labels, pooling, temperature."""
+    from safetensors.torch import load_file
+
+    label_map_file, head_file = Path(model_dir) / LABEL_MAP_FILE, Path(model_dir) / HEAD_FILE
+    if not label_map_file.is_file() or not head_file.is_file():
+        raise BadInputError(f"{model_dir}: not a fine-tuned Steward model (no {LABEL_MAP_FILE} and {HEAD_FILE})")
+    label_map = json.loads(label_map_file.read_text())
+    encoder = _load_encoder(model_dir)
+    model = SentenceClassifier(encoder, len(label_map["labels"]), label_map["pooling"])
+    model.head.load_state_dict(load_file(str(head_file)))
+    tokenizer = load_tokenizer(model_dir)
+    return Classifier(
+        model.to(device.torch_device).eval(), tokenizer, label_map["labels"],
+        usable_max_length(encoder, tokenizer, max_seq_length), float(label_map["temperature"]),
+    )
+
+
+def _load_encoder(model_dir: Path) -> PreTrainedModel:
+    from transformers import AutoModel
+
+    no_pooler = {"add_pooling_layer": False} if _takes_pooling_layer(model_dir) else {}
+    return AutoModel.from_pretrained(
+        str(model_dir), local_files_only=True, **no_pooler, **weight_format_kwargs(model_dir)
+    )
+
+
+def _takes_pooling_layer(model_dir: Path) -> bool:
+    """BERT-likes build a [CLS] pooler by default; Steward never uses it, so it is not loaded or saved."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    return config.get("model_type") in {"bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie"}
+
+
+def save_classifier(classifier: Classifier, output_dir: Path) -> None:
+    """Encoder weights (safetensors), head, tokenizer and `label_map.json`."""
+    from safetensors.torch import save_file
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    classifier.model.encoder.save_pretrained(output_dir)
+    head = {name: tensor.detach().cpu().contiguous() for name, tensor in classifier.model.head.state_dict().items()}
+    save_file(head, str(output_dir / HEAD_FILE))
+    classifier.tokenizer.save_pretrained(output_dir)
+    label_map = {
+        "labels": classifier.labels,
+        "id2label": dict(enumerate(classifier.labels)),
+        "pooling": classifier.model.pooling,
+        "temperature": classifier.temperature,
+    }
+    (output_dir / LABEL_MAP_FILE).write_text(json.dumps(label_map, indent=2))
+
+
+def usable_max_length(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, wanted: int) -> int:
+    limits = [wanted, getattr(model.config, "max_position_embeddings", wanted)]
+    if isinstance(tokenizer.model_max_length, int) and tokenizer.model_max_length < 1_000_000:
+        limits.append(tokenizer.model_max_length)
+    return min(limits)
+
+
+def clip_text(text: str, max_length: int) -> str:
+    return text[: max_length * CHARS_PER_TOKEN_CAP]
+
+
+def encode(classifier: Classifier, texts: list[str], labels: list[str] | None = None) -> list[Example]:
+    """Token ids per text (truncated, unpadded), with the class id when labels are given."""
+    clipped = [clip_text(text, classifier.max_length) for text in texts]
+    encoded = classifier.tokenizer(clipped, truncation=True, max_length=classifier.max_length)
+    examples = [{name: values[i] for name, values in encoded.items()} for i in range(len(texts))]
+    if labels is not None:
+        class_ids = {label: index for index, label in enumerate(classifier.labels)}
+        for example, label in zip(examples, labels, strict=True):
+            example["labels"] = class_ids[label]
+    return examples
+
+
+def collate(classifier: Classifier, examples: list[Example], device: Device) -> dict[str, torch.Tensor]:
+    """Dynamically padded tensors on the device (`labels` too when the examples carry them)."""
+    from transformers import DataCollatorWithPadding
+
+    batch = DataCollatorWithPadding(classifier.tokenizer)(examples)
+    return {name: tensor.to(device.torch_device) for name, tensor in batch.items()}
+
+
+def batched_logits(
+    classifier: Classifier, examples: list[Example], batch_size: int, device: Device, embeddings: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits (before the temperature) for every example, in order, from batches sorted by length;
+    with `embeddings`, the pooled sentence vectors of the same forward passes too."""
+    model = classifier.model
+    order = sorted(range(len(examples)), key=lambda index: len(examples[index]["input_ids"]))
+    logits = torch.empty(len(examples), len(classifier.labels))
+    pooled = torch.empty(len(examples), model.head.in_features) if embeddings else None
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            batch = collate(classifier, [_inputs(examples[i]) for i in rows], device)
+            with device.autocast():
+                vectors = model.embed(**batch)
+                logits[rows] = model.head(vectors).float().cpu()
+            if pooled is not None:
+                pooled[rows] = vectors.float().cpu()
+    return logits, pooled
+
+
+def _inputs(example: Example) -> Example:
+    return {name: value for name, value in example.items() if name != "labels"}
+
+
+def accuracy_and_macro_f1(truth: list, predicted: list) -> tuple[float, float]:
+    """sklearn's accuracy and macro F1 (over the classes present in truth or predictions)."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    accuracy = float(accuracy_score(truth, predicted))
+    return accuracy, float(f1_score(truth, predicted, average="macro", zero_division=0))
+
+
+def require_known_labels(table: TextTable, labels: list[str], known: list[str]) -> None:
+    """Refuse a dataset whose labels the model cannot predict, naming them."""
+    unknown = sorted(set(labels) - set(known))
+    if unknown:
+        raise BadInputError(
+            f"{table.source}: {table.role} labels not seen in training: {', '.join(unknown)} "
+            f"(known: {', '.join(known)})"
+        )
