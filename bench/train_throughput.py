@@ -44,7 +44,8 @@ from typing import TYPE_CHECKING
 from steward.cli import QUIET_THIRD_PARTY_DEFAULTS
 from steward.config import FinetuningConfig, PretrainingConfig, load_config
 from steward.demo import write_demo
-from tasks import finetune, pretrain
+from tasks import finetune, pretrain, training
+from tasks.classifier import load_saved_classifier
 from tasks.data import TextTable, load_corpus, load_table, make_table
 from tasks.finetune import fine_tune
 from tasks.modeling import load_tokenizer, pick_device, quiet_transformers, resolve_base_model
@@ -127,7 +128,8 @@ def demo_workload(workdir: Path, args: argparse.Namespace) -> Workload:
         corpus=load_corpus.fn(config),
         finetuning=config.finetuning.model_copy(update={"epochs": args.epochs}),
         pretraining=config.pretraining.model_copy(
-            update={"max_steps": args.mlm_steps, "head_warmup_steps": 0, "save_steps": args.mlm_steps + 1}
+            update={"objective": "mlm", "learning_rate": pretrain.DEFAULT_LEARNING_RATES["mlm"],
+                    "max_steps": args.mlm_steps, "head_warmup_steps": 0, "save_steps": args.mlm_steps + 1}
         ),
         workdir=workdir,
     )
@@ -193,7 +195,7 @@ def hf_finetune(work: Workload, out: Path) -> tuple[Measurement, Parameters]:
     model = AutoModelForSequenceClassification.from_pretrained(str(work.model_dir), num_labels=len(names))
     steps = math.ceil(len(texts) / params.batch_size) * params.epochs
     arguments = trainer_arguments(
-        out, params.batch_size, params.learning_rate, finetune.WEIGHT_DECAY,
+        out, params.batch_size, params.learning_rate, training.WEIGHT_DECAY,
         num_train_epochs=params.epochs, warmup_steps=math.ceil(finetune.LR_WARMUP_FRACTION * steps),
     )
     seconds = run_trainer(Trainer(model=model, args=arguments, train_dataset=dataset))
@@ -205,10 +207,8 @@ def steward_finetune(work: Workload, out: Path) -> tuple[Measurement, Parameters
     result = fine_tune.fn(
         work.model_dir, work.train, work.validation, work.finetuning, SEED, out, "macro_f1"
     )
-    from transformers import AutoModelForSequenceClassification
-
-    model = AutoModelForSequenceClassification.from_pretrained(str(result.model_dir))
-    return Measurement(result.trained_tokens, result.training_seconds), parameter_count(model)
+    encoder = load_saved_classifier(result.model_dir, work.finetuning.max_seq_length, pick_device()).model.encoder
+    return Measurement(result.trained_tokens, result.training_seconds), parameter_count(encoder)
 
 
 def hf_pretrain(work: Workload, out: Path) -> tuple[Measurement, Parameters]:
@@ -222,7 +222,7 @@ def hf_pretrain(work: Workload, out: Path) -> tuple[Measurement, Parameters]:
     dataset = Dataset.from_dict({"input_ids": packed.train.input_ids.tolist()})
     model = BertForMaskedLM.from_pretrained(str(work.model_dir))
     arguments = trainer_arguments(
-        out, params.batch_size, params.learning_rate, pretrain.WEIGHT_DECAY, max_steps=params.max_steps,
+        out, params.batch_size, params.learning_rate, training.WEIGHT_DECAY, max_steps=params.max_steps,
         warmup_steps=math.ceil(pretrain.LR_WARMUP_FRACTION * params.max_steps),
     )
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=params.mlm_probability)

@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING
 import pytest
 
 from steward.config import FinetuningConfig
+from tasks.classifier import accuracy_and_macro_f1
 from tasks.data import TextTable, make_table, split_validation
 from tasks.evaluate import evaluate_model
-from tasks.finetune import accuracy_and_macro_f1, fine_tune
+from tasks.finetune import fine_tune
 from tasks.modeling import resolve_base_model
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ from steward.config import FinetuningConfig
 from steward.errors import BadInputError
 from tasks.data import TextTable, make_table
 from tasks.evaluate import EvaluationResult, evaluate_model, expected_calibration_error
-from tasks.finetune import FineTuneResult, fine_tune
+from tasks.finetune import FineTuneResult, fine_tune, fit_temperature
 
 LABEL_WORDS = {
     "billing": ["refund", "invoice", "payment", "price", "order"],
@@ -194,3 +194,31 @@ def test_a_megabyte_text_is_truncated_not_fatal(trained: FineTuneResult) -> None
 def test_a_directory_without_label_map_is_not_a_classifier(tiny_model_dir: Path) -> None:
     with pytest.raises(BadInputError, match="not a fine-tuned Steward model"):
         evaluate_model.fn(tiny_model_dir, TEST, max_seq_length=32)
+
+
+def test_temperature_scaling_recovers_the_overconfidence_factor() -> None:
+    """Labels drawn from softmax(z), logits reported as 4·z: the fitted temperature undoes the 4."""
+    generator = torch.Generator().manual_seed(0)
+    calibrated = torch.randn(4_000, 5, generator=generator) * 1.5
+    truth = torch.multinomial(calibrated.softmax(dim=-1), 1, generator=generator).squeeze(1).tolist()
+    temperature = fit_temperature(calibrated * 4, truth)
+    assert temperature == pytest.approx(4.0, rel=0.1)
+    before = expected_calibration_error((calibrated * 4).softmax(dim=-1), truth)
+    after = expected_calibration_error((calibrated * 4 / temperature).softmax(dim=-1), truth)
+    assert after < 0.03 < 0.1 < before
+
+
+def test_calibration_lowers_ece_of_an_overconfident_model(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A fourth of the training and validation labels are wrong and training runs long at a high rate: the
+    raw softmax is overconfident; the temperature fitted on validation brings the test ECE down."""
+    def noisy(table: TextTable, seed: int) -> TextTable:
+        rng, names = random.Random(seed), sorted(LABEL_WORDS)
+        labels = [rng.choice(names) if rng.random() < 0.25 else label for label in table.labels or []]
+        return make_table(table.role, table.source, table.texts, labels, {})
+
+    long_run = PARAMS.model_copy(update={"epochs": 12, "learning_rate": 1e-2, "early_stopping_patience": 12})
+    tuned = fine_tune.fn(tiny_model_dir, noisy(TRAIN, 1), noisy(tickets("validation", 150, 7), 2), long_run,
+                         SEED, tmp_path, "macro_f1")
+    result = evaluate_model.fn(tuned.model_dir, noisy(tickets("test", 300, 8), 3), max_seq_length=32)
+    assert tuned.temperature > 1.0 and result.temperature == tuned.temperature
+    assert result.ece < result.ece_uncalibrated - 0.05
