@@ -42,7 +42,7 @@ class ValidationConfig(_Section):
 
 class PretrainingConfig(_Section):
     enabled: bool = True
-    objective: Literal["auto", "mlm", "clm", "simcse"] = "auto"  # see tasks/pretrain.py
+    objective: Literal["auto", "mlm", "clm", "simcse", "tsdae"] = "auto"  # see tasks/pretrain.py
     max_steps: int = Field(200, ge=1)
     batch_size: int = Field(32, ge=1)
     max_seq_length: int = Field(128, ge=8)

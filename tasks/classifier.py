@@ -106,7 +106,7 @@ class Classifier:
 
 def new_classifier(model_dir: Path, labels: list[str], max_seq_length: int, device: Device) -> Classifier:
     """A classifier over `labels` on the encoder in `model_dir`, with a new (seeded) head."""
-    encoder = _load_encoder(model_dir)
+    encoder = load_encoder(model_dir)
     model = SentenceClassifier(encoder, len(labels), base_pooling(model_dir))
     tokenizer = load_tokenizer(model_dir)
     return Classifier(model.to(device.torch_device), tokenizer, labels, usable_max_length(encoder, tokenizer,
@@ -121,7 +121,7 @@ def load_saved_classifier(model_dir: Path, max_seq_length: int, device: Device) 
     if not label_map_file.is_file() or not head_file.is_file():
         raise BadInputError(f"{model_dir}: not a fine-tuned Steward model (no {LABEL_MAP_FILE} and {HEAD_FILE})")
     label_map = json.loads(label_map_file.read_text())
-    encoder = _load_encoder(model_dir)
+    encoder = load_encoder(model_dir)
     model = SentenceClassifier(encoder, len(label_map["labels"]), label_map["pooling"])
     model.head.load_state_dict(load_file(str(head_file)))
     tokenizer = load_tokenizer(model_dir)
@@ -131,7 +131,8 @@ def load_saved_classifier(model_dir: Path, max_seq_length: int, device: Device) 
     )
 
 
-def _load_encoder(model_dir: Path) -> PreTrainedModel:
+def load_encoder(model_dir: Path) -> PreTrainedModel:
+    """The bare encoder (no task head, no [CLS] pooler) of the checkpoint in `model_dir`."""
     from transformers import AutoModel
 
     no_pooler = {"add_pooling_layer": False} if _takes_pooling_layer(model_dir) else {}

@@ -42,7 +42,7 @@ from prefect.cache_policies import NO_CACHE
 from steward.config import PretrainingConfig
 from steward.errors import BadInputError
 from tasks import checkpoints, distributed, training
-from tasks.classifier import POOLING_DIR, base_pooling, copy_pooling_config, pool
+from tasks.classifier import POOLING_DIR, base_pooling, copy_pooling_config, load_encoder, pool
 from tasks.distributed import SINGLE_PROCESS, Ranks, table_from_json, table_to_json
 from tasks.modeling import (
     Device,
@@ -68,7 +68,8 @@ SIMCSE_TEMPERATURE = 0.05  # Gao et al.'s τ
 RESULT_FILE = "steward_pretrain.json"
 # `pretraining.learning_rate` unset: MLM's rate from run_mlm.py-style recipes; SimCSE's from Gao et al. (3e-5
 # for BERT-base): a sentence encoder's pooled space is easily knocked out of shape by more.
-DEFAULT_LEARNING_RATES = {"mlm": 1e-4, "clm": 1e-4, "simcse": 3e-5}
+DEFAULT_LEARNING_RATES = {"mlm": 1e-4, "clm": 1e-4, "simcse": 3e-5, "tsdae": 3e-5}
+TSDAE_DELETION = 0.6  # Wang et al.'s best noise: delete 60% of the tokens
 
 StepCallback = training.StepCallback
 Block = dict[str, list[int]]
@@ -231,8 +232,7 @@ def run_pretraining(job: PretrainJob, ranks: Ranks, on_step: StepCallback | None
     device = pick_device(ranks.local_rank)
     objective = resolve_objective(job.params.objective, job.base_model_dir)
     with deterministic(job.seed):
-        recipe_type = SimCSE if objective == "simcse" else LanguageModelling
-        recipe = recipe_type(job, key, device, ranks)
+        recipe = RECIPES[objective](job, key, device, ranks)
         loop = training.train(recipe, ranks, device, f"pretrain ({objective})", on_step=on_step)
         loss_after = recipe.heldout_loss()
     before = recipe.heldout_loss_before
@@ -245,8 +245,8 @@ def run_pretraining(job: PretrainJob, ranks: Ranks, on_step: StepCallback | None
         head_warmup_steps=recipe.head_warmup_steps,
         heldout_loss_before=before,
         heldout_loss_after=loss_after,
-        perplexity_before=_perplexity(before) if objective != "simcse" else None,
-        perplexity_after=_perplexity(loss_after) if objective != "simcse" else None,
+        perplexity_before=_perplexity(before) if objective in LANGUAGE_MODELLING else None,
+        perplexity_after=_perplexity(loss_after) if objective in LANGUAGE_MODELLING else None,
         loss_curve=loop.loss_curve,
         resumed_from_step=loop.resumed_from_step,
         corpus_blocks=recipe.units,
@@ -256,7 +256,7 @@ def run_pretraining(job: PretrainJob, ranks: Ranks, on_step: StepCallback | None
         training_seconds=loop.training_seconds,
     )
     if ranks.is_main:
-        _publish(recipe.model, recipe.tokenizer, result, job.base_model_dir)
+        _publish(recipe.published, recipe.tokenizer, result, job.base_model_dir)
         checkpoints.remove_checkpoints(job.output_dir)
     return result
 
@@ -282,7 +282,8 @@ class _Adaptation:
     """What every objective's recipe shares: the run key, checkpoints every `save_steps`, no early stop,
     and the held-out loss measured before the first full-model step."""
 
-    model: torch.nn.Module
+    model: torch.nn.Module  # what trains (and what a checkpoint saves)
+    published: PreTrainedModel  # what the cache entry keeps: the adapted encoder (with its LM head, if any)
     tokenizer: PreTrainedTokenizerBase
     head_warmup_steps = 0
 
@@ -328,7 +329,8 @@ class LanguageModelling(_Adaptation):
 
         super().__init__(job, run_key, device, ranks)
         self.lm = load_language_model(job.base_model_dir, device)
-        self.model, self.tokenizer = self.lm.model, self.lm.tokenizer
+        self.published = self.model = self.lm.model
+        self.tokenizer = self.lm.tokenizer
         self.packed = pack_corpus(self.tokenizer, job.corpus, self.params.max_seq_length, self.lm.causal, self.seed)
         self.units = len(self.packed.train) + len(self.packed.heldout)
         self.train_tokens = len(self.packed.train) * self.packed.block_size
@@ -394,27 +396,12 @@ class SimCSE(_Adaptation):
     in-batch negatives are its own share of the global batch."""
 
     def __init__(self, job: PretrainJob, run_key: str, device: Device, ranks: Ranks) -> None:
-        import torch
-        from transformers import AutoModel
-
         super().__init__(job, run_key, device, ranks)
         self.tokenizer = load_tokenizer(job.base_model_dir)
-        self.model = AutoModel.from_pretrained(
-            str(job.base_model_dir), local_files_only=True, **weight_format_kwargs(job.base_model_dir)
-        ).to(device.torch_device)
+        self.published = self.model = load_encoder(job.base_model_dir).to(device.torch_device)
         self.loss_module = _ContrastiveLoss(self.model, base_pooling(job.base_model_dir))
-        sentences = self.tokenizer(
-            job.corpus.present_texts(), truncation=True, max_length=self.params.max_seq_length,
-            return_attention_mask=False, return_token_type_ids=False,
-        )["input_ids"]
-        if len(sentences) < 2 * 2:
-            raise BadInputError(f"{job.corpus.source}: the domain corpus has {len(sentences)} texts, too few "
-                                "for contrastive pretraining (at least 4)")
-        order = torch.randperm(len(sentences), generator=torch.Generator().manual_seed(self.seed)).tolist()
-        heldout_count = max(2, round(HELDOUT_FRACTION * len(sentences)))  # sentences, not blocks
-        self.heldout = [sentences[i] for i in sorted(order[:heldout_count])]
-        self.sentences = [sentences[i] for i in sorted(order[heldout_count:])]
-        self.units, self.train_tokens = len(sentences), sum(len(ids) for ids in self.sentences)
+        self.heldout, self.sentences = split_sentences(self.tokenizer, job.corpus, self.params, self.seed)
+        self.units, self.train_tokens = len(self.heldout) + len(self.sentences), sum(map(len, self.sentences))
         self.order = _BlockOrder(len(self.sentences), self.seed)
 
     def phases(self) -> list[training.Phase]:
@@ -453,6 +440,22 @@ class SimCSE(_Adaptation):
             return self.loss_module.embed(**self._padded(sentences)).float()
 
 
+def split_sentences(
+    tokenizer: PreTrainedTokenizerBase, corpus: TextTable, params: PretrainingConfig, seed: int
+) -> tuple[list[list[int]], list[list[int]]]:
+    """The corpus texts as token ids (truncated, not packed): a seeded ~5% held out, and the rest."""
+    sentences = tokenizer(
+        corpus.present_texts(), truncation=True, max_length=params.max_seq_length,
+        return_attention_mask=False, return_token_type_ids=False,
+    )["input_ids"]
+    if len(sentences) < 4:
+        raise BadInputError(f"{corpus.source}: the domain corpus has {len(sentences)} texts, too few for "
+                            f"{params.objective} pretraining (at least 4)")
+    order = torch.randperm(len(sentences), generator=torch.Generator().manual_seed(seed)).tolist()
+    heldout_count = max(2, round(HELDOUT_FRACTION * len(sentences)))
+    return [sentences[i] for i in sorted(order[:heldout_count])], [sentences[i] for i in sorted(order[heldout_count:])]
+
+
 def _chunks(items: list, size: int) -> list[list]:
     return [items[start : start + size] for start in range(0, len(items), size)]
 
@@ -479,6 +482,98 @@ class _ContrastiveLoss(torch.nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         twice = self.embed(torch.cat([input_ids, input_ids]), torch.cat([attention_mask, attention_mask]))
         return info_nce(*twice.chunk(2))
+
+
+class TSDAE(_Adaptation):
+    """Transformer-based sequential denoising auto-encoder (Wang et al., "TSDAE: Using Transformer-based
+    Sequential Denoising Auto-Encoder for Unsupervised Sentence Embedding Learning", EMNLP Findings 2021):
+    delete 60% of each sentence's tokens, encode what is left into the base's pooled vector, and have a
+    decoder (a copy of the base with new cross-attention and LM head) rebuild the whole sentence from that
+    one vector. Only the encoder is kept."""
+
+    def __init__(self, job: PretrainJob, run_key: str, device: Device, ranks: Ranks) -> None:
+        from transformers import AutoModelForCausalLM
+
+        super().__init__(job, run_key, device, ranks)
+        self.tokenizer = load_tokenizer(job.base_model_dir)
+        self.published = load_encoder(job.base_model_dir)
+        decoder = AutoModelForCausalLM.from_pretrained(
+            str(job.base_model_dir), local_files_only=True, is_decoder=True, add_cross_attention=True,
+            **weight_format_kwargs(job.base_model_dir),
+        )
+        self.model = self.loss_module = _DenoisingAutoEncoder(
+            self.published, decoder, base_pooling(job.base_model_dir)
+        ).to(device.torch_device)
+        self.heldout, self.sentences = split_sentences(self.tokenizer, job.corpus, self.params, self.seed)
+        self.units, self.train_tokens = len(self.heldout) + len(self.sentences), sum(map(len, self.sentences))
+        self.order = _BlockOrder(len(self.sentences), self.seed)
+
+    def phases(self) -> list[training.Phase]:
+        return [self.full_phase(self.params.learning_rate or DEFAULT_LEARNING_RATES["tsdae"])]
+
+    def _batch(self, sentences: list[list[int]], noise_seed: int) -> dict[str, torch.Tensor]:
+        generator = torch.Generator().manual_seed(noise_seed)
+        noisy = [_delete_tokens(ids, TSDAE_DELETION, generator) for ids in sentences]
+        damaged = self.tokenizer.pad({"input_ids": noisy}, return_tensors="pt")
+        whole = self.tokenizer.pad({"input_ids": sentences}, return_tensors="pt")
+        tensors = {"noisy_ids": damaged["input_ids"], "noisy_mask": damaged["attention_mask"],
+                   "target_ids": whole["input_ids"], "target_mask": whole["attention_mask"]}
+        return {name: tensor.to(self.device.torch_device) for name, tensor in tensors.items()}
+
+    def step_loss(self, trainer: torch.nn.Module, step: int) -> tuple[torch.Tensor, int]:
+        """This rank's summed token loss over the global batch's count of predicted tokens."""
+        indices = self.order.batch(step, self.params.batch_size)
+        predicted = sum(len(self.sentences[i]) - 1 for i in indices)
+        mine = [self.sentences[i] for i in self.ranks.shard(indices)]
+        batch = self._batch(mine, training.derived_seed(self.seed + 2, step))
+        with self.device.autocast():
+            share = trainer(**batch) / max(predicted, 1)
+        return share, sum(len(self.sentences[i]) for i in indices)
+
+    def heldout_loss(self) -> float:
+        """Reconstruction loss per token on the held-out sentences (deletions fixed by the seed)."""
+        mine = self.ranks.shard(self.heldout)
+        totals = torch.zeros(2, dtype=torch.float64, device=self.device.torch_device)
+        self.loss_module.eval()
+        with torch.no_grad():
+            for index, chunk in enumerate(_chunks(mine, self.params.batch_size)):
+                batch = self._batch(chunk, training.derived_seed(self.seed, index))
+                with self.device.autocast():
+                    totals[0] += self.loss_module(**batch).double()
+                totals[1] += sum(len(ids) - 1 for ids in chunk)
+        loss, tokens = self.ranks.all_sum(totals).tolist()
+        return loss / tokens if tokens else math.nan
+
+
+def _delete_tokens(ids: list[int], share: float, generator: torch.Generator) -> list[int]:
+    """Keep the first and last (special) tokens; delete each inner one with probability `share`, keeping one."""
+    inner = ids[1:-1]
+    kept = [token for token, draw in zip(inner, torch.rand(len(inner), generator=generator).tolist(), strict=True)
+            if draw >= share]
+    return [ids[0], *(kept or inner[:1]), ids[-1]]
+
+
+class _DenoisingAutoEncoder(torch.nn.Module):
+    """forward(noisy, target) → summed next-token loss of the decoder rebuilding `target` from the pooled
+    vector of `noisy` (its only cross-attention memory)."""
+
+    def __init__(self, encoder: PreTrainedModel, decoder: PreTrainedModel, pooling: str) -> None:
+        super().__init__()
+        self.encoder, self.decoder, self.pooling = encoder, decoder, pooling
+
+    def forward(self, noisy_ids: torch.Tensor, noisy_mask: torch.Tensor, target_ids: torch.Tensor,
+                target_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=noisy_ids, attention_mask=noisy_mask).last_hidden_state
+        memory = pool(hidden, noisy_mask, self.pooling).unsqueeze(1)
+        logits = self.decoder(input_ids=target_ids, attention_mask=target_mask, encoder_hidden_states=memory).logits
+        labels = target_ids.masked_fill(target_mask.eq(0), IGNORED)[:, 1:]
+        return _summed_cross_entropy(logits[:, :-1].flatten(0, 1), labels.flatten())
+
+
+LANGUAGE_MODELLING = ("mlm", "clm")
+RECIPES: dict[str, type[_Adaptation]] = {
+    "mlm": LanguageModelling, "clm": LanguageModelling, "simcse": SimCSE, "tsdae": TSDAE,
+}
 
 
 def load_language_model(model_dir: Path, device: Device) -> LanguageModel:

@@ -254,3 +254,29 @@ def test_a_batch_with_nothing_masked_has_zero_loss_and_zero_gradients(tmp_path: 
     assert loss.item() == 0.0
     head_weights = [p for name, p in lm.model.named_parameters() if name.startswith("cls.")]
     assert head_weights and all(p.grad is not None and not p.grad.any() for p in head_weights)
+
+
+@pytest.mark.parametrize("objective", ["simcse", "tsdae"])
+def test_sentence_objectives_train_the_encoder_and_resume(
+    objective: str, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """Both sentence-encoder objectives lower their held-out loss, publish a bare encoder the classifier
+    loads, and a run cut at a checkpoint resumes to the same losses as an uninterrupted one."""
+    from tasks.classifier import load_encoder
+
+    params = FAST.model_copy(update={"objective": objective, "max_steps": 20, "learning_rate": 3e-3})
+    corpus = repetitive_corpus()
+    whole = continue_pretraining.fn(tiny_model_dir, corpus, params, 7, tmp_path / "a", tmp_path / "ca")
+    assert (whole.objective, whole.head_warmup_steps, whole.steps) == (objective, 0, 20)
+    assert whole.heldout_loss_after < whole.heldout_loss_before and whole.perplexity_after is None
+    assert load_encoder(whole.model_dir).config.hidden_size == 32
+
+    def stop_at_ten(step: int, loss: float) -> None:
+        if step == 11:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        continue_pretraining.fn(tiny_model_dir, corpus, params, 7, tmp_path / "b", tmp_path / "cb", on_step=stop_at_ten)
+    resumed = continue_pretraining.fn(tiny_model_dir, corpus, params, 7, tmp_path / "b", tmp_path / "cb")
+    assert resumed.resumed_from_step == 10
+    assert [loss for _, loss in resumed.loss_curve] == pytest.approx([loss for _, loss in whole.loss_curve])
