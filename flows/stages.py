@@ -158,6 +158,10 @@ def adapt_to_domain(context: RunContext, data: LoadedData, base_model_dir: Path,
             metrics=metrics,
         )
         context.registry.log_curve(run_id=context.run.id, key="pretrain_loss", points=result.loss_curve)
+        context.registry.audit.append("domain_adapted", context.subject, {
+            "run_id": context.run.id, "objective": result.objective, "steps": result.steps,
+            "cache_key": result.cache_key, "cache_hit": result.cache_hit, "corpus_rows": corpus.rows,
+        })
     return result
 
 

@@ -381,22 +381,36 @@ def _curve_summary(curves: list[tuple[str, list[tuple[int, float]]]]) -> Table:
 
 
 def _pretraining_facts(evidence: Evidence) -> Facts:
+    """The adaptation's held-out loss before → after (its perplexity too for language modelling)."""
     metrics, evaluation = evidence.run_metrics, evidence.evaluation
-    before, after = metrics.get("pretrain_perplexity_before"), metrics.get("pretrain_perplexity_after")
+    before, after = metrics.get("pretrain_heldout_loss_before"), metrics.get("pretrain_heldout_loss_after")
     change = f" ({(after - before) / before:+.1%})" if before and after is not None else ""
     cache = metrics.get("pretrain_cache_hit")
     key = evaluation.adapted_checkpoint_key if evaluation else None
+    rows = [("Held-out loss before → after", f"{_num(before, 3)} → {_num(after, 3)}{change}")]
+    if "pretrain_perplexity_before" in metrics:
+        rows.append(("Perplexity before → after", f"{_num(metrics['pretrain_perplexity_before'], 2)} → "
+                                                   f"{_num(metrics.get('pretrain_perplexity_after'), 2)}"))
     return Facts([
-        ("Perplexity before → after", f"{_num(before, 2)} → {_num(after, 2)}{change}"),
+        ("Objective", _adaptation_objective(evidence)),
+        *rows,
         ("Pretraining steps", _num(metrics.get("pretrain_steps"), 0)),
         ("Adapted checkpoint", "—" if cache is None else "reused from cache" if cache else "trained in this run"),
         ("Checkpoint cache key", key or "—"),
     ])
 
 
+def _adaptation_objective(evidence: Evidence) -> str:
+    """The objective that ran (what `auto` chose), from the run's `domain_adapted` audit event."""
+    configured = (evidence.detail.run.config.get("pretraining") or {}).get("objective", "auto")
+    ran = [event.payload.get("objective") for event in evidence.events
+           if event.event_type == "domain_adapted" and event.payload.get("run_id") == evidence.detail.run.id]
+    return f"{ran[-1]} (configured: {configured})" if ran else configured
+
+
 def _training(evidence: Evidence) -> Section:
     primary = evidence.primary_metric
-    titles = {"pretrain_loss": ("Continued pretraining loss", "optimizer step", "MLM loss"),
+    titles = {"pretrain_loss": ("Continued pretraining loss", "optimizer step", "objective's loss"),
               "finetune_loss": ("Fine-tuning loss", "optimizer step", "loss"),
               f"validation_{primary}": (f"Validation {primary}", "epoch", primary)}
     curves = [(*titles[key], points) for key, points in evidence.curves.items() if points]
