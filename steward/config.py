@@ -38,6 +38,7 @@ class ValidationConfig(_Section):
     max_duplicate_fraction: float = Field(0.1, ge=0.0, le=1.0)
     text_length: TextLengthBounds = TextLengthBounds()
     allowed_labels: list[str] | None = None
+    min_examples_per_label: int = Field(5, ge=1)  # training rows each label needs
 
 
 class PretrainingConfig(_Section):
