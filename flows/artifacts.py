@@ -6,7 +6,7 @@ import re
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from tasks.baseline import BASELINE_NAME
+from steward.scores import CLASSICAL_BASELINE_NAME
 from tasks.gate import GateOutcome
 from tasks.validation import ValidationReport
 
@@ -52,7 +52,7 @@ def publish_metrics(
     create_table_artifact(
         table=rows, key=artifact_key(model_name, "metrics"),
         description=f"Test metrics of the {model_name} candidate against the champion and the classical "
-                    f"baseline ({BASELINE_NAME})",
+                    f"baseline ({CLASSICAL_BASELINE_NAME})",
     )
 
 

@@ -29,3 +29,6 @@ class ReliabilityBin:
 
 GateOutcomeName = Literal["promoted", "challenger", "rejected"]  # the gate's outcomes, defined here only
 GATE_OUTCOMES: tuple[str, ...] = get_args(GateOutcomeName)
+
+CLASSICAL_BASELINE_NAME = "TF-IDF + LR"  # the classical baseline, as reasons and reports name it
+CLASSICAL_BASELINE_PREFIX = "classical_baseline_"  # its run metrics: classical_baseline_macro_f1, _accuracy, _c, ...

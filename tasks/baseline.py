@@ -16,15 +16,14 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from steward.errors import BadInputError
+from steward.scores import CLASSICAL_BASELINE_PREFIX
 from tasks.finetune import accuracy_and_macro_f1, require_known_labels  # moving to tasks.classifier
 
 if TYPE_CHECKING:
     from tasks.data import TextTable
 
-BASELINE_NAME = "TF-IDF + LR"
 C_GRID = (0.1, 1.0, 10.0, 100.0)
 MAX_ITER = 2_000
-METRIC_PREFIX = "classical_baseline_"  # the registry keys: classical_baseline_macro_f1, ...
 HEADLINE = ("macro_f1", "accuracy")
 
 
@@ -39,9 +38,9 @@ class BaselineResult:
     def registry_metrics(self) -> dict[str, float]:
         """The scalars recorded against the run and the test set."""
         return {
-            **{f"{METRIC_PREFIX}{name}": value for name, value in self.metrics.items()},
-            f"{METRIC_PREFIX}c": self.c,
-            f"{METRIC_PREFIX}seconds": self.seconds,
+            **{f"{CLASSICAL_BASELINE_PREFIX}{name}": value for name, value in self.metrics.items()},
+            f"{CLASSICAL_BASELINE_PREFIX}c": self.c,
+            f"{CLASSICAL_BASELINE_PREFIX}seconds": self.seconds,
         }
 
 

@@ -11,8 +11,7 @@ from prefect.cache_policies import NO_CACHE
 
 from steward.config import BASELINE_FLOOR
 from steward.errors import BadInputError
-from steward.scores import GateOutcomeName
-from tasks.baseline import BASELINE_NAME
+from steward.scores import CLASSICAL_BASELINE_NAME, GateOutcomeName
 
 if TYPE_CHECKING:
     from steward.config import EvaluationConfig
@@ -80,7 +79,7 @@ def _floor_check(metric: str, score: float, floor: float, source: FloorSource) -
     ok = score >= floor - TOLERANCE
     verdict = "meets" if ok else "is below"
     if source == "classical baseline":
-        return ok, f"{metric} {score:.4f} {verdict} the classical baseline ({BASELINE_NAME}) {floor:.4f}"
+        return ok, f"{metric} {score:.4f} {verdict} the classical baseline ({CLASSICAL_BASELINE_NAME}) {floor:.4f}"
     return ok, f"{metric} {score:.4f} {verdict} the floor min_score {floor:.4f}"
 
 

@@ -28,9 +28,9 @@ def _metrics_table(title: str, metrics: dict[str, float], baseline: dict[str, fl
 
 
 def _classical_line(metrics: dict[str, float]) -> str:
-    from tasks.baseline import BASELINE_NAME
+    from steward.scores import CLASSICAL_BASELINE_NAME
 
-    return f"Classical baseline ({BASELINE_NAME}, same split): " + ", ".join(
+    return f"Classical baseline ({CLASSICAL_BASELINE_NAME}, same split): " + ", ".join(
         f"{name} {value:.4f}" for name, value in sorted(metrics.items())
     )
 
