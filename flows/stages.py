@@ -260,14 +260,14 @@ def score_champion(context: RunContext, data: LoadedData) -> ChampionScore | Non
 
 def apply_gate(
     context: RunContext, candidate: ModelVersionRecord, metrics: dict[str, float],
-    champion: ChampionScore | None, baseline: BaselineResult,
+    champion: ChampionScore | None, classical: BaselineResult,
 ) -> GateOutcome:
     """Decide, record the decision with its numbers (the effective floor as `min_score`), and move the
     alias it calls for."""
     config, registry = context.config, context.registry
     with stage(context, "promotion gate"):
         outcome = decide_promotion(
-            metrics, champion.metrics if champion else None, config.evaluation, baseline.metrics,
+            metrics, champion.metrics if champion else None, config.evaluation, classical.metrics,
         )
         registry.record_gate_decision(GateDecisionIn(
             run_id=context.run.id,
