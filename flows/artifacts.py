@@ -6,6 +6,7 @@ import re
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from steward.scores import CLASSICAL_BASELINE_NAME
 from tasks.gate import GateOutcome
 from tasks.validation import ValidationReport
 
@@ -33,19 +34,25 @@ def publish_validation(model_name: str, reports: list[ValidationReport]) -> None
     )
 
 
-def publish_metrics(model_name: str, metrics: dict[str, float], champion: dict[str, float] | None) -> None:
+def publish_metrics(
+    model_name: str, metrics: dict[str, float], champion: dict[str, float] | None,
+    classical_baseline: dict[str, float] | None = None,
+) -> None:
+    classical = classical_baseline or {}
     rows = [
         {
             "metric": name,
             "candidate": round(value, 4),
             "champion": round(champion[name], 4) if champion and name in champion else None,
             "delta": round(value - champion[name], 4) if champion and name in champion else None,
+            "classical baseline": round(classical[name], 4) if name in classical else None,
         }
         for name, value in sorted(metrics.items())
     ]
     create_table_artifact(
         table=rows, key=artifact_key(model_name, "metrics"),
-        description=f"Test metrics of the {model_name} candidate against the champion",
+        description=f"Test metrics of the {model_name} candidate against the champion and the classical "
+                    f"baseline ({CLASSICAL_BASELINE_NAME})",
     )
 
 
@@ -54,9 +61,10 @@ def publish_gate_decision(model_name: str, version: int, outcome: GateOutcome) -
     lines = [
         f"# Gate decision for {model_name} v{version}: **{outcome.outcome}**",
         "",
-        "| primary metric | candidate | champion |",
-        "|---|---|---|",
-        f"| {outcome.primary_metric} | {outcome.candidate_score:.4f} | {champion} |",
+        "| primary metric | candidate | champion | floor |",
+        "|---|---|---|---|",
+        f"| {outcome.primary_metric} | {outcome.candidate_score:.4f} | {champion} | "
+        f"{outcome.floor:.4f} ({outcome.floor_source}) |",
         "",
         *[f"- {reason}" for reason in outcome.reasons],
     ]

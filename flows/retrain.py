@@ -1,4 +1,5 @@
-"""The retraining flow: validate → adapt → fine-tune → evaluate → register → gate → report."""
+"""The retraining flow: validate → adapt → fine-tune → evaluate (and fit the classical baseline) → register
+→ gate → report."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from flows.stages import (
     apply_gate,
     base_model_dir,
     evaluate_candidate,
+    fit_baseline,
     load_valid_data,
     register_candidate,
     score_champion,
@@ -33,8 +35,9 @@ class RetrainOutcome:
     decision: str
     reasons: list[str]
     metrics: dict[str, float]
-    baseline_metrics: dict[str, float] | None
+    baseline_metrics: dict[str, float] | None  # the champion's, on the same test set
     baseline_version: int | None
+    classical_baseline_metrics: dict[str, float]  # TF-IDF + logistic regression on the same split
     pretraining_cache_hit: bool | None
     pretraining_resumed_from_step: int | None = None  # set when an interrupted run's checkpoint was resumed
     finetuning_resumed_from_epoch: int | None = None
@@ -52,13 +55,14 @@ def retrain_once(context: RunContext) -> RetrainOutcome:
     audit_resumptions(context, {"continued pretraining": ("step", resumed_step),
                                 "fine-tuning": ("epoch", finetuned.resumed_from_epoch)})
     evaluation = evaluate_candidate(context, data, finetuned.model_dir)
+    classical = fit_baseline(context, data)
     champion = score_champion(context, data)
     candidate = register_candidate(
         context, data, finetuned, evaluation, champion.version if champion else None, adapted=pretrained,
     )
     metrics = evaluation.headline()
-    outcome = apply_gate(context, candidate, metrics, champion)
-    publish_metrics(config.name, metrics, champion.metrics if champion else None)
+    outcome = apply_gate(context, candidate, metrics, champion, classical)
+    publish_metrics(config.name, metrics, champion.metrics if champion else None, classical.metrics)
     publish_gate_decision(config.name, candidate.version, outcome)
     return RetrainOutcome(
         run_id=context.run.id,
@@ -70,6 +74,7 @@ def retrain_once(context: RunContext) -> RetrainOutcome:
         metrics=metrics,
         baseline_metrics=champion.metrics if champion else None,
         baseline_version=champion.version.version if champion else None,
+        classical_baseline_metrics=classical.metrics,
         pretraining_cache_hit=pretrained.cache_hit if pretrained else None,
         pretraining_resumed_from_step=resumed_step,
         finetuning_resumed_from_epoch=finetuned.resumed_from_epoch,

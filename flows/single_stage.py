@@ -14,6 +14,7 @@ from flows.stages import (
     base_model_dir,
     evaluate_candidate,
     failed_expectations,
+    fit_baseline,
     load_data,
     load_valid_data,
     recorded_hashes,
@@ -41,6 +42,7 @@ class FineTuneOutcome:
     version: int
     metrics: dict[str, float]
     artifact_path: str
+    classical_baseline_metrics: dict[str, float]  # TF-IDF + LR on the same split (recorded; no gate here)
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,8 @@ def pretrain_only(config_path: str, registry_url: str | None = None, nproc: int 
 
 @flow(name="steward-finetune", log_prints=False)
 def finetune_only(config_path: str, registry_url: str | None = None, nproc: int = 1) -> FineTuneOutcome:
-    """Fine-tune (on the adapted checkpoint when pretraining is enabled) and register, without a gate;
+    """Fine-tune (on the adapted checkpoint when pretraining is enabled), fit the classical baseline for
+    comparison, and register, without a gate;
     `nproc` > 1 trains (both stages) in that many torchrun workers."""
     with flow_run(config_path, registry_url, "finetune") as context:
         start_dir = base_model_dir(context)
@@ -87,9 +90,11 @@ def finetune_only(config_path: str, registry_url: str | None = None, nproc: int 
         adapted = adapt_to_domain(context, data, start_dir, nproc) if context.config.pretraining.enabled else None
         finetuned = train_classifier(context, data, adapted.model_dir if adapted else start_dir, nproc)
         evaluation = evaluate_candidate(context, data, finetuned.model_dir)
+        classical = fit_baseline(context, data)
         version = register_candidate(context, data, finetuned, evaluation, None, adapted)
         return FineTuneOutcome(
             context.run.id, context.config.name, version.version, evaluation.headline(), str(finetuned.model_dir),
+            classical.metrics,
         )
 
 

@@ -20,6 +20,7 @@ from governance.registry import (
     ValidationResultIn,
 )
 from steward.errors import CheckFailedError
+from tasks.baseline import BaselineResult, fit_classical_baseline
 from tasks.data import TextTable, load_corpus, load_table, make_table, split_validation
 from tasks.evaluate import EvaluationResult, evaluate_model
 from tasks.finetune import FineTuneResult, fine_tune
@@ -194,6 +195,20 @@ def evaluate_candidate(context: RunContext, data: LoadedData, model_dir: Path) -
         return evaluate_model(model_dir, data.test, context.config.finetuning.max_seq_length)
 
 
+def fit_baseline(context: RunContext, data: LoadedData) -> BaselineResult:
+    """The classical baseline (TF-IDF + LR) on the same split; its test metrics are recorded against the
+    run and the test set (`classical_baseline_macro_f1`, ...), the floor of `min_score: baseline`."""
+    config = context.config
+    with stage(context, "classical baseline"):
+        result = fit_classical_baseline(
+            data.train, data.validation, data.test, config.evaluation.primary_metric, config.seed,
+        )
+        context.registry.log_metrics(
+            run_id=context.run.id, dataset_id=data.dataset_ids["test"], metrics=result.registry_metrics(),
+        )
+    return result
+
+
 def register_candidate(
     context: RunContext, data: LoadedData, finetuned: FineTuneResult, evaluation: EvaluationResult,
     parent: ModelVersionRecord | None, adapted: PretrainResult | None = None,
@@ -262,12 +277,15 @@ def score_champion(context: RunContext, data: LoadedData) -> ChampionScore | Non
 
 def apply_gate(
     context: RunContext, candidate: ModelVersionRecord, metrics: dict[str, float],
-    champion: ChampionScore | None,
+    champion: ChampionScore | None, classical: BaselineResult,
 ) -> GateOutcome:
-    """Decide, record the decision with its numbers, and move the alias it calls for."""
+    """Decide, record the decision with its numbers (the effective floor as `min_score`), and move the
+    alias it calls for."""
     config, registry = context.config, context.registry
     with stage(context, "promotion gate"):
-        outcome = decide_promotion(metrics, champion.metrics if champion else None, config.evaluation)
+        outcome = decide_promotion(
+            metrics, champion.metrics if champion else None, config.evaluation, classical.metrics,
+        )
         registry.record_gate_decision(GateDecisionIn(
             run_id=context.run.id,
             candidate_version_id=candidate.id,
@@ -275,7 +293,7 @@ def apply_gate(
             primary_metric=outcome.primary_metric,
             candidate_score=outcome.candidate_score,
             champion_score=outcome.champion_score,
-            min_score=config.evaluation.min_score,
+            min_score=outcome.floor,
             min_improvement=config.evaluation.min_improvement,
             passed=outcome.passed,
             outcome=outcome.outcome,

@@ -65,6 +65,7 @@ from governance.records import (
 )
 from governance.redact import mask_url, redact, redact_text
 from steward.errors import BadInputError, CheckFailedError, RegistryUnavailableError
+from steward.scores import GATE_OUTCOMES
 
 __all__ = [
     "AliasMove",
@@ -93,7 +94,6 @@ __all__ = [
 
 CHAMPION = "champion"
 RUN_STATUSES = ("completed", "failed")
-GATE_OUTCOMES = ("promoted", "challenger", "rejected")
 STALE_RUN_ERROR = "stale: process died"
 # A run's process was created before the run started; allow for the error of process start times
 # (whole-second boot time, clock adjustments). A pid reused this soon after a run started goes unnoticed.

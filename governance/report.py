@@ -42,9 +42,11 @@ from governance.report_render import (
     render_markdown,
 )
 from steward.errors import BadInputError
+from steward.scores import CLASSICAL_BASELINE_NAME, CLASSICAL_BASELINE_PREFIX
 
 FORMATS = ("html", "md")
-LOWER_IS_BETTER = frozenset({"ece", "latency_p50_ms", "latency_p95_ms"})
+LOWER_IS_BETTER = frozenset({"ece", "ece_uncalibrated", "latency_p50_ms", "latency_p95_ms"})
+CLASSICAL_METRICS = ("macro_f1", "accuracy")
 POORLY_CALIBRATED_ECE = 0.1
 OBSERVED_WIDTH = 120
 EVENT_DETAIL_WIDTH = 90
@@ -89,6 +91,18 @@ class Evidence:
     @property
     def card(self) -> dict:
         return self.detail.run.config.get("card") or {}
+
+    @property
+    def classical_baseline(self) -> dict[str, float]:
+        """The classical baseline's test metrics from this version's run (empty when it predates them)."""
+        metrics = self.run_metrics
+        return {name: metrics[CLASSICAL_BASELINE_PREFIX + name] for name in CLASSICAL_METRICS
+                if CLASSICAL_BASELINE_PREFIX + name in metrics}
+
+    @property
+    def floor_is_classical_baseline(self) -> bool:
+        """Whether the gate's floor was the classical baseline (`evaluation.min_score: baseline`)."""
+        return self.detail.run.config.get("evaluation", {}).get("min_score") == "baseline"
 
 
 # -- reading the registry ----------------------------------------------------------------------------
@@ -197,13 +211,29 @@ def _badge(evidence: Evidence) -> Badge:
                  f"passed the gate; needs an approver other than {evidence.detail.run.author}")
 
 
-def _gate_numbers(gate: GateDecisionRecord) -> str:
+def _gate_numbers(gate: GateDecisionRecord, floor_is_classical_baseline: bool) -> str:
     champion = "no champion to beat" if gate.champion_score is None else (
         f"champion v{gate.champion_version} {gate.champion_score:.4f} "
         f"(Δ {gate.candidate_score - gate.champion_score:+.4f})"
     )
-    return (f"{gate.primary_metric} {gate.candidate_score:.4f} vs {champion}; floor {gate.min_score}, "
+    floor = (f"{gate.min_score:.4f} = the classical baseline ({CLASSICAL_BASELINE_NAME})" if floor_is_classical_baseline
+             else f"{gate.min_score}")
+    return (f"{gate.primary_metric} {gate.candidate_score:.4f} vs {champion}; floor {floor}, "
             f"required improvement {gate.min_improvement}")
+
+
+def _classical_summary(evidence: Evidence) -> Cell:
+    classical, metrics = evidence.classical_baseline, evidence.run_metrics
+    if not classical:
+        return Styled("not recorded for this run", "muted")
+    scores = ", ".join(f"{name} {value:.4f}" for name, value in classical.items())
+    fitted = []
+    if CLASSICAL_BASELINE_PREFIX + "c" in metrics:
+        fitted.append(f"C={metrics[CLASSICAL_BASELINE_PREFIX + 'c']:g}")
+    if CLASSICAL_BASELINE_PREFIX + "seconds" in metrics:
+        fitted.append(f"fitted in {metrics[CLASSICAL_BASELINE_PREFIX + 'seconds']:.1f}s")
+    how = f" ({', '.join(fitted)})" if fitted else ""
+    return f"{CLASSICAL_BASELINE_NAME} on the same split: {scores}{how}"
 
 
 def _approver(evidence: Evidence) -> Cell:
@@ -231,7 +261,8 @@ def _summary(evidence: Evidence) -> Section:
     detail, gate, run = evidence.detail, evidence.gate, evidence.detail.run
     facts: list[tuple[str, Cell]] = [
         ("Gate decision", _decision(gate)),
-        ("Gate numbers", _gate_numbers(gate) if gate else "—"),
+        ("Gate numbers", _gate_numbers(gate, evidence.floor_is_classical_baseline) if gate else "—"),
+        ("Classical baseline", _classical_summary(evidence)),
         ("Aliases", ", ".join(detail.aliases) or "none"),
         ("Approver", _approver(evidence)),
         ("Registered", f"{_when(detail.version.created_at)} by {detail.version.created_by}"),
@@ -294,9 +325,13 @@ def _card_facts(evidence: Evidence) -> Facts:
 
 
 def _card_metrics(evidence: Evidence) -> list[Cell]:
-    metrics = evidence.detail.metrics
+    metrics, classical = evidence.detail.metrics, evidence.classical_baseline
     shown = [evidence.primary_metric, *sorted({"accuracy", "macro_f1", "ece"} - {evidence.primary_metric})]
-    return [f"{name}: {metrics[name]:.4f}" for name in shown if name in metrics]
+    lines: list[Cell] = [f"{name}: {metrics[name]:.4f}" for name in shown if name in metrics]
+    if classical:
+        scores = ", ".join(f"{name} {value:.4f}" for name, value in classical.items())
+        lines.append(f"classical baseline ({CLASSICAL_BASELINE_NAME}, same split): {scores}")
+    return lines
 
 
 def _model_card(evidence: Evidence) -> Section:
@@ -318,17 +353,26 @@ def _model_card(evidence: Evidence) -> Section:
 
 
 def _metrics(evidence: Evidence) -> Section:
-    champion, gate = evidence.champion_metrics, evidence.gate
+    champion, gate, classical = evidence.champion_metrics, evidence.gate, evidence.classical_baseline
     label = f"champion v{gate.champion_version}" if gate and gate.champion_version else "champion"
-    rows = [
-        (name, _num(value), _num(champion.get(name) if champion else None),
-         _delta(name, value, champion.get(name) if champion else None))
-        for name, value in sorted(evidence.detail.metrics.items())
-    ]
-    note = ("Champion values are its metrics as recorded in the registry." if champion
-            else "There was no champion to compare with when this version was gated.")
-    return Section("metrics", "Metrics against the champion",
-                   [note, Table(("metric", "this version", label, "delta"), rows)])
+    header: tuple[str, ...] = ("metric", "this version", label, "delta")
+    if classical:
+        header += (f"classical baseline ({CLASSICAL_BASELINE_NAME})", "vs baseline")
+    rows = []
+    for name, value in sorted(evidence.detail.metrics.items()):
+        old = champion.get(name) if champion else None
+        row: tuple[Cell, ...] = (name, _num(value), _num(old), _delta(name, value, old))
+        if classical:
+            row += (_num(classical.get(name)), _delta(name, value, classical.get(name)))
+        rows.append(row)
+    notes = ["Champion values are its metrics as recorded in the registry." if champion
+             else "There was no champion to compare with when this version was gated."]
+    if classical:
+        floor = ("It was the gate's floor (evaluation.min_score: baseline)." if evidence.floor_is_classical_baseline
+                 else "The gate's floor was the configured number, not the baseline.")
+        notes.append(f"The classical baseline is TF-IDF (word 1–2 grams) + logistic regression fitted on this run's "
+                     f"training split, C chosen on its validation split, scored on the same test set. {floor}")
+    return Section("metrics", "Metrics against the champion", [*notes, Table(header, rows)])
 
 
 def _missing_evaluation() -> str:
@@ -352,11 +396,19 @@ def _per_class(evidence: Evidence) -> Section:
 
 
 def _calibration(evidence: Evidence) -> Section:
-    evaluation, ece = evidence.evaluation, evidence.detail.metrics.get("ece")
+    evaluation, metrics = evidence.evaluation, evidence.detail.metrics
+    ece, uncalibrated = metrics.get("ece"), metrics.get("ece_uncalibrated")
     intro = (f"Expected calibration error {_num(ece)}: the gap between confidence and accuracy, weighted over "
              "equal-width confidence bins (0 is perfectly calibrated).")
+    blocks: list = [intro]
+    if uncalibrated is not None:
+        blocks.append(Table(("probabilities", "ECE"), [
+            ("before calibration (temperature 1)", _num(uncalibrated)),
+            ("after temperature scaling", _num(ece)),
+            ("change", "—" if ece is None else _delta("ece", ece, uncalibrated)),
+        ], "ECE before and after calibration"))
     if evaluation is None:
-        return Section("calibration", "Calibration", [intro, _missing_evaluation()])
+        return Section("calibration", "Calibration", [*blocks, _missing_evaluation()])
     bins = Table(("confidence", "examples", "mean confidence", "accuracy", "gap"), [
         (f"{b.lower:.2f}–{b.upper:.2f}", str(b.count), _num(b.mean_confidence), _num(b.accuracy),
          f"{b.accuracy - b.mean_confidence:+.4f}")
@@ -364,8 +416,8 @@ def _calibration(evidence: Evidence) -> Section:
     ], "Reliability bins")
     figure = Figure("Reliability diagram: bars are the accuracy in each confidence bin, orange marks its mean "
                     "confidence (the gap is miscalibration), the dashed line is perfect calibration",
-                    lambda: reliability_svg(evaluation.reliability, ece))
-    return Section("calibration", "Calibration", [intro, figure, bins])
+                    lambda: reliability_svg(evaluation.reliability, ece, uncalibrated))
+    return Section("calibration", "Calibration", [*blocks, figure, bins])
 
 
 # -- training, validation, drift ---------------------------------------------------------------------

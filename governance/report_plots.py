@@ -69,8 +69,12 @@ def confusion_matrix_svg(labels: Sequence[str], matrix: Sequence[Sequence[int]])
     return _svg(draw, (side + 1.2, side))
 
 
-def reliability_svg(bins: Sequence[ReliabilityBin], ece: float | None) -> str:
-    """Accuracy against confidence per bin (a calibrated model follows the diagonal), counts below."""
+def reliability_svg(bins: Sequence[ReliabilityBin], ece: float | None, ece_uncalibrated: float | None = None) -> str:
+    """Accuracy against confidence per bin (a calibrated model follows the diagonal), counts below; the title
+    gives the ECE, and the ECE before calibration when it was measured."""
+    title = "Reliability" if ece is None else f"Reliability (ECE {ece:.4f}"
+    if ece is not None:
+        title += ")" if ece_uncalibrated is None else f"; {ece_uncalibrated:.4f} before calibration)"
     centres = [(b.lower + b.upper) / 2 for b in bins]
     width = 0.9 * min((b.upper - b.lower for b in bins), default=0.1)
 
@@ -80,8 +84,7 @@ def reliability_svg(bins: Sequence[ReliabilityBin], ece: float | None) -> str:
         top.scatter(centres, [b.mean_confidence for b in bins], color=WARM, zorder=3, marker="_", s=220,
                     linewidths=2.5, label="mean confidence")
         top.plot([0, 1], [0, 1], linestyle="--", color=GRID, label="perfect calibration")
-        top.set(ylim=(0, 1.02), ylabel="accuracy",
-                title="Reliability" + ("" if ece is None else f" (ECE {ece:.4f})"))
+        top.set(ylim=(0, 1.02), ylabel="accuracy", title=title)
         top.legend(loc="upper left", frameon=False)
         bottom.bar(centres, [b.count for b in bins], width=width, color=GRID)
         bottom.set(xlim=(0, 1), xlabel="confidence of the predicted class", ylabel="examples")

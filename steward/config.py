@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from steward.errors import ConfigError
 
 REGISTRY_URL_ENV = "STEWARD_REGISTRY_URL"
+BASELINE_FLOOR = "baseline"  # evaluation.min_score: the classical baseline's score on the same test set
 
 
 class _Section(BaseModel):
@@ -38,6 +40,7 @@ class ValidationConfig(_Section):
     max_duplicate_fraction: float = Field(0.1, ge=0.0, le=1.0)
     text_length: TextLengthBounds = TextLengthBounds()
     allowed_labels: list[str] | None = None
+    min_examples_per_label: int = Field(5, ge=1)  # training rows each label needs
 
 
 class PretrainingConfig(_Section):
@@ -62,9 +65,19 @@ class FinetuningConfig(_Section):
 
 class EvaluationConfig(_Section):
     primary_metric: Literal["macro_f1", "accuracy"] = "macro_f1"
-    min_score: float = 0.0
+    min_score: float | Literal["baseline"] = BASELINE_FLOOR  # a number, or the classical baseline's score
     min_improvement: float = 0.0
     require_approval: bool = False
+
+    @field_validator("min_score", mode="before")
+    @classmethod
+    def _number_or_baseline(cls, value: object) -> object:
+        """One clear message for every other value (a plain union would report each member's error)."""
+        if value == BASELINE_FLOOR:
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+        raise ValueError(f"must be a number or '{BASELINE_FLOOR}', got {value!r}")
 
 
 class MonitoringConfig(_Section):
@@ -164,7 +177,8 @@ def _describe(error: dict) -> str:
         return f"unknown key '{location}'{hint}"
     if error["type"] == "missing":
         return f"missing required key '{location}'"
-    return f"key '{location}': {error['msg']}" if location else error["msg"]
+    message = error["msg"].removeprefix("Value error, ")  # our own validators' words, without pydantic's prefix
+    return f"key '{location}': {message}" if location else message
 
 
 def _readable_parts(raw: dict) -> tuple[str | None, str | None]:

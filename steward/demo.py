@@ -898,6 +898,7 @@ validation:
   max_duplicate_fraction: 0.1
   text_length: {min: 1, max: 10000}
   allowed_labels: null
+  min_examples_per_label: 5      # training rows each label needs
 pretraining:
   enabled: true
   max_steps: 40
@@ -913,7 +914,7 @@ finetuning:
   learning_rate: 5.0e-5
 evaluation:
   primary_metric: macro_f1
-  min_score: 0.5
+  min_score: baseline            # the floor: TF-IDF + logistic regression on the same split (or a number)
   min_improvement: 0.0
   require_approval: false
 monitoring:

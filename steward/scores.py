@@ -1,8 +1,10 @@
-"""Evaluation values shared by the tasks that compute them and the registry that stores them."""
+"""Evaluation values (and the gate's outcomes) shared by the tasks that compute them and the registry that
+stores them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 
 @dataclass(frozen=True)
@@ -23,3 +25,10 @@ class ReliabilityBin:
     count: int
     mean_confidence: float
     accuracy: float
+
+
+GateOutcomeName = Literal["promoted", "challenger", "rejected"]  # the gate's outcomes, defined here only
+GATE_OUTCOMES: tuple[str, ...] = get_args(GateOutcomeName)
+
+CLASSICAL_BASELINE_NAME = "TF-IDF + LR"  # the classical baseline, as reasons and reports name it
+CLASSICAL_BASELINE_PREFIX = "classical_baseline_"  # its run metrics: classical_baseline_macro_f1, _accuracy, _c, ...

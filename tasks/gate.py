@@ -1,4 +1,5 @@
-"""The promotion gate: pure logic from the candidate's and champion's metrics and the policy."""
+"""The promotion gate: pure logic from the candidate's, the champion's and the classical baseline's
+metrics and the policy."""
 
 from __future__ import annotations
 
@@ -8,36 +9,44 @@ from typing import TYPE_CHECKING, Literal
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from steward.config import BASELINE_FLOOR
 from steward.errors import BadInputError
+from steward.scores import CLASSICAL_BASELINE_NAME, GateOutcomeName
 
 if TYPE_CHECKING:
     from steward.config import EvaluationConfig
 
 TOLERANCE = 1e-9  # so 0.3 counts as 0.1 + 0.2: metric noise far below this never decides a gate
 
-Outcome = Literal["promoted", "challenger", "rejected"]
+FloorSource = Literal["min_score", "classical baseline"]
 
 
 @dataclass(frozen=True)
 class GateOutcome:
     passed: bool
-    outcome: Outcome  # passed → "promoted", or "challenger" when approval is required; else "rejected"
+    outcome: GateOutcomeName  # passed → "promoted", or "challenger" when approval is required; else "rejected"
     primary_metric: str
     candidate_score: float
     champion_score: float | None
     reasons: list[str]
+    floor: float  # the effective min_score: the configured number, or the classical baseline's score
+    floor_source: FloorSource
 
 
 @task(name="promotion-gate", retries=0, cache_policy=NO_CACHE)
 def decide_promotion(
-    candidate: dict[str, float], champion: dict[str, float] | None, policy: EvaluationConfig
+    candidate: dict[str, float], champion: dict[str, float] | None, policy: EvaluationConfig,
+    classical_baseline: dict[str, float] | None = None,
 ) -> GateOutcome:
-    """Pass when the candidate clears `min_score` and beats the champion by `min_improvement`
-    (candidate ≥ champion + min_improvement); with no champion only the floor applies."""
+    """Pass when the candidate clears the floor and beats the champion by `min_improvement`
+    (candidate ≥ champion + min_improvement); with no champion only the floor applies. The floor is
+    `min_score`, or with `min_score: baseline` the classical baseline's score on the same test set
+    (`classical_baseline`); it applies whether or not there is a champion."""
     metric = policy.primary_metric
     score = _score(candidate, metric, "candidate")
     champion_score = None if champion is None else _score(champion, metric, "champion")
-    checks = [_floor_check(metric, score, policy.min_score)]
+    floor, source = _floor(policy, classical_baseline)
+    checks = [_floor_check(metric, score, floor, source)]
     if champion_score is not None:
         checks.append(_improvement_check(metric, score, champion_score, policy.min_improvement))
     else:
@@ -46,8 +55,16 @@ def decide_promotion(
     reasons = [reason for _, reason in checks]
     if passed and policy.require_approval:
         reasons.append("approval required: registered as challenger until someone else approves it")
-    outcome: Outcome = "rejected" if not passed else "challenger" if policy.require_approval else "promoted"
-    return GateOutcome(passed, outcome, metric, score, champion_score, reasons)
+    outcome: GateOutcomeName = "rejected" if not passed else "challenger" if policy.require_approval else "promoted"
+    return GateOutcome(passed, outcome, metric, score, champion_score, reasons, floor, source)
+
+
+def _floor(policy: EvaluationConfig, classical_baseline: dict[str, float] | None) -> tuple[float, FloorSource]:
+    if policy.min_score != BASELINE_FLOOR:
+        return float(policy.min_score), "min_score"
+    if classical_baseline is None:
+        raise ValueError(f"min_score: {BASELINE_FLOOR} needs the classical baseline's metrics")
+    return _score(classical_baseline, policy.primary_metric, "classical baseline"), "classical baseline"
 
 
 def _score(metrics: dict[str, float], metric: str, whose: str) -> float:
@@ -58,9 +75,11 @@ def _score(metrics: dict[str, float], metric: str, whose: str) -> float:
     return float(metrics[metric])
 
 
-def _floor_check(metric: str, score: float, floor: float) -> tuple[bool, str]:
+def _floor_check(metric: str, score: float, floor: float, source: FloorSource) -> tuple[bool, str]:
     ok = score >= floor - TOLERANCE
     verdict = "meets" if ok else "is below"
+    if source == "classical baseline":
+        return ok, f"{metric} {score:.4f} {verdict} the classical baseline ({CLASSICAL_BASELINE_NAME}) {floor:.4f}"
     return ok, f"{metric} {score:.4f} {verdict} the floor min_score {floor:.4f}"
 
 

@@ -3,7 +3,8 @@
 The suite runs in an ephemeral GX context on a pandas frame made from the `TextTable`; each GX
 result becomes an `ExpectationOutcome` whose `observed` value is the number GX measured
 (`observed_value`, or `unexpected_percent` for per-row checks), so reports and the registry can
-quote it.
+quote it. One expectation is Steward's own (GX has no per-value minimum count): every training label
+needs `min_examples_per_label` rows, checked on GX's `column.value_counts` metric.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from prefect import task
@@ -78,6 +80,8 @@ def validate_table(
     labels = config.allowed_labels if config.allowed_labels is not None else allowed_labels
     checks = [_column_exists(column) for column in (text_column, label_column) if column]
     checks += _checks(config, text_column, label_column if table.labels is not None else None, labels)
+    if table.role == "train" and table.labels is not None and label_column:
+        checks.append(_examples_per_label(label_column, config.min_examples_per_label))
     outcomes = [_outcome(result, checks) for result in _run_suite(frame, table.role, checks)]
     return ValidationReport(
         success=all(outcome.success for outcome in outcomes),
@@ -140,6 +144,35 @@ def _checks(
                 )
             )
     return checks
+
+
+def _examples_per_label(label_column: str, minimum: int) -> _Check:
+    expectation = _label_count_expectation()(column=label_column, min_value=minimum)
+    return _Check(expectation, f"{label_column} at least {minimum} training rows per label")
+
+
+@cache
+def _label_count_expectation() -> type:
+    """`expect_column_value_counts_to_be_at_least`: every distinct non-null value occurs at least
+    `min_value` times. Defined on first use (GX registers expectation classes when they are defined, and
+    importing GX is slow); observed value: the count of each value."""
+    from typing import ClassVar
+
+    from great_expectations.expectations.expectation import ColumnAggregateExpectation
+
+    class ExpectColumnValueCountsToBeAtLeast(ColumnAggregateExpectation):
+        min_value: int
+        metric_dependencies: ClassVar[tuple[str, ...]] = ("column.value_counts",)
+        success_keys: ClassVar[tuple[str, ...]] = ("min_value",)
+
+        def _validate(self, metrics: dict, runtime_configuration: dict | None = None,
+                      execution_engine: Any = None) -> dict:
+            counts = {str(value): int(count) for value, count in metrics["column.value_counts"].items()}
+            below = {value: count for value, count in counts.items() if count < self.min_value}
+            return {"success": not below, "result": {"observed_value": counts, "below_minimum": below,
+                                                     "min_value": self.min_value}}
+
+    return ExpectColumnValueCountsToBeAtLeast
 
 
 def _column_exists(column: str) -> _Check:
@@ -206,4 +239,18 @@ def _describe_observed(outcome: ExpectationOutcome) -> str:
         return f"{count} {noun} with other labels ({percent:.1f}%): {', '.join(seen)}"
     if kind == "expect_column_value_lengths_to_be_between":
         return f"{count} {noun} outside ({percent:.1f}%)"
+    if kind == "expect_column_value_counts_to_be_at_least":
+        return _describe_label_counts(details)
     return f"observed {outcome.observed}"
+
+
+def _describe_label_counts(details: dict[str, Any]) -> str:
+    """`label 'refund' has 1 training row (min_examples_per_label 5)`, rarest labels first."""
+    below = sorted((details.get("below_minimum") or {}).items(), key=lambda item: (item[1], item[0]))
+    minimum = details.get("min_value")
+    if not below:
+        return f"every label has at least {minimum} training rows"
+    return "; ".join(
+        f"label '{label}' has {count} training {'row' if count == 1 else 'rows'} (min_examples_per_label {minimum})"
+        for label, count in below
+    )

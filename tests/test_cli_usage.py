@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from steward.cli import main
+from steward.config import load_config
 
 STEWARD = [sys.executable, "-m", "steward.cli"]
 
@@ -63,6 +64,10 @@ def test_missing_required_option_is_exit_2(capsys: pytest.CaptureFixture[str]) -
         (MINIMAL_CONFIG + "seed: [1, 2\n", "YAML syntax error at line 6"),
         (MINIMAL_CONFIG + "finetuning:\n  epochs: -1\n", "key 'finetuning.epochs'"),
         ("- just\n- a list\n", "must be a YAML mapping"),
+        (MINIMAL_CONFIG + "evaluation:\n  min_score: basline\n",
+         "key 'evaluation.min_score': must be a number or 'baseline', got 'basline'"),
+        (MINIMAL_CONFIG + "evaluation:\n  min_score: '0.5'\n", "key 'evaluation.min_score': must be a number"),
+        (MINIMAL_CONFIG + "validation:\n  min_examples_per_label: 0\n", "key 'validation.min_examples_per_label'"),
     ],
 )
 def test_bad_config_names_the_key(
@@ -75,6 +80,16 @@ def test_bad_config_names_the_key(
     assert expected in err
     assert str(config) in err
     assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(("written", "loaded"), [
+    ("", "baseline"), ("  min_score: baseline\n", "baseline"), ("  min_score: 0.75\n", 0.75), ("  min_score: 0\n", 0.0),
+])
+def test_min_score_is_the_classical_baseline_or_a_number(tmp_path: Path, written: str, loaded: object) -> None:
+    config = load_config(_write(tmp_path / "steward.yaml", MINIMAL_CONFIG + "evaluation:\n" + written
+                                + "  primary_metric: macro_f1\n"))
+    assert config.evaluation.min_score == loaded and type(config.evaluation.min_score) is type(loaded)
+    assert config.validation.min_examples_per_label == 5
 
 
 def test_missing_config_file_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -128,7 +128,7 @@ def test_config_loads_and_points_at_the_data(workdir: Path) -> None:
     assert config.validation.allowed_labels is None
     assert config.pretraining.enabled and config.pretraining.max_steps == 40
     assert config.finetuning.max_seq_length == 64
-    assert config.evaluation.primary_metric == "macro_f1" and config.evaluation.min_score == 0.5
+    assert config.evaluation.primary_metric == "macro_f1" and config.evaluation.min_score == "baseline"
     assert config.registry.url is None
     data_paths = [config.data.train, config.data.validation, config.data.test, config.data.domain_corpus]
     for path in data_paths:

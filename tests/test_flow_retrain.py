@@ -93,6 +93,8 @@ def test_first_run_registers_a_champion_and_second_run_compares(
     assert (first["model"], first["version"], first["promoted"]) == ("tickets", 1, True)
     assert first["baseline_metrics"] is None
     assert 0.6 <= first["metrics"]["macro_f1"] <= 1.0
+    classical = first["classical_baseline_metrics"]
+    assert set(classical) == {"macro_f1", "accuracy"} and 0.0 <= classical["macro_f1"] <= 1.0
     assert 0.0 <= first["metrics"]["accuracy"] <= 1.0
     assert Path(first["report"]).is_file()
 
@@ -110,6 +112,9 @@ def test_first_run_registers_a_champion_and_second_run_compares(
         assert {f.relative_path: f.sha256 for f in detail.files} == on_disk
         run = registry.get_run(second["run_id"])
         assert run.status == "completed"
+        recorded = registry.run_metrics(run.id)
+        assert recorded["classical_baseline_macro_f1"] == second["classical_baseline_metrics"]["macro_f1"]
+        assert recorded["classical_baseline_accuracy"] == second["classical_baseline_metrics"]["accuracy"]
         assert registry.audit.verify().ok
         types = [event.event_type for event in registry.audit.events("tickets")]
         assert types.count("stage_completed") >= 14
@@ -172,14 +177,56 @@ def test_validate_command_reports_failed_expectations(
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_gate_rejects_below_the_floor(tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A number floor works as it always did, whatever the classical baseline scores."""
     config = write_project(tmp_path, tiny_model_dir, evaluation={"min_score": 1.01})
     code, payload = run_json(capsys, "run", "--config", str(config))
     assert code == 1
     assert payload["promoted"] is False and payload["decision"] == "rejected"
+    assert payload["reasons"][0].endswith("is below the floor min_score 1.0100")
     with registry_for(config) as registry:
         assert registry.alias_version("tickets", "champion") is None
         decision = registry.gate_decisions("tickets")[-1]
         assert (decision.passed, decision.outcome, decision.min_score) == (False, "rejected", 1.01)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_baseline_gate_refuses_a_candidate_below_the_classical_baseline(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`min_score: baseline` (the default): a first model that does not reach TF-IDF + LR on the same
+    test set is refused. This one barely trains (one epoch at a tiny learning rate); TF-IDF separates
+    the tickets' vocabularies easily."""
+    config = write_project(tmp_path, tiny_model_dir, pretraining={"enabled": False},
+                           finetuning={"epochs": 1, "learning_rate": 1.0e-7}, evaluation={"min_score": "baseline"})
+    code, payload = run_json(capsys, "run", "--config", str(config))
+    assert code == 1
+    assert (payload["promoted"], payload["decision"]) == (False, "rejected")
+    candidate, classical = payload["metrics"]["macro_f1"], payload["classical_baseline_metrics"]["macro_f1"]
+    assert candidate < classical
+    reason = f"macro_f1 {candidate:.4f} is below the classical baseline (TF-IDF + LR) {classical:.4f}"
+    assert payload["reasons"][0] == reason
+    with registry_for(config) as registry:
+        assert registry.alias_version("tickets", "champion") is None
+        decision = registry.gate_decisions("tickets")[-1]
+        assert (decision.passed, decision.outcome, decision.champion_version) == (False, "rejected", None)
+        assert decision.min_score == pytest.approx(classical)
+        assert decision.reasons.split("; ")[0] == reason
+        assert registry.run_metrics(payload["run_id"])["classical_baseline_macro_f1"] == classical
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_training_label_with_one_row_fails_validation(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = write_project(tmp_path, tiny_model_dir)
+    with (tmp_path / "data" / "train.csv").open("a", encoding="utf-8") as handle:
+        handle.write("please refund my last invoice,refund\n")
+    code, payload = run_json(capsys, "validate", "--config", str(config))
+    assert (code, payload["success"]) == (1, False)
+    assert payload["failed_expectations"] == [
+        "train: label at least 5 training rows per label — "
+        "label 'refund' has 1 training row (min_examples_per_label 5)"
+    ]
 
 
 @pytest.mark.usefixtures("prefect_harness")

@@ -153,6 +153,15 @@ def test_challenger_awaits_approval_then_names_its_approver(project: Path, tmp_p
     assert "**FORMER CHAMPION**" in _markdown(project, 1, tmp_path)
 
 
+def test_reports_show_the_classical_baseline_of_their_run(project: Path, tmp_path: Path) -> None:
+    markdown = _markdown(project, 1, tmp_path)
+    assert re.search(r"- \*\*Classical baseline:\*\* TF-IDF \+ LR on the same split: macro_f1 [\d.]+, "
+                     r"accuracy [\d.]+ \(C=[\d.]+, fitted in [\d.]+s\)", markdown)
+    assert "| classical baseline (TF-IDF + LR) | vs baseline |" in markdown
+    assert re.search(r"\| macro_f1 \| [\d.]+ \| — \| — \| [\d.]+ \| [+-][\d.]+ \|", markdown)
+    assert "The gate's floor was the configured number, not the baseline." in markdown  # write_project: 0.0
+
+
 def test_markdown_report_is_a_prefect_artifact(project: Path) -> None:
     from prefect.artifacts import Artifact
 

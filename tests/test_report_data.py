@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from governance.records import ClassScore, EvaluationDetailIn, ReliabilityBin
+from governance.records import ClassScore, EvaluationDetailIn, GateDecisionIn, ReliabilityBin
 from governance.registry import Registry
 from governance.report import write_report
 from steward.config import parse_config
@@ -122,3 +122,62 @@ def test_report_of_a_bare_version_says_what_is_missing(registry: Registry, tmp_p
     assert "No training curves were recorded" in page and "No validation results" in page
     assert "not stated: add card.intended_use to the config" in page
     assert "<svg" not in page
+
+
+def _gated_version(registry: Registry, min_score: object, metrics: dict[str, float]) -> None:
+    """A version whose run fitted the classical baseline and whose gate refused it (no champion)."""
+    config = {"name": MODEL, "evaluation": {"primary_metric": "macro_f1", "min_score": min_score}}
+    run = registry.start_run(kind="retrain", model_name=MODEL, seed=13, code_version="abc123", package_versions={},
+                             config=config)
+    version = registry.register_version(model_name=MODEL, run_id=run.id, artifact_path="/nonexistent",
+                                        files={"model.safetensors": SHA_A}, base_model="minilm")
+    registry.log_metrics(run_id=run.id, version_id=version.id, metrics=metrics)
+    classical = {"macro_f1": 0.66, "accuracy": 0.7, "c": 10.0, "seconds": 1.3}
+    registry.log_metrics(run_id=run.id, metrics={f"classical_baseline_{k}": v for k, v in classical.items()})
+    floor = 0.66 if min_score == "baseline" else float(min_score)
+    registry.record_gate_decision(GateDecisionIn(
+        run_id=run.id, candidate_version_id=version.id, champion_version_id=None, primary_metric="macro_f1",
+        candidate_score=metrics["macro_f1"], champion_score=None, min_score=floor, min_improvement=0.0,
+        passed=False, outcome="rejected",
+        reasons="macro_f1 0.6100 is below the classical baseline (TF-IDF + LR) 0.6600; no champion yet",
+    ))
+
+
+def test_report_shows_the_classical_baseline_beside_the_model_and_the_floor_it_set(
+    registry: Registry, tmp_path: Path,
+) -> None:
+    _gated_version(registry, "baseline", {"macro_f1": 0.61, "accuracy": 0.75, "ece": 0.04, "ece_uncalibrated": 0.19})
+    page = write_report(registry, MODEL, 1, tmp_path / "r.md", fmt="md").read_text(encoding="utf-8")
+    assert ("- **Gate numbers:** macro_f1 0.6100 vs no champion to beat; floor 0.6600 = the classical baseline "
+            "(TF-IDF + LR), required improvement 0.0") in page
+    assert ("- **Classical baseline:** TF-IDF + LR on the same split: macro_f1 0.6600, accuracy 0.7000 "
+            "(C=10, fitted in 1.3s)") in page
+    assert "- macro_f1 0.6100 is below the classical baseline (TF-IDF + LR) 0.6600" in page
+    assert "- classical baseline (TF-IDF + LR, same split): macro_f1 0.6600, accuracy 0.7000" in page
+    assert ("| metric | this version | champion | delta | classical baseline (TF-IDF + LR) | vs baseline |"
+            in page)
+    assert "| macro_f1 | 0.6100 | — | — | 0.6600 | -0.0500 |" in page
+    assert "| accuracy | 0.7500 | — | — | 0.7000 | +0.0500 |" in page
+    assert "| ece | 0.0400 | — | — | — | — |" in page
+    assert "It was the gate's floor (evaluation.min_score: baseline)." in page
+    assert "*ECE before and after calibration*" in page
+    assert "| before calibration (temperature 1) | 0.1900 |" in page
+    assert "| after temperature scaling | 0.0400 |" in page
+    assert "| change | -0.1500 |" in page
+    html = write_report(registry, MODEL, 1, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "<caption>ECE before and after calibration</caption>" in html and "vs baseline" in html
+
+
+def test_report_without_baseline_or_uncalibrated_ece_leaves_them_out(registry: Registry, tmp_path: Path) -> None:
+    register(registry)
+    page = write_report(registry, MODEL, 1, tmp_path / "r.md", fmt="md").read_text(encoding="utf-8")
+    assert "- **Classical baseline:** not recorded for this run" in page
+    assert "vs baseline" not in page and "ECE before and after calibration" not in page
+
+
+def test_a_number_floor_reads_as_the_number(registry: Registry, tmp_path: Path) -> None:
+    _gated_version(registry, 0.7, {"macro_f1": 0.61, "ece": 0.04})
+    page = write_report(registry, MODEL, 1, tmp_path / "r.md", fmt="md").read_text(encoding="utf-8")
+    assert "vs no champion to beat; floor 0.7, required improvement 0.0" in page
+    assert "The gate's floor was the configured number, not the baseline." in page
+    assert "ECE before and after calibration" not in page

@@ -66,3 +66,45 @@ def test_the_primary_metric_chooses_the_score() -> None:
 def test_a_missing_primary_metric_is_named() -> None:
     with pytest.raises(BadInputError, match=r"the champion has no 'macro_f1' metric \(has: accuracy\)"):
         decide_promotion.fn({"macro_f1": 0.9}, {"accuracy": 0.9}, policy())
+
+
+CLASSICAL = {"macro_f1": 0.66, "accuracy": 0.70}
+
+
+def test_the_default_floor_is_the_classical_baseline() -> None:
+    assert EvaluationConfig().min_score == "baseline"
+    below = decide_promotion.fn({"macro_f1": 0.61}, None, policy(min_score="baseline"), CLASSICAL)
+    assert (below.passed, below.outcome, below.floor, below.floor_source) == (
+        False, "rejected", 0.66, "classical baseline",
+    )
+    assert below.reasons[0] == "macro_f1 0.6100 is below the classical baseline (TF-IDF + LR) 0.6600"
+    reached = decide_promotion.fn({"macro_f1": 0.66}, None, policy(min_score="baseline"), CLASSICAL)
+    assert (reached.passed, reached.outcome) == (True, "promoted")
+    assert reached.reasons[0] == "macro_f1 0.6600 meets the classical baseline (TF-IDF + LR) 0.6600"
+
+
+def test_the_baseline_floor_applies_with_a_champion_too() -> None:
+    """A candidate that beats a weak champion by far is still refused below the classical baseline."""
+    outcome = decide_promotion.fn({"macro_f1": 0.62}, {"macro_f1": 0.40}, policy(min_score="baseline"), CLASSICAL)
+    assert (outcome.passed, outcome.outcome) == (False, "rejected")
+    assert outcome.reasons[0].endswith("is below the classical baseline (TF-IDF + LR) 0.6600")
+    assert "meets the required min_improvement" in outcome.reasons[1]
+
+
+def test_the_baseline_floor_follows_the_primary_metric() -> None:
+    candidate = {"macro_f1": 0.5, "accuracy": 0.72}
+    outcome = decide_promotion.fn(candidate, None, policy(min_score="baseline", primary_metric="accuracy"), CLASSICAL)
+    assert (outcome.passed, outcome.floor) == (True, 0.70)
+
+
+def test_a_number_floor_ignores_the_classical_baseline() -> None:
+    outcome = decide_promotion.fn({"macro_f1": 0.61}, None, policy(min_score=0.6), CLASSICAL)
+    assert (outcome.passed, outcome.floor, outcome.floor_source) == (True, 0.6, "min_score")
+    assert outcome.reasons[0] == "macro_f1 0.6100 meets the floor min_score 0.6000"
+
+
+def test_the_baseline_floor_needs_the_baseline() -> None:
+    with pytest.raises(ValueError, match="needs the classical baseline's metrics"):
+        decide_promotion.fn({"macro_f1": 0.9}, None, policy(min_score="baseline"))
+    with pytest.raises(BadInputError, match="the classical baseline has no 'macro_f1' metric"):
+        decide_promotion.fn({"macro_f1": 0.9}, None, policy(min_score="baseline"), {"accuracy": 0.5})

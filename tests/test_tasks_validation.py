@@ -11,7 +11,8 @@ from tasks.data import TextTable, make_table
 from tasks.validation import ValidationReport, validate_table
 
 CONFIG = ValidationConfig(
-    min_rows=10, max_null_fraction=0.0, max_duplicate_fraction=0.1, text_length={"min": 3, "max": 200}
+    min_rows=10, max_null_fraction=0.0, max_duplicate_fraction=0.1, text_length={"min": 3, "max": 200},
+    min_examples_per_label=3,  # test_too_few_rows' 6 rows have 3 of each label
 )
 
 
@@ -48,6 +49,7 @@ def test_a_clean_table_passes_every_expectation() -> None:
         "expect_column_value_lengths_to_be_between",
         "expect_column_proportion_of_unique_values_to_be_between",
         "expect_column_values_to_be_in_set",
+        "expect_column_value_counts_to_be_at_least",
     }
     assert report.failed() == [] and report.summary_lines() == []
 
@@ -121,3 +123,38 @@ def test_a_table_without_its_label_column_fails_the_column_check() -> None:
     [outcome] = report.failed()
     assert (outcome.expectation, outcome.column) == ("expect_column_to_exist", "label")
     assert report.summary_lines() == ["test: column 'label' present — missing"]
+
+
+def test_a_training_label_with_too_few_rows_is_named_with_its_count() -> None:
+    texts, labels = clean_rows()
+    texts.append("please refund my last invoice")
+    labels.append("refund")
+    report = validate(table(texts, labels), config=CONFIG.model_copy(update={"min_examples_per_label": 5}))
+    [outcome] = report.failed()
+    assert (outcome.expectation, outcome.column) == ("expect_column_value_counts_to_be_at_least", "label")
+    assert outcome.observed == {"a": 10, "b": 10, "refund": 1}
+    assert report.summary_lines() == [
+        "train: label at least 5 training rows per label — "
+        "label 'refund' has 1 training row (min_examples_per_label 5)"
+    ]
+
+
+def test_every_short_label_is_named_rarest_first_and_nulls_do_not_count() -> None:
+    texts, labels = clean_rows()
+    labels[:3] = [None, "c", "d"]
+    labels[3] = "c"  # a and b keep 8 rows each
+    config = CONFIG.model_copy(update={"max_null_fraction": 0.1, "min_examples_per_label": 8})
+    report = validate(table(texts, labels), config=config)
+    assert report.summary_lines() == [
+        "train: label at least 8 training rows per label — label 'd' has 1 training row (min_examples_per_label 8); "
+        "label 'c' has 2 training rows (min_examples_per_label 8)"
+    ]
+
+
+def test_only_the_training_set_needs_examples_of_every_label() -> None:
+    texts, labels = clean_rows()
+    labels[0] = "c"
+    config = CONFIG.model_copy(update={"min_examples_per_label": 5})
+    assert validate(table(texts, labels, role="test"), allowed=["a", "b", "c"], config=config).success
+    assert validate(table(texts, labels, role="validation"), allowed=["a", "b", "c"], config=config).success
+    assert not validate(table(texts, labels, role="train"), allowed=["a", "b", "c"], config=config).success

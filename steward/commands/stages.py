@@ -27,11 +27,20 @@ def _metrics_table(title: str, metrics: dict[str, float], baseline: dict[str, fl
     return table
 
 
+def _classical_line(metrics: dict[str, float]) -> str:
+    from steward.scores import CLASSICAL_BASELINE_NAME
+
+    return f"Classical baseline ({CLASSICAL_BASELINE_NAME}, same split): " + ", ".join(
+        f"{name} {value:.4f}" for name, value in sorted(metrics.items())
+    )
+
+
 def _print_retrain(outcome) -> None:
     out = console()
     baseline = f" against champion v{outcome.baseline_version}" if outcome.baseline_version else ""
     out.print(_metrics_table(f"{outcome.model} v{outcome.version}: test metrics{baseline}",
                              outcome.metrics, outcome.baseline_metrics))
+    out.print(_classical_line(outcome.classical_baseline_metrics))
     style = {"promoted": "bold green", "challenger": "bold yellow"}.get(outcome.decision, "bold red")
     out.print(f"Gate: [{style}]{outcome.decision}[/] — " + "; ".join(outcome.reasons))
     out.print(f"Audit report: {outcome.report}")
@@ -106,9 +115,13 @@ def finetune(args: argparse.Namespace) -> int:
     from flows.single_stage import finetune_only
 
     outcome = finetune_only(config_path=args.config, registry_url=args.registry, nproc=args.nproc)
-    emit(args, outcome, lambda: console().print(
-        _metrics_table(f"{outcome.model} v{outcome.version} (registered, no alias)", outcome.metrics)
-    ))
+
+    def render() -> None:
+        out = console()
+        out.print(_metrics_table(f"{outcome.model} v{outcome.version} (registered, no alias)", outcome.metrics))
+        out.print(_classical_line(outcome.classical_baseline_metrics))
+
+    emit(args, outcome, render)
     return 0
 
 
