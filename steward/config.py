@@ -56,7 +56,7 @@ class PretrainingConfig(_Section):
 
 
 class FinetuningConfig(_Section):
-    epochs: int = Field(3, ge=1)
+    epochs: int = Field(6, ge=1)  # a ceiling: early stopping on validation picks the best epoch
     batch_size: int = Field(16, ge=1)
     max_seq_length: int = Field(128, ge=8)
     learning_rate: float = Field(5.0e-5, gt=0)

@@ -901,14 +901,12 @@ validation:
   min_examples_per_label: 5      # training rows each label needs
 pretraining:
   enabled: true
+  objective: auto                # MiniLM is a sentence encoder: SimCSE on corpus + training texts
   max_steps: 40
   batch_size: 16
   max_seq_length: 64
-  learning_rate: 1.0e-4
-  mlm_probability: 0.15
-  head_warmup_steps: 20          # the packaged MiniLM has no MLM head: train it alone first
 finetuning:
-  epochs: 3
+  epochs: 6                      # a ceiling: early stopping keeps the best validation epoch
   batch_size: 16
   max_seq_length: 64
   learning_rate: 5.0e-5
