@@ -1,6 +1,6 @@
 """Side-by-side model quality: six ways to a text classifier, on real benchmarks, over seeds, in one run.
 
-    PYTHONPATH=. .venv/bin/python bench/quality.py [--benchmarks kotzias,fortunes] [--methods M1,M2,...]
+    .venv/bin/python bench/quality.py [--benchmarks kotzias,fortunes] [--methods M1,M2,...]
         [--seeds 3] [--max-seq-length 64] [--steward-set KEY=VALUE ...] [--json]
 
 Benchmarks (readers in bench/benchmarks.py):
@@ -49,6 +49,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -87,7 +88,7 @@ if TYPE_CHECKING:
 C_GRID = (0.0625, 0.25, 1.0, 4.0, 16.0)  # LogisticRegression's C (TF-IDF, frozen embeddings), picked on validation
 PLAIN_LOOP = {"learning_rate": 5e-5, "epochs": 6, "batch_size": 16}
 INFERENCE_BATCH = 64
-SETFIT_ITERATIONS = 5
+SETFIT_ITERATIONS = 2  # 2 × 2 × rows pairs: about the plain loop's compute; setfit < 1.0 defaulted to 20
 STEWARD = "steward-run"
 FINETUNE_ONLY = "steward-finetune"
 
@@ -611,6 +612,7 @@ def chosen_benchmarks(args: argparse.Namespace, skipped: dict[str, str]) -> list
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the scratch folder is removed on `kill`
     for key, value in QUIET_THIRD_PARTY_DEFAULTS.items():
         os.environ.setdefault(key, value)
     skipped: dict[str, str] = {}
