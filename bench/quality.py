@@ -17,8 +17,8 @@ Benchmarks (readers in bench/benchmarks.py):
   `--test-per-class` test rows, and every remaining entry as the unlabelled domain corpus.
   Skipped, with a note on stderr, when the package is not installed.
 
-Methods, each on exactly the same split per seed, each timed in wall seconds (model loading included; the
-Steward methods are whole `steward` processes, Prefect's temporary server included):
+Methods, each on exactly the same split per seed, each timed in wall and CPU seconds (model loading included;
+the Steward methods are whole `steward` processes, Prefect's temporary server included):
 - `tfidf+lr`: TF-IDF word 1-2 grams + logistic regression, C picked on validation macro-F1.
 - `frozen+lr`: frozen mean-pooled, L2-normalised MiniLM embeddings + logistic regression, C picked on validation.
 - `plain-loop`: the PyTorch loop a user would write with `AutoModelForSequenceClassification`: AdamW at a constant
@@ -48,6 +48,7 @@ import importlib.util
 import json
 import math
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -124,7 +125,8 @@ class Run:
     seed: int
     method: str
     scores: Scores
-    seconds: float
+    seconds: float  # wall
+    cpu_seconds: float  # this process's and its finished children's, all threads: steadier on a shared machine
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,7 @@ class Summary:
     accuracy: Spread
     ece: Spread
     seconds: Spread
+    cpu_seconds: Spread
 
 
 @dataclass(frozen=True)
@@ -400,14 +403,20 @@ METHODS = (
 
 def timed(method: Method, job: Job, setup: Setup) -> Run:
     job.folder.mkdir(parents=True)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), cpu_time()
     with contextlib.redirect_stdout(sys.stderr):  # libraries that print (setfit's log lines) keep stdout clean
         scores = method.run(job, setup)
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, cpu_time() - cpu_started
     shutil.rmtree(job.folder, ignore_errors=True)
     gc.collect()
-    progress(f"    {method.name}: macro-F1 {scores.macro_f1:.3f}, ECE {scores.ece:.3f}, {seconds:.0f} s")
-    return Run(job.seed, method.name, scores, seconds)
+    progress(f"    {method.name}: macro-F1 {scores.macro_f1:.3f}, accuracy {scores.accuracy:.3f}, "
+             f"ECE {scores.ece:.3f}, {seconds:.0f} s ({cpu_seconds:.0f} s CPU)")
+    return Run(job.seed, method.name, scores, seconds, cpu_seconds)
+
+
+def cpu_time() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def spread(values: list[float]) -> Spread:
@@ -429,6 +438,7 @@ def summary(runs: list[Run]) -> Summary:
     return Summary(
         spread([run.scores.macro_f1 for run in runs]), spread([run.scores.accuracy for run in runs]),
         spread([run.scores.ece for run in runs]), spread([run.seconds for run in runs]),
+        spread([run.cpu_seconds for run in runs]),
     )
 
 
@@ -504,12 +514,12 @@ def print_benchmark(console: Console, result: BenchmarkResult) -> None:
     rows = result.rows
     table = Table(title=f"{result.name}: {result.classes} classes; {rows['train']:,} train, {rows['validation']:,} "
                         f"validation, {rows['test']:,} test, {rows['corpus']:,} unlabelled corpus")
-    for column in ("method", "macro-F1", "accuracy", "ECE", "s per seed", "macro-F1 per seed"):
+    for column in ("method", "macro-F1", "accuracy", "ECE", "s per seed", "CPU s", "macro-F1 per seed"):
         table.add_column(column, justify="left" if column == "method" else "right")
     for name, stats in result.methods.items():
         per_seed = ", ".join(f"{value:.3f}" for value in stats.macro_f1.runs)
         table.add_row(name, figure(stats.macro_f1), figure(stats.accuracy), figure(stats.ece),
-                      figure(stats.seconds, 0), per_seed)
+                      figure(stats.seconds, 0), f"{stats.cpu_seconds.mean:.0f}", per_seed)
     console.print(table)
     if result.gains:
         gains = Table(title=f"{result.name}: paired macro-F1 gain of {STEWARD} (per seed, same split)")
