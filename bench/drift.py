@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
-from quality import CITATION, DOMAIN_FILES, data_dir, progress, read_domain  # bench/quality.py, beside this file
+from benchmarks import CITATION, DOMAIN_FILES, data_dir, progress, read_domain  # bench/benchmarks.py, beside this file
 
 from steward.cli import QUIET_THIRD_PARTY_DEFAULTS
 from tasks.data import TextTable
