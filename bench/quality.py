@@ -622,7 +622,7 @@ def chosen_benchmarks(args: argparse.Namespace, skipped: dict[str, str]) -> list
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the scratch folder is removed on `kill`
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("quality: stopped by SIGTERM"))  # scratch folder removed
     for key, value in QUIET_THIRD_PARTY_DEFAULTS.items():
         os.environ.setdefault(key, value)
     skipped: dict[str, str] = {}
