@@ -1,8 +1,14 @@
-"""The monitoring flow: drift of a current batch against what the champion was trained on.
+"""The monitoring flow: drift of a current batch against what "normal" looks like for the champion.
 
-The reference is the champion's own training set, rebuilt from its run's config snapshot and
-checked against the fingerprint the registry recorded, so drift is always measured against the
-data the deployed model learned from. The scored reference is cached per champion.
+The reference is, by default, the champion's test split (`monitoring.reference`: test, validation, train
+or a file): users resample and balance training sets, while the test set is the one meant to look like
+production. A split is rebuilt from its run's config snapshot and checked against the fingerprint the
+registry recorded; the scored reference is cached per champion and reference.
+
+A finding of drift (or of prior shift, with `monitoring.retrain_on_prior_shift`) asks for a retrain by
+emitting the Prefect event the retrain deployment listens for, at most once per drift episode and
+champion, and not again within `monitoring.cooldown` of the champion's last request: a retrain that gives
+no new champion does not set off another on the same episode.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from prefect import flow
@@ -21,11 +27,12 @@ from prefect.events import emit_event
 from flows.artifacts import artifact_key
 from flows.context import RunContext, flow_run, stage
 from flows.stages import VALIDATION_SPLIT_FRACTION, recorded_hashes
-from governance.registry import DriftReportIn, ModelVersionDetail, Registry
+from governance.registry import DriftReportIn, DriftReportRecord, ModelVersionDetail, Registry
 from steward.config import StewardConfig
 from steward.errors import BadInputError
+from steward.scores import DriftFindingName, RetrainDecisionName
 from tasks.data import TextTable, load_table, split_validation
-from tasks.drift import DriftResult, DriftSignal, ScoredBatch, compare_batches, score_batch
+from tasks.drift import COVARIATE, PRIOR, DriftResult, DriftSignal, ScoredBatch, compare_batches, score_batch
 from tasks.modeling import verify_files
 
 DRIFT_EVENT = "steward.drift.detected"
@@ -43,11 +50,15 @@ class MonitorOutcome:
     run_id: str
     model: str
     champion_version: int
+    finding: DriftFindingName
     drift_detected: bool
+    prior_shift: bool
+    retrain: RetrainDecisionName
     drift_share: float
     threshold: float
     drifted_signals: list[str]
     signals: list[DriftSignal]
+    reference: str
     current: str
     current_rows: int
     current_scored: int
@@ -83,30 +94,42 @@ def load_batch(path: Path, config: StewardConfig, role: str) -> TextTable:
     return table
 
 
-def training_reference(detail: ModelVersionDetail) -> TextTable:
-    """The champion's training rows, rebuilt as its run built them and checked against the registry."""
-    recorded = detail.datasets.get("train")
+def recorded_split(detail: ModelVersionDetail, role: str) -> TextTable:
+    """The champion's `role` split (train, validation or test), rebuilt as its run built it and checked
+    against the fingerprint the registry recorded."""
+    recorded = detail.datasets.get(role)
+    name = f"{detail.version.model_name} v{detail.version.version}"
     if recorded is None:
-        raise BadInputError(f"{detail.version.model_name} v{detail.version.version}: no training dataset recorded")
+        raise BadInputError(f"{name}: no {role} dataset recorded (monitoring.reference: {role})")
     data = detail.run.config["data"]
+    split_off_train = role in ("train", "validation") and data.get("validation") is None
     table = load_table.fn(Path(recorded.source), data["text_column"], data["label_column"], "reference")
-    if data.get("validation") is None:
-        table, _ = split_validation(table, VALIDATION_SPLIT_FRACTION, detail.run.seed)
+    if split_off_train:
+        train, validation = split_validation(table, VALIDATION_SPLIT_FRACTION, detail.run.seed)
+        table = train if role == "train" else validation
     if table.fingerprint != recorded.fingerprint:
         raise BadInputError(
-            f"{recorded.source}: changed since {detail.version.model_name} v{detail.version.version} was trained "
-            f"on it (fingerprint {table.fingerprint[:12]} ≠ recorded {recorded.fingerprint[:12]}); drift needs the "
-            "champion's training data as reference"
+            f"{recorded.source}: changed since {name} was trained on it (fingerprint {table.fingerprint[:12]} ≠ "
+            f"recorded {recorded.fingerprint[:12]}); drift needs the champion's {role} data as reference"
         )
     return table
 
 
+def reference_table(config: StewardConfig, detail: ModelVersionDetail) -> TextTable:
+    """What the current batch is compared with: a recorded split of the champion, or the file named."""
+    split = config.monitoring.reference_split
+    if split is not None:
+        return recorded_split(detail, split)
+    return load_batch(config.resolve(Path(config.monitoring.reference)), config, "reference")
+
+
 def scored_reference(context: RunContext, detail: ModelVersionDetail) -> ScoredBatch:
-    """The champion's reference sample with features, from the cache when this champion was scored before."""
+    """The champion's reference sample with features, from the cache when it was scored before."""
     config = context.config
+    table = reference_table(config, detail)
     key = hashlib.sha256(json.dumps({
         "files": recorded_hashes(detail),
-        "train": detail.datasets["train"].fingerprint,
+        "reference": table.fingerprint,
         "sample_size": config.monitoring.sample_size,
         "seed": config.seed,
         "max_seq_length": config.finetuning.max_seq_length,
@@ -116,14 +139,39 @@ def scored_reference(context: RunContext, detail: ModelVersionDetail) -> ScoredB
     if cached is not None:
         return cached
     batch = score_batch(
-        training_reference(detail), Path(detail.version.artifact_path), config.monitoring.sample_size,
+        table, Path(detail.version.artifact_path), config.monitoring.sample_size,
         config.seed, config.finetuning.max_seq_length,
     )
     batch.save(cache)
     return batch
 
 
-def check_drift(context: RunContext, detail: ModelVersionDetail, current_path: Path) -> DriftResult:
+def retrain_decision(
+    history: list[DriftReportRecord], version_id: int, wants_retrain: bool, cooldown: timedelta, now: datetime,
+) -> RetrainDecisionName:
+    """Whether this check asks for a retrain: not when the finding does not call for one, not twice in one
+    episode (the champion's checks since its last clean one), not within `cooldown` of the last request."""
+    if not wants_retrain:
+        return "not_needed"
+    clean_check_since = False
+    for report in reversed([report for report in history if report.version_id == version_id]):
+        if report.retrain == "requested":
+            if not clean_check_since:
+                return "same_episode"
+            requested_at = report.created_at.replace(tzinfo=report.created_at.tzinfo or UTC)
+            return "cooldown" if now - requested_at < cooldown else "requested"
+        clean_check_since = clean_check_since or report.finding == "none"
+    return "requested"
+
+
+@dataclass(frozen=True)
+class DriftCheck:
+    result: DriftResult
+    retrain: RetrainDecisionName
+
+
+def check_drift(context: RunContext, detail: ModelVersionDetail, current_path: Path) -> DriftCheck:
+    """Score both batches, compare them, decide on a retrain, and record it all."""
     config = context.config
     with stage(context, "load current batch"):
         current = load_batch(current_path, config, "current")
@@ -138,21 +186,27 @@ def check_drift(context: RunContext, detail: ModelVersionDetail, current_path: P
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         report_path = context.workspace.reports_dir(config.name) / f"drift-{stamp}-{context.run.id[:8]}.html"
         result = compare_batches(reference, scored, config.monitoring.drift_share_threshold, report_path)
+        wants_retrain = result.drift_detected or (result.prior_shift and config.monitoring.retrain_on_prior_shift)
+        retrain = retrain_decision(context.registry.drift_reports(config.name), detail.version.id, wants_retrain,
+                                   config.monitoring.cooldown, datetime.now(UTC))
         context.registry.record_drift_report(DriftReportIn(
             model_name=config.name,
             drift_detected=result.drift_detected,
             drift_share=result.drift_share,
             report_path=str(result.report_path),
-            details=_details(result, current_path),
+            details=_details(result, current_path, config.monitoring.reference),
+            finding=result.finding,
+            retrain=retrain,
             run_id=context.run.id,
             version_id=detail.version.id,
         ))
-    return result
+    return DriftCheck(result, retrain)
 
 
-def _details(result: DriftResult, current_path: Path) -> dict[str, object]:
+def _details(result: DriftResult, current_path: Path, reference: str) -> dict[str, object]:
     return {
         "current": str(current_path),
+        "reference": reference,
         "threshold": result.threshold,
         "signals": [asdict(signal) for signal in result.signals],
         "reference_rows": result.reference_rows,
@@ -162,15 +216,30 @@ def _details(result: DriftResult, current_path: Path) -> dict[str, object]:
     }
 
 
-def publish_drift(model_name: str, champion_version: int, result: DriftResult) -> None:
-    verdict = "**drift detected**" if result.drift_detected else "no drift"
+FINDING_HEADLINES = {"drift": "**drift detected**", "prior_shift": "**prior shift** (the class mix changed)",
+                     "none": "no drift"}
+RETRAIN_SENTENCES = {
+    "requested": "A retrain was requested (`steward.drift.detected`).",
+    "cooldown": "No retrain: this champion asked for one less than `monitoring.cooldown` ago.",
+    "same_episode": "No retrain: this drift episode already asked this champion for one.",
+    "not_needed": "No retrain needed.",
+}
+
+
+def publish_drift(model_name: str, champion_version: int, check: DriftCheck) -> None:
+    result = check.result
+    covariate = [signal for signal in result.signals if signal.kind == COVARIATE]
+    class_mix = [signal.name for signal in result.signals if signal.kind == PRIOR and signal.drifted]
     lines = [
-        f"# Drift check of {model_name} (champion v{champion_version}): {verdict}",
+        f"# Drift check of {model_name} (champion v{champion_version}): {FINDING_HEADLINES[result.finding]}",
         "",
-        f"{sum(s.drifted for s in result.signals)} of {len(result.signals)} signals drifted "
+        f"{sum(s.drifted for s in covariate)} of {len(covariate)} input signals drifted "
         f"(share {result.drift_share:.2f}, threshold {result.threshold:.2f}); "
-        f"current batch {result.current_scored:,} of {result.current_rows:,} rows scored, "
+        f"class-mix signals drifted: {', '.join(class_mix) or 'none'}. "
+        f"Current batch {result.current_scored:,} of {result.current_rows:,} rows scored, "
         f"reference {result.reference_scored:,} of {result.reference_rows:,}.",
+        "",
+        RETRAIN_SENTENCES[check.retrain],
         "",
         f"Evidently report: `{result.report_path}`",
     ]
@@ -178,7 +247,8 @@ def publish_drift(model_name: str, champion_version: int, result: DriftResult) -
                              description=f"Drift check of {model_name}")
     create_table_artifact(
         table=[
-            {"signal": s.name, "method": s.method, "score": round(s.score, 6), "drifted": s.drifted}
+            {"signal": s.name, "kind": s.kind, "method": s.method, "effect": round(s.effect, 6),
+             "threshold": s.effect_threshold, "significant": s.significant, "drifted": s.drifted}
             for s in result.signals
         ],
         key=artifact_key(model_name, "drift-signals"), description=f"Drift signals of {model_name}",
@@ -190,31 +260,37 @@ def announce_drift(model_name: str, result: DriftResult) -> None:
     emit_event(
         event=DRIFT_EVENT,
         resource={"prefect.resource.id": model_resource_id(model_name), "prefect.resource.name": model_name},
-        payload={"model": model_name, "drift_share": result.drift_share, "report": str(result.report_path)},
+        payload={"model": model_name, "finding": result.finding, "drift_share": result.drift_share,
+                 "report": str(result.report_path)},
     )
 
 
 @flow(name="steward-monitor", log_prints=False)
 def monitor(config_path: str, current_path: str | None = None, registry_url: str | None = None) -> MonitorOutcome:
-    """Check a batch of current text for drift against the champion's training data."""
+    """Check a batch of current text for drift against the champion's reference data."""
     started = time.perf_counter()
     with flow_run(config_path, registry_url, "monitor") as context:
         config = context.config
         batch_path = current_batch_path(config, current_path)
         detail = champion_of(context.registry, config.name)
-        result = check_drift(context, detail, batch_path)
-    publish_drift(config.name, detail.version.version, result)
-    if result.drift_detected:
+        check = check_drift(context, detail, batch_path)
+    publish_drift(config.name, detail.version.version, check)
+    result = check.result
+    if check.retrain == "requested":
         announce_drift(config.name, result)
     return MonitorOutcome(
         run_id=context.run.id,
         model=config.name,
         champion_version=detail.version.version,
+        finding=result.finding,
         drift_detected=result.drift_detected,
+        prior_shift=result.prior_shift,
+        retrain=check.retrain,
         drift_share=result.drift_share,
         threshold=result.threshold,
         drifted_signals=result.drifted_signals,
         signals=result.signals,
+        reference=config.monitoring.reference,
         current=str(batch_path),
         current_rows=result.current_rows,
         current_scored=result.current_scored,

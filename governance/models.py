@@ -257,6 +257,8 @@ class DriftReport(Base):
     drift_share: Mapped[float] = mapped_column(Float)
     report_path: Mapped[str] = mapped_column(Text)
     details: Mapped[dict[str, Any]]
+    finding: Mapped[str] = mapped_column(String(32), server_default="none")  # added by migration 0005
+    retrain: Mapped[str] = mapped_column(String(32), server_default="not_needed")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from steward.scores import ClassScore, ReliabilityBin
+from steward.scores import ClassScore, DriftFindingName, ReliabilityBin, RetrainDecisionName
 
 
 @dataclass(frozen=True)
@@ -146,8 +146,14 @@ class DriftReportIn:
     drift_share: float
     report_path: str
     details: dict[str, Any]
+    finding: DriftFindingName = "none"
+    retrain: RetrainDecisionName = "not_needed"
     run_id: str | None = None
     version_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.drift_detected != (self.finding == "drift"):
+            raise ValueError(f"drift_detected={self.drift_detected} contradicts finding '{self.finding}'")
 
 
 @dataclass(frozen=True)
@@ -158,6 +164,8 @@ class DriftReportRecord:
     drift_share: float
     report_path: str
     details: dict[str, Any]
+    finding: DriftFindingName
+    retrain: RetrainDecisionName
     run_id: str | None
     version_id: int | None
     created_at: datetime

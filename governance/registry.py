@@ -95,6 +95,7 @@ __all__ = [
 CHAMPION = "champion"
 RUN_STATUSES = ("completed", "failed")
 STALE_RUN_ERROR = "stale: process died"
+DRIFT_EVENT_TYPES = {"drift": "drift_detected", "prior_shift": "prior_shift", "none": "drift_report"}  # by finding
 # A run's process was created before the run started; allow for the error of process start times
 # (whole-second boot time, clock adjustments). A pid reused this soon after a run started goes unnoticed.
 PROCESS_START_SLACK_S = 5.0
@@ -744,11 +745,13 @@ class Registry:
             payload = {
                 "drift_detected": report.drift_detected,
                 "drift_share": report.drift_share,
+                "finding": report.finding,
+                "retrain": report.retrain,
                 "report_path": report.report_path,
                 "run_id": report.run_id,
                 "version_id": report.version_id,
             }
-            event_type = "drift_detected" if report.drift_detected else "drift_report"
+            event_type = DRIFT_EVENT_TYPES[report.finding]
             self._event(session, event_type, report.model_name, payload)
             return _to_record(DriftReportRecord, row)
 

@@ -305,9 +305,13 @@ def _derived_limitations(evidence: Evidence) -> list[str]:
                      "inputs may score lower.")
     if ece is not None and ece > POORLY_CALIBRATED_ECE:
         lines.append(f"Confidences are poorly calibrated (ECE {ece:.3f}): do not read them as probabilities.")
-    drifted = [d for d in evidence.drift if d.drift_detected]
+    drifted = [d for d in evidence.drift if d.finding == "drift"]
     if drifted:
         lines.append(f"Drift detected {len(drifted)} time(s), last on {_when(drifted[-1].created_at)}.")
+    shifted = [d for d in evidence.drift if d.finding == "prior_shift"]
+    if shifted:
+        lines.append(f"The class mix shifted {len(shifted)} time(s) (prior shift, inputs unchanged), last on "
+                     f"{_when(shifted[-1].created_at)}: class-wise metrics hold, overall ones move with the mix.")
     return lines
 
 
@@ -498,6 +502,12 @@ def _validation(evidence: Evidence) -> Section:
                    [summary, Table(("dataset", "expectation", "column", "result", "observed"), rows)])
 
 
+_FINDING_STYLES = {"drift": Styled("drift", "bad"), "prior_shift": Styled("prior shift", "wait"),
+                   "none": Styled("no drift", "ok")}
+_RETRAIN_WORDS = {"requested": "requested", "cooldown": "no (cooldown)", "same_episode": "no (same episode)",
+                  "not_needed": "—"}
+
+
 def _drift(evidence: Evidence) -> Section:
     if not evidence.drift:
         return Section("drift", "Drift history", [
@@ -506,14 +516,17 @@ def _drift(evidence: Evidence) -> Section:
     for report in evidence.drift:
         number = evidence.version_numbers.get(report.version_id) if report.version_id else None
         version = "—" if number is None else f"v{number}" + (" (this version)" if number == evidence.number else "")
-        status = Styled("drift", "bad") if report.drift_detected else Styled("no drift", "ok")
         drifted = [signal["name"] for signal in report.details.get("signals", []) if signal.get("drifted")]
-        rows.append((_when(report.created_at), version, status, f"{report.drift_share:.0%}",
-                     ", ".join(drifted) or "none", report.details.get("current", ""), report.report_path))
+        rows.append((_when(report.created_at), version, _FINDING_STYLES[report.finding], f"{report.drift_share:.0%}",
+                     ", ".join(drifted) or "none", _RETRAIN_WORDS[report.retrain],
+                     report.details.get("reference", "train"), report.details.get("current", ""), report.report_path))
     return Section("drift", "Drift history", [
-        "Each check compares a batch with the champion's training data; drift when the share of drifted "
-        "signals reaches the configured threshold.",
-        Table(("time", "champion", "result", "drift share", "drifted signals", "batch", "Evidently report"), rows),
+        "Each check compares a batch with the champion's reference data. A signal drifts when its effect size "
+        "reaches its threshold and its test is significant; drift when the share of drifted input signals "
+        "reaches the configured threshold; prior shift when only the class mix (predicted or true labels) "
+        "changed. At most one retrain per drift episode and champion, none within the cooldown.",
+        Table(("time", "champion", "result", "input drift share", "drifted signals", "retrain", "reference",
+               "batch", "Evidently report"), rows),
     ])
 
 

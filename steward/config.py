@@ -5,6 +5,8 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -47,6 +49,7 @@ class PretrainingConfig(_Section):
     enabled: bool = True
     objective: Literal["auto", "mlm", "clm", "simcse", "tsdae"] = "auto"  # see tasks/pretrain.py
     max_steps: int = Field(200, ge=1)
+    max_epochs: float = Field(1.0, gt=0)  # passes over the corpus (+ train texts); stops first if fewer steps
     batch_size: int = Field(32, ge=1)
     max_seq_length: int = Field(128, ge=8)
     learning_rate: float | None = Field(None, gt=0)  # None: the objective's own default
@@ -80,10 +83,38 @@ class EvaluationConfig(_Section):
         raise ValueError(f"must be a number or '{BASELINE_FLOOR}', got {value!r}")
 
 
+REFERENCE_SPLITS = ("test", "validation", "train")  # monitoring.reference: one of these, or a file
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
+_DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_duration(value: object) -> object:
+    """'90s', '30m', '24h', '1d' as a timedelta; anything else is left to pydantic (seconds, ISO 8601)."""
+    match = _DURATION.match(value) if isinstance(value, str) else None
+    if match is None:
+        return value
+    return timedelta(**{_DURATION_UNITS[match.group(2)]: float(match.group(1))})
+
+
 class MonitoringConfig(_Section):
     drift_share_threshold: float = Field(0.3, ge=0.0, le=1.0)
     current: Path | None = None  # the batch the scheduled monitor checks (a file production refreshes)
     sample_size: int = Field(2_000, ge=50)  # rows drawn (seeded) from each side of a large batch
+    # What "normal" is: the champion's test split (default: users resample and balance training sets, the
+    # test set is the one meant to look like production), its validation or training split, or a file.
+    reference: str = Field("test", min_length=1)
+    cooldown: timedelta = timedelta(days=1)  # at most one drift-triggered retrain per champion in this time
+    retrain_on_prior_shift: bool = False  # a change of the class mix alone does not retrain unless true
+
+    @field_validator("cooldown", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return parse_duration(value)
+
+    @property
+    def reference_split(self) -> str | None:
+        """The champion's split the reference is, or None when `reference` is a file path."""
+        return self.reference if self.reference in REFERENCE_SPLITS else None
 
 
 class RegistryConfig(_Section):

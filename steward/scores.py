@@ -1,5 +1,5 @@
-"""Evaluation values (and the gate's outcomes) shared by the tasks that compute them and the registry that
-stores them."""
+"""Evaluation values (and the gate's outcomes, drift findings and retrain decisions) shared by the tasks that
+compute them and the registry that stores them."""
 
 from __future__ import annotations
 
@@ -32,3 +32,12 @@ GATE_OUTCOMES: tuple[str, ...] = get_args(GateOutcomeName)
 
 CLASSICAL_BASELINE_NAME = "TF-IDF + LR"  # the classical baseline, as reasons and reports name it
 CLASSICAL_BASELINE_PREFIX = "classical_baseline_"  # its run metrics: classical_baseline_macro_f1, _accuracy, _c, ...
+
+# What a drift check found: covariate drift, a change of the label mix alone (prior shift), or neither.
+DriftFindingName = Literal["drift", "prior_shift", "none"]
+DRIFT_FINDINGS: tuple[str, ...] = get_args(DriftFindingName)
+# What a drift check decided about retraining: `requested` (the drift event was emitted), `cooldown` (the
+# champion's last request is younger than monitoring.cooldown), `same_episode` (this drift episode already
+# asked this champion for a retrain; that retrain gave no new champion), `not_needed` (no finding that retrains).
+RetrainDecisionName = Literal["requested", "cooldown", "same_episode", "not_needed"]
+RETRAIN_DECISIONS: tuple[str, ...] = get_args(RetrainDecisionName)

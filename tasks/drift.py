@@ -9,12 +9,21 @@ Two steps, so a reference scored once can be compared with many batches:
    trained with: mean pooling for MiniLM, as sentence-transformers reads it) and the predicted label.
 2. `compare_batches` runs one Evidently report over those columns and applies the decision rule.
 
-Decision rule: every signal gets Evidently's own test for its kind and size: text drift is
-Evidently's domain classifier (ROC AUC against a bootstrapped random-classifier percentile),
-embedding drift the same classifier on embeddings, the numeric descriptors and the predicted /
-true label columns Evidently's default per-column test (K-S or chi-square / Z up to 1,000 rows,
-Wasserstein / Jensen-Shannon distance above). `drift_share` is the share of signals that
-drifted; the batch has drifted when `drift_share >= monitoring.drift_share_threshold`.
+Decision rule: effect sizes decide, significance only qualifies. Every signal has an effect size with a
+threshold and a significance test; it drifted when the effect is at least the threshold *and* the test is
+significant (at these sample sizes a domain classifier at ROC AUC 0.55 is "significant" and means nothing):
+
+| signal | effect size (threshold) | significance (Evidently) |
+|---|---|---|
+| `text` | domain classifier ROC AUC on TF-IDF (0.65) | AUC > 95th percentile of a random one |
+| `embedding` | domain classifier ROC AUC on embeddings (0.65) | the same bootstrap |
+| descriptors | Wasserstein / reference std (0.2, Cohen's "small") | K-S, p < 0.05 |
+| `prediction`, `label` | Jensen-Shannon distance (0.1, Evidently's default) | chi-square, p < 0.05 |
+
+Covariate signals (text, descriptors, embedding) describe the inputs; `drift_share` is the share of them that
+drifted and the batch has drifted when `drift_share >= monitoring.drift_share_threshold`. The label signals
+(prediction, and label when both sides have labels) describe the class mix: when one of them drifted and the
+inputs did not, the finding is `prior_shift`, not drift. Thresholds are calibrated in `bench/drift.py`.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from steward.errors import BadInputError
+from steward.scores import DriftFindingName
 from tasks.modeling import pick_device, quiet_transformers
 
 if TYPE_CHECKING:
@@ -91,20 +101,31 @@ class ScoredBatch:
         return cls(meta["source"], meta["rows_total"], pd.read_parquet(path))
 
 
+COVARIATE, PRIOR = "covariate", "prior"  # what a signal describes: the inputs, or the class mix
+DOMAIN_CLASSIFIER_AUC = 0.65  # text and embedding: ROC AUC of a classifier telling the two batches apart
+NUMERIC_DISTANCE = 0.2  # descriptors: Wasserstein distance in reference standard deviations
+CATEGORICAL_DISTANCE = 0.1  # predicted and true labels: Jensen-Shannon distance
+SIGNIFICANCE = 0.05
+
+
 @dataclass(frozen=True)
 class DriftSignal:
-    """One signal's verdict, as Evidently computed it."""
+    """One signal's verdict: drifted when its effect reaches the threshold and its test is significant."""
 
     name: str
-    method: str
-    score: float
+    kind: str  # COVARIATE or PRIOR
+    method: str  # the effect size and the test, as Evidently names them
+    effect: float
+    effect_threshold: float
+    significant: bool
     drifted: bool
 
 
 @dataclass(frozen=True)
 class DriftResult:
-    drift_detected: bool
-    drift_share: float
+    drift_detected: bool  # covariate drift: the inputs changed
+    prior_shift: bool  # the class mix changed and the inputs did not
+    drift_share: float  # share of the covariate signals that drifted
     threshold: float
     signals: list[DriftSignal]
     reference_rows: int
@@ -116,6 +137,10 @@ class DriftResult:
     @property
     def drifted_signals(self) -> list[str]:
         return [signal.name for signal in self.signals if signal.drifted]
+
+    @property
+    def finding(self) -> DriftFindingName:
+        return "drift" if self.drift_detected else "prior_shift" if self.prior_shift else "none"
 
 
 def sample_rows(table: TextTable, cap: int, seed: int) -> tuple[list[str], list[str] | None]:
@@ -198,9 +223,12 @@ def compare_batches(
     report_path = Path(report_path)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     snapshot.save_html(str(report_path))
-    share = sum(signal.drifted for signal in signals) / len(signals)
+    covariate = [signal for signal in signals if signal.kind == COVARIATE]
+    share = sum(signal.drifted for signal in covariate) / len(covariate)
+    drift_detected = share >= drift_share_threshold
     return DriftResult(
-        drift_detected=share >= drift_share_threshold,
+        drift_detected=drift_detected,
+        prior_shift=not drift_detected and any(signal.drifted for signal in signals if signal.kind == PRIOR),
         drift_share=share,
         threshold=drift_share_threshold,
         signals=signals,
@@ -212,15 +240,41 @@ def compare_batches(
     )
 
 
+@dataclass(frozen=True)
+class _ColumnTests:
+    """The Evidently methods of one kind of column: (effect method, its threshold) and the test, if separate."""
+
+    kind: str
+    effect: str
+    effect_threshold: float
+    test: str | None  # None: the effect method's own verdict is the significance test (domain classifier)
+
+
+_TEXT_TESTS = _ColumnTests(COVARIATE, "perc_text_content_drift", DOMAIN_CLASSIFIER_AUC, None)
+_NUMERIC_TESTS = _ColumnTests(COVARIATE, "wasserstein", NUMERIC_DISTANCE, "ks")
+_LABEL_TESTS = _ColumnTests(PRIOR, "jensenshannon", CATEGORICAL_DISTANCE, "chisquare")
+
+
+def _tests_of(column: str) -> _ColumnTests:
+    return _TEXT_TESTS if column == TEXT else _NUMERIC_TESTS if column in DESCRIPTORS else _LABEL_TESTS
+
+
 def _drift_report(reference: ScoredBatch, current: ScoredBatch):
-    """The Evidently report and the per-column signals it tests (label only when both sides have it)."""
+    """The Evidently report (an effect metric and a test metric per column) and the columns it covers."""
     from evidently import Report
     from evidently.metrics import ValueDrift
 
     columns = [TEXT, *DESCRIPTORS, PREDICTION]
     if reference.has_labels and current.has_labels:
         columns.append(LABEL)
-    return Report([ValueDrift(column=column) for column in columns], include_tests=True), columns
+    metrics = []
+    for column in columns:
+        tests = _tests_of(column)
+        metrics.append(ValueDrift(column=column, method=tests.effect,
+                                  threshold=None if tests.test is None else tests.effect_threshold))
+        if tests.test is not None:
+            metrics.append(ValueDrift(column=column, method=tests.test, threshold=SIGNIFICANCE))
+    return Report(metrics, include_tests=True), columns
 
 
 def _embedding_method():
@@ -253,31 +307,34 @@ def _run_quietly(report, columns: list[str], reference: ScoredBatch, current: Sc
 
 
 def _column_signals(snapshot, columns: list[str]) -> list[DriftSignal]:
-    """Each per-column test of the report, as a signal (score and method as Evidently resolved them)."""
+    """Each column's effect and test, as the report computed them (Evidently fails a test on significance)."""
     from evidently.core.metric_types import TestStatus
 
     results = snapshot.dict()
-    metrics = {entry["config"].get("column"): entry for entry in results["metrics"]}
-    verdicts = {
-        test["metric_config"]["params"]["column"]: test["status"] == TestStatus.FAIL for test in results["tests"]
-    }
-    return [
-        DriftSignal(
-            name=column,
-            method=f"{metrics[column]['config']['method']} (threshold {metrics[column]['config']['threshold']})",
-            score=float(metrics[column]["value"]),
-            drifted=verdicts[column],
-        )
-        for column in columns
-    ]
+    values = {(entry["config"]["column"], entry["config"]["method"]): float(entry["value"])
+              for entry in results["metrics"]}
+    failed = {(test["metric_config"]["params"]["column"], test["metric_config"]["params"]["method"]):
+              test["status"] == TestStatus.FAIL for test in results["tests"]}
+    signals = []
+    for column in columns:
+        tests = _tests_of(column)
+        effect = values[column, tests.effect]
+        significant = failed[column, tests.test or tests.effect]
+        method = tests.effect if tests.test is None else f"{tests.effect} + {tests.test} p < {SIGNIFICANCE}"
+        signals.append(_signal(column, tests.kind, method, effect, tests.effect_threshold, significant))
+    return signals
+
+
+def _signal(name: str, kind: str, method: str, effect: float, threshold: float, significant: bool) -> DriftSignal:
+    return DriftSignal(name=name, kind=kind, method=method, effect=effect, effect_threshold=threshold,
+                       significant=significant, drifted=significant and effect >= threshold)
 
 
 def _embedding_signal(reference: ScoredBatch, current: ScoredBatch) -> DriftSignal:
     """Evidently's embedding drift method, applied directly: its report metric would also fit a t-SNE
     for the plot, which costs ~30 s per 1,000 rows on 2 cores."""
     columns = reference.embedding_columns
-    score, drifted, method = _embedding_method()(
+    auc, significant, method = _embedding_method()(
         current.frame[columns].reset_index(drop=True).copy(), reference.frame[columns].reset_index(drop=True).copy()
     )
-    return DriftSignal(name=EMBEDDING, method=f"{method} (ROC AUC vs bootstrapped random)", score=float(score),
-                       drifted=bool(drifted))
+    return _signal(EMBEDDING, COVARIATE, f"{method} ROC AUC", float(auc), DOMAIN_CLASSIFIER_AUC, bool(significant))

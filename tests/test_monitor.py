@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
+import yaml
 
 from steward.cli import main
 from tests.test_flow_retrain import FILLER, _sentences, registry_for, run_json, write_project
@@ -47,7 +48,8 @@ def test_shifted_batch_is_flagged_recorded_and_audited(
         capsys, "monitor", "--config", str(champion_project), "--current", str(current), "--fail-on-drift"
     )
     assert code == 1
-    assert outcome["drift_detected"] is True
+    assert (outcome["drift_detected"], outcome["finding"], outcome["retrain"]) == (True, "drift", "requested")
+    assert outcome["reference"] == "test"
     assert outcome["drift_share"] >= outcome["threshold"] == 0.3
     assert {"text", "length", "non_letter_share"} <= set(outcome["drifted_signals"])
     assert {s["name"] for s in outcome["signals"]} == {
@@ -118,13 +120,85 @@ def test_monitoring_without_a_champion_is_a_clear_error(
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_changed_reference_data_is_refused(champion_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    train = champion_project.parent / "data" / "train.csv"
-    train.write_text(train.read_text(encoding="utf-8") + "an extra ticket,billing\n", encoding="utf-8")
+@pytest.mark.parametrize(("reference", "changed"), [(None, "test.csv"), ("train", "train.csv")])
+def test_changed_reference_data_is_refused(
+    champion_project: Path, capsys: pytest.CaptureFixture[str], reference: str | None, changed: str
+) -> None:
+    if reference is not None:
+        _set_monitoring(champion_project, reference=reference)
+    data = champion_project.parent / "data" / changed
+    data.write_text(data.read_text(encoding="utf-8") + "an extra ticket,billing\n", encoding="utf-8")
     current = _write_texts(champion_project.parent / "batch.csv", ["printer is broken again"] * 3)
     code, outcome = run_json(capsys, "monitor", "--config", str(champion_project), "--current", str(current))
     assert code == 2
-    assert outcome["error"].startswith(f"{train}: changed since tickets v1 was trained on it")
+    assert outcome["error"].startswith(f"{data}: changed since tickets v1 was trained on it")
+    assert outcome["error"].endswith(f"drift needs the champion's {reference or 'test'} data as reference")
+
+
+def _set_monitoring(config: Path, **values: object) -> None:
+    settings = yaml.safe_load(config.read_text(encoding="utf-8"))
+    settings["monitoring"] = {**settings.get("monitoring", {}), **values}
+    config.write_text(yaml.safe_dump(settings), encoding="utf-8")
+
+
+def _labelled_batch(path: Path, rows: list[tuple[str, str]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([("text", "label"), *rows])
+    return path
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_class_mix_change_is_prior_shift_and_retrains_only_when_asked(
+    champion_project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _set_monitoring(champion_project, reference="train")  # 150 rows: enough to tell a mix change apart
+    sentences = _sentences(random.Random(8), 1_200)
+    mix = {"praise": 300, "complaint": 150, "billing": 150}  # 50/25/25 instead of a third each
+    rows = [row for label, count in mix.items() for row in [r for r in sentences if r[1] == label][:count]]
+    current = _labelled_batch(champion_project.parent / "mix.csv", rows)
+    code, outcome = run_json(capsys, "monitor", "--config", str(champion_project), "--current", str(current),
+                             "--fail-on-drift")
+    assert code == 0
+    assert (outcome["finding"], outcome["prior_shift"], outcome["drift_detected"]) == ("prior_shift", True, False)
+    assert outcome["retrain"] == "not_needed"
+    signals = {signal["name"]: signal for signal in outcome["signals"]}
+    assert signals["label"]["drifted"] and signals["label"]["kind"] == "prior"
+    assert signals["label"]["effect"] >= signals["label"]["effect_threshold"] == 0.1
+
+    _set_monitoring(champion_project, retrain_on_prior_shift=True)
+    code, again = run_json(capsys, "monitor", "--config", str(champion_project), "--current", str(current))
+    assert (code, again["finding"], again["retrain"]) == (0, "prior_shift", "requested")
+    with registry_for(champion_project) as registry:
+        assert [(r.finding, r.retrain) for r in registry.drift_reports("tickets")] == [
+            ("prior_shift", "not_needed"), ("prior_shift", "requested")]
+        events = [e for e in registry.audit.events("tickets") if e.event_type == "prior_shift"]
+        assert [e.payload["retrain"] for e in events] == ["not_needed", "requested"]
+        assert registry.audit.verify().ok
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_one_retrain_per_drift_episode_and_none_within_the_cooldown(
+    champion_project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shifted = _write_texts(champion_project.parent / "shifted.csv", _shifted_texts(random.Random(1), 120))
+    fresh = _write_texts(champion_project.parent / "fresh.csv",
+                         [text for text, _ in _sentences(random.Random(99), 120)])
+
+    def check(batch: Path) -> tuple[str, str]:
+        code, outcome = run_json(capsys, "monitor", "--config", str(champion_project), "--current", str(batch))
+        assert code == 0
+        return outcome["finding"], outcome["retrain"]
+
+    assert check(shifted) == ("drift", "requested")
+    assert check(shifted) == ("drift", "same_episode")  # the retrain it asked for gave no new champion
+    assert check(fresh) == ("none", "not_needed")  # the episode ends
+    assert check(shifted) == ("drift", "cooldown")  # a new episode, but within a day of the last request
+    _set_monitoring(champion_project, cooldown="0s")
+    assert check(fresh) == ("none", "not_needed")
+    assert check(shifted) == ("drift", "requested")
+    with registry_for(champion_project) as registry:
+        drifted = [e for e in registry.audit.events("tickets") if e.event_type == "drift_detected"]
+        assert [e.payload["retrain"] for e in drifted] == ["requested", "same_episode", "cooldown", "requested"]
 
 
 @pytest.mark.usefixtures("prefect_harness")

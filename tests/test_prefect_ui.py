@@ -272,14 +272,40 @@ def test_retrain_trigger_matches_the_drift_event_and_starts_a_retrain(
         assert not automation.trigger.match.matches_every_resource()
         assert automation.trigger.match.matches(event.resource)  # Prefect's own matching, as its trigger service uses
 
-        def triggered_runs() -> list:
-            deployment = FlowRunFilterDeploymentId(any_=[retrain.id])
-            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(deployment_id=deployment))
-            return [run for run in runs if run.created_by and run.created_by.type == "AUTOMATION"]
-
-        (run,) = eventually(triggered_runs, "the drift trigger to create a retrain run")
+        (run,) = eventually(lambda: _retrain_runs(client, retrain.id), "the drift trigger to create a retrain run")
     assert run.created_by.display_value == automation.name
     assert run.parameters == {"config_path": str(project), "registry_url": None}
+
+
+def test_a_second_drift_check_in_the_same_episode_starts_no_retrain(
+    prefect_server: PrefectServer, project: Path, monitored: dict
+) -> None:
+    assert monitored["retrain"] == "requested"
+    with prefect_server.client() as client:
+        retrain = client.read_deployment_by_name(RETRAIN)
+        eventually(lambda: _retrain_runs(client, retrain.id), "the first drift event's retrain run")
+    again = prefect_server.steward("monitor", "--config", str(project), "--registry", _registry(project),
+                                   "--current", str(project.parent / "data" / "current.csv"), "--json")
+    assert again.returncode == 0, again.stderr[-2000:]
+    outcome = json.loads(again.stdout)
+    assert (outcome["finding"], outcome["retrain"]) == ("drift", "same_episode")
+    time.sleep(5)  # what a second event would need to reach the server and its trigger
+    with prefect_server.client() as client:
+        assert len(_drift_events(client)) == 1
+        assert len(_retrain_runs(client, retrain.id)) == 1
+        checks = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["steward-monitor"])),
+                                       flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(
+                                           is_null_=True)))
+        newest = max(checks, key=lambda run: run.created)
+        artifacts = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[newest.id])))
+    (summary,) = [artifact for artifact in artifacts if artifact.type == "markdown"]
+    assert "this drift episode already asked this champion for one" in summary.data
+
+
+def _retrain_runs(client: SyncPrefectClient, deployment_id) -> list:
+    deployment = FlowRunFilterDeploymentId(any_=[deployment_id])
+    runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(deployment_id=deployment))
+    return [run for run in runs if run.created_by and run.created_by.type == "AUTOMATION"]
 
 
 def test_infra_prefect_yaml_deploys_with_its_schedules_limits_and_trigger(prefect_server: PrefectServer) -> None:

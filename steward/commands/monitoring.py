@@ -1,4 +1,4 @@
-"""`steward monitor`: drift of a batch against the champion's training data."""
+"""`steward monitor`: drift of a batch against the champion's reference data."""
 
 from __future__ import annotations
 
@@ -7,22 +7,29 @@ import argparse
 from steward.commands.common import console, emit
 from steward.config import load_config
 
+VERDICTS = {"drift": "[bold red]drift detected[/]", "prior_shift": "[bold yellow]prior shift[/] (class mix only)",
+            "none": "[bold green]no drift[/]"}
+
 
 def _print_outcome(outcome) -> None:
     from rich.table import Table
 
+    from flows.monitor import RETRAIN_SENTENCES
+
     out = console()
-    table = Table(title=f"{outcome.model} (champion v{outcome.champion_version}): drift of {outcome.current}")
-    for column in ("signal", "method", "score", "drifted"):
-        table.add_column(column, justify="right" if column == "score" else "left")
+    table = Table(title=f"{outcome.model} (champion v{outcome.champion_version}): {outcome.current} "
+                        f"against its {outcome.reference}")
+    for column in ("signal", "kind", "effect size", "threshold", "significant", "drifted"):
+        table.add_column(column, justify="right" if column in ("effect size", "threshold") else "left")
     for signal in outcome.signals:
         mark = "[bold red]yes[/]" if signal.drifted else "no"
-        table.add_row(signal.name, signal.method, f"{signal.score:.4g}", mark)
+        table.add_row(signal.name, signal.kind, f"{signal.effect:.4g} ({signal.method})",
+                      f"{signal.effect_threshold:g}", "yes" if signal.significant else "no", mark)
     out.print(table)
-    verdict = "[bold red]drift detected[/]" if outcome.drift_detected else "[bold green]no drift[/]"
-    out.print(f"{verdict}: share {outcome.drift_share:.2f} (threshold {outcome.threshold:.2f}); "
-              f"{outcome.current_scored:,} of {outcome.current_rows:,} current rows scored; "
-              f"{outcome.seconds:.1f}s in all")
+    out.print(f"{VERDICTS[outcome.finding]}: input drift share {outcome.drift_share:.2f} "
+              f"(threshold {outcome.threshold:.2f}); {outcome.current_scored:,} of {outcome.current_rows:,} "
+              f"current rows scored; {outcome.seconds:.1f}s in all")
+    out.print(RETRAIN_SENTENCES[outcome.retrain].replace("`", ""))
     out.print(f"Evidently report: {outcome.report}")
 
 
