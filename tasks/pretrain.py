@@ -85,7 +85,7 @@ class PretrainResult:
     cache_hit: bool
     cache_key: str
     objective: str  # "mlm", "clm" or "simcse" (what `auto` chose, if it was asked)
-    steps: int  # optimizer steps in all: head warm-up + max_steps
+    steps: int  # optimizer steps in all: head warm-up + full phase (max_steps, or max_epochs passes if fewer)
     head_warmup_steps: int  # 0 when the base checkpoint already had a trained LM head, or for simcse
     heldout_loss_before: float
     heldout_loss_after: float
@@ -294,8 +294,13 @@ class _Adaptation:
         self.heldout_loss_before = math.nan
 
     def full_phase(self, learning_rate: float) -> training.Phase:
-        warmup = training.warmup_steps(self.params.max_steps, LR_WARMUP_FRACTION)
-        return training.Phase("full", self.params.max_steps, learning_rate, warmup, "linear")
+        """`max_steps`, or fewer when `max_epochs` passes over the training blocks / sentences take fewer:
+        a small corpus is not drilled for 200 steps (Kotzias, 1,100 sentences: 200 SimCSE steps of 32 are
+        six passes, and cost fine-tuning 0.006 macro-F1 over three seeds)."""
+        passes = math.ceil(self.params.max_epochs * self.order.blocks / self.params.batch_size)
+        steps = max(1, min(self.params.max_steps, passes))
+        return training.Phase("full", steps, learning_rate, training.warmup_steps(steps, LR_WARMUP_FRACTION),
+                              "linear")
 
     def heldout_loss(self) -> float:
         raise NotImplementedError

@@ -94,7 +94,7 @@ def test_kill_during_continued_pretraining_resumes_from_its_checkpoint(
     tmp_path: Path, tiny_model_dir: Path, steward_env: dict[str, str], capsys: pytest.CaptureFixture[str],
 ) -> None:
     config = write_project(tmp_path, tiny_model_dir, finetuning={"epochs": 2},
-                           pretraining={"max_steps": 30, "save_steps": 2})
+                           pretraining={"max_steps": 30, "max_epochs": 1_000, "save_steps": 2})
     work_dir = tmp_path / ".steward" / "work" / "pretrain"
     killed_pid, seen_step = kill_at_first_checkpoint(config, steward_env, work_dir)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import signal
@@ -20,8 +21,10 @@ from tests.tiny_model import build_tiny_bert, tiny_vocab
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PHRASES = ["the cat sat on the mat", "the dog ran in the park", "the sun is red and the moon is blue"]
+# Tiny corpora: `max_epochs` high, so `max_steps` alone sets the step count these tests count.
 FAST = PretrainingConfig(
-    max_steps=40, batch_size=16, max_seq_length=32, learning_rate=3e-3, head_warmup_steps=10, save_steps=5
+    max_steps=40, max_epochs=1_000, batch_size=16, max_seq_length=32, learning_rate=3e-3, head_warmup_steps=10,
+    save_steps=5,
 )
 
 
@@ -179,8 +182,8 @@ def test_minilm_gets_its_missing_mlm_head_warmed_up(tmp_path: Path) -> None:
     from tasks.modeling import resolve_base_model
 
     params = PretrainingConfig(
-        objective="mlm", max_steps=5, head_warmup_steps=5, batch_size=4, max_seq_length=32, learning_rate=1e-4,
-        save_steps=50,
+        objective="mlm", max_steps=5, max_epochs=1_000, head_warmup_steps=5, batch_size=4, max_seq_length=32,
+        learning_rate=1e-4, save_steps=50,
     )
     corpus = make_table("corpus", Path("support.txt"), SUPPORT_SENTENCES, None, {})
     result = continue_pretraining.fn(
@@ -196,7 +199,7 @@ def test_auto_adapts_a_sentence_encoder_with_simcse(tmp_path: Path) -> None:
     no new head and lowers the held-out contrastive loss; the adapted checkpoint keeps the pooling config."""
     from tasks.modeling import resolve_base_model
 
-    params = PretrainingConfig(max_steps=6, batch_size=8, max_seq_length=48, save_steps=50)
+    params = PretrainingConfig(max_steps=6, max_epochs=1_000, batch_size=8, max_seq_length=48, save_steps=50)
     distinct = sorted({f"{first} {second}" for first in SUPPORT_SENTENCES for second in SUPPORT_SENTENCES})
     corpus = make_table("corpus", Path("support.txt"), distinct, None, {})
     result = continue_pretraining.fn(resolve_base_model("minilm"), corpus, params, 0, tmp_path / "o", tmp_path / "c")
@@ -280,3 +283,12 @@ def test_sentence_objectives_train_the_encoder_and_resume(
     resumed = continue_pretraining.fn(tiny_model_dir, corpus, params, 7, tmp_path / "b", tmp_path / "cb")
     assert resumed.resumed_from_step == 10
     assert [loss for _, loss in resumed.loss_curve] == pytest.approx([loss for _, loss in whole.loss_curve])
+
+
+def test_a_small_corpus_is_passed_over_max_epochs_times_not_drilled_for_max_steps(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    corpus = repetitive_corpus()
+    params = FAST.model_copy(update={"objective": "simcse", "max_steps": 500, "max_epochs": 2.0})
+    result = continue_pretraining.fn(tiny_model_dir, corpus, params, 7, tmp_path / "o", tmp_path / "c")
+    assert 0 < result.steps <= math.ceil(2.0 * len(corpus.texts) / params.batch_size) < params.max_steps
