@@ -903,6 +903,7 @@ pretraining:
   enabled: true
   objective: auto                # MiniLM is a sentence encoder: SimCSE on corpus + training texts
   max_steps: 40
+  max_epochs: 1.0                # passes over corpus + training texts, if that is fewer steps
   batch_size: 16
   max_seq_length: 64
 finetuning:
@@ -916,9 +917,12 @@ evaluation:
   min_improvement: 0.0
   require_approval: false
 monitoring:
-  drift_share_threshold: 0.3     # drifted when at least this share of the drift signals drift
+  drift_share_threshold: 0.3     # drifted when at least this share of the input signals drift
   current: data/current.csv      # the batch `steward serve` checks every hour (try data/drifted.csv)
   sample_size: 2000              # rows drawn (seeded) from each side of a large batch
+  reference: test                # what normal looks like: test | validation | train | a file
+  cooldown: 1d                   # at most one drift-triggered retrain per champion in this time
+  retrain_on_prior_shift: false  # a class-mix change alone does not retrain
 registry:
   url: null
 schedule:
