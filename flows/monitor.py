@@ -27,7 +27,7 @@ from prefect.events import emit_event
 from flows.artifacts import artifact_key
 from flows.context import RunContext, flow_run, stage
 from flows.stages import VALIDATION_SPLIT_FRACTION, recorded_hashes
-from governance.registry import DriftReportIn, DriftReportRecord, ModelVersionDetail, Registry
+from governance.registry import DatasetRecord, DriftReportIn, DriftReportRecord, ModelVersionDetail, Registry
 from steward.config import StewardConfig
 from steward.errors import BadInputError
 from steward.scores import DriftFindingName, RetrainDecisionName
@@ -51,8 +51,7 @@ class MonitorOutcome:
     model: str
     champion_version: int
     finding: DriftFindingName
-    drift_detected: bool
-    prior_shift: bool
+    drift_detected: bool  # finding == "drift"
     retrain: RetrainDecisionName
     drift_share: float
     threshold: float
@@ -94,13 +93,19 @@ def load_batch(path: Path, config: StewardConfig, role: str) -> TextTable:
     return table
 
 
+def recorded_dataset(detail: ModelVersionDetail, role: str) -> DatasetRecord:
+    recorded = detail.datasets.get(role)
+    if recorded is None:
+        raise BadInputError(f"{detail.version.model_name} v{detail.version.version}: no {role} dataset recorded "
+                            f"(monitoring.reference: {role})")
+    return recorded
+
+
 def recorded_split(detail: ModelVersionDetail, role: str) -> TextTable:
     """The champion's `role` split (train, validation or test), rebuilt as its run built it and checked
     against the fingerprint the registry recorded."""
-    recorded = detail.datasets.get(role)
+    recorded = recorded_dataset(detail, role)
     name = f"{detail.version.model_name} v{detail.version.version}"
-    if recorded is None:
-        raise BadInputError(f"{name}: no {role} dataset recorded (monitoring.reference: {role})")
     data = detail.run.config["data"]
     split_off_train = role in ("train", "validation") and data.get("validation") is None
     table = load_table.fn(Path(recorded.source), data["text_column"], data["label_column"], "reference")
@@ -115,21 +120,15 @@ def recorded_split(detail: ModelVersionDetail, role: str) -> TextTable:
     return table
 
 
-def reference_table(config: StewardConfig, detail: ModelVersionDetail) -> TextTable:
-    """What the current batch is compared with: a recorded split of the champion, or the file named."""
-    split = config.monitoring.reference_split
-    if split is not None:
-        return recorded_split(detail, split)
-    return load_batch(config.resolve(Path(config.monitoring.reference)), config, "reference")
-
-
 def scored_reference(context: RunContext, detail: ModelVersionDetail) -> ScoredBatch:
-    """The champion's reference sample with features, from the cache when it was scored before."""
+    """The reference sample with features, from the cache when it was scored before. The reference is a
+    recorded split of the champion (cached by its recorded fingerprint: a hit reads no data) or a file."""
     config = context.config
-    table = reference_table(config, detail)
+    split = config.monitoring.reference_split
+    file = None if split else load_batch(config.resolve(Path(config.monitoring.reference)), config, "reference")
     key = hashlib.sha256(json.dumps({
         "files": recorded_hashes(detail),
-        "reference": table.fingerprint,
+        "reference": recorded_dataset(detail, split).fingerprint if file is None else file.fingerprint,
         "sample_size": config.monitoring.sample_size,
         "seed": config.seed,
         "max_seq_length": config.finetuning.max_seq_length,
@@ -139,7 +138,8 @@ def scored_reference(context: RunContext, detail: ModelVersionDetail) -> ScoredB
     if cached is not None:
         return cached
     batch = score_batch(
-        table, Path(detail.version.artifact_path), config.monitoring.sample_size,
+        recorded_split(detail, split) if file is None else file, Path(detail.version.artifact_path),
+        config.monitoring.sample_size,
         config.seed, config.finetuning.max_seq_length,
     )
     batch.save(cache)
@@ -191,7 +191,6 @@ def check_drift(context: RunContext, detail: ModelVersionDetail, current_path: P
                                    config.monitoring.cooldown, datetime.now(UTC))
         context.registry.record_drift_report(DriftReportIn(
             model_name=config.name,
-            drift_detected=result.drift_detected,
             drift_share=result.drift_share,
             report_path=str(result.report_path),
             details=_details(result, current_path, config.monitoring.reference),
@@ -284,7 +283,6 @@ def monitor(config_path: str, current_path: str | None = None, registry_url: str
         champion_version=detail.version.version,
         finding=result.finding,
         drift_detected=result.drift_detected,
-        prior_shift=result.prior_shift,
         retrain=check.retrain,
         drift_share=result.drift_share,
         threshold=result.threshold,

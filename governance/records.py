@@ -142,7 +142,6 @@ class GateDecisionRecord:
 @dataclass(frozen=True)
 class DriftReportIn:
     model_name: str
-    drift_detected: bool
     drift_share: float
     report_path: str
     details: dict[str, Any]
@@ -151,9 +150,9 @@ class DriftReportIn:
     run_id: str | None = None
     version_id: int | None = None
 
-    def __post_init__(self) -> None:
-        if self.drift_detected != (self.finding == "drift"):
-            raise ValueError(f"drift_detected={self.drift_detected} contradicts finding '{self.finding}'")
+    @property
+    def drift_detected(self) -> bool:
+        return self.finding == "drift"
 
 
 @dataclass(frozen=True)

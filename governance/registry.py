@@ -65,7 +65,7 @@ from governance.records import (
 )
 from governance.redact import mask_url, redact, redact_text
 from steward.errors import BadInputError, CheckFailedError, RegistryUnavailableError
-from steward.scores import GATE_OUTCOMES
+from steward.scores import DRIFT_FINDINGS, GATE_OUTCOMES, RETRAIN_DECISIONS
 
 __all__ = [
     "AliasMove",
@@ -733,12 +733,15 @@ class Registry:
         return [GateDecisionRecord(*row) for row in rows]
 
     def record_drift_report(self, report: DriftReportIn) -> DriftReportRecord:
+        if report.finding not in DRIFT_FINDINGS or report.retrain not in RETRAIN_DECISIONS:
+            raise BadInputError(f"drift finding must be one of {', '.join(DRIFT_FINDINGS)} and retrain one of "
+                                f"{', '.join(RETRAIN_DECISIONS)}, not {report.finding!r} / {report.retrain!r}")
         with self._write() as session:
             if report.run_id is not None:
                 self._run(session, report.run_id)
             if report.version_id is not None:
                 self._version_by_id(session, report.version_id)
-            row = DriftReport(**asdict(report), created_at=utcnow())
+            row = DriftReport(**asdict(report), drift_detected=report.drift_detected, created_at=utcnow())
             session.add(row)
             session.flush()
             session.refresh(row)  # hand back details as stored: NaN -> null, odd objects -> str

@@ -135,6 +135,19 @@ def test_changed_reference_data_is_refused(
     assert outcome["error"].endswith(f"drift needs the champion's {reference or 'test'} data as reference")
 
 
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_reference_file_is_what_normal_looks_like(champion_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    shifted = _write_texts(champion_project.parent / "shifted.csv", _shifted_texts(random.Random(1), 120))
+    _write_texts(champion_project.parent / "normal.csv", _shifted_texts(random.Random(2), 120))
+    _set_monitoring(champion_project, reference="normal.csv")  # relative to the config's folder
+    code, outcome = run_json(capsys, "monitor", "--config", str(champion_project), "--current", str(shifted))
+    assert (code, outcome["finding"], outcome["reference"]) == (0, "none", "normal.csv")  # vs test: drift
+
+    _set_monitoring(champion_project, reference="gone.csv")
+    code, outcome = run_json(capsys, "monitor", "--config", str(champion_project), "--current", str(shifted))
+    assert (code, outcome["error"]) == (2, f"{champion_project.parent / 'gone.csv'}: file not found (reference data)")
+
+
 def _set_monitoring(config: Path, **values: object) -> None:
     settings = yaml.safe_load(config.read_text(encoding="utf-8"))
     settings["monitoring"] = {**settings.get("monitoring", {}), **values}
@@ -159,7 +172,7 @@ def test_a_class_mix_change_is_prior_shift_and_retrains_only_when_asked(
     code, outcome = run_json(capsys, "monitor", "--config", str(champion_project), "--current", str(current),
                              "--fail-on-drift")
     assert code == 0
-    assert (outcome["finding"], outcome["prior_shift"], outcome["drift_detected"]) == ("prior_shift", True, False)
+    assert (outcome["finding"], outcome["drift_detected"]) == ("prior_shift", False)
     assert outcome["retrain"] == "not_needed"
     signals = {signal["name"]: signal for signal in outcome["signals"]}
     assert signals["label"]["drifted"] and signals["label"]["kind"] == "prior"

@@ -265,8 +265,8 @@ def test_validation_gate_and_drift_records(registry: Registry) -> None:
     assert registry.gate_decisions(MODEL) == [decision]
     gate_event = registry.audit.events(f"{MODEL}:2")[-1]
     assert gate_event.event_type == "gate_decision" and gate_event.payload["candidate_score"] == 0.81
-    calm = registry.record_drift_report(DriftReportIn(MODEL, False, 0.1, "/r/1.html", {"p": float("nan")}))
-    drift = registry.record_drift_report(DriftReportIn(MODEL, True, 0.6, "/r/2.html", {}, finding="drift",
+    calm = registry.record_drift_report(DriftReportIn(MODEL, 0.1, "/r/1.html", {"p": float("nan")}))
+    drift = registry.record_drift_report(DriftReportIn(MODEL, 0.6, "/r/2.html", {}, finding="drift",
                                                            retrain="requested", version_id=champion.id))
     assert registry.drift_reports(MODEL) == [calm, drift] and calm.details == {"p": None}
     assert event_types(registry, MODEL)[-2:] == ["drift_report", "drift_detected"]
