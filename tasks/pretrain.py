@@ -296,7 +296,8 @@ class _Adaptation:
     def full_phase(self, learning_rate: float) -> training.Phase:
         """`max_steps`, or fewer when `max_epochs` passes over the training blocks / sentences take fewer:
         a small corpus is not drilled for 200 steps (Kotzias, 1,100 sentences: 200 SimCSE steps of 32 are
-        six passes, and cost fine-tuning 0.006 macro-F1 over three seeds)."""
+        six passes; over three seeds they scored 0.006 macro-F1 below fine-tuning alone, 95% interval
+        −0.024 to +0.012)."""
         passes = math.ceil(self.params.max_epochs * self.order.blocks / self.params.batch_size)
         steps = max(1, min(self.params.max_steps, passes))
         return training.Phase("full", steps, learning_rate, training.warmup_steps(steps, LR_WARMUP_FRACTION),
