@@ -152,11 +152,20 @@ def _failure(stage: str, job_dir: Path, returncode: int) -> WorkerFailedError:
     log = job_dir / LOG_FILE
     errors = sorted(job_dir.glob(f"{ERROR_PREFIX}*.json"), key=lambda path: path.stat().st_mtime_ns)
     if not errors:
-        return WorkerFailedError(f"{stage} failed: torchrun exited with code {returncode} (log: {log})")
+        return WorkerFailedError(
+            f"{stage} failed: torchrun exited with code {returncode}: {_last_line(log)} (log: {log})"
+        )
     first = json.loads(errors[0].read_text())  # the earliest: the others often just lost their peer
     return WorkerFailedError(
         f"{stage} failed in worker rank {first['rank']}: {first['error']} (log: {log})", first["exit_code"]
     )
+
+
+def _last_line(log: Path) -> str:
+    """The log's last non-blank line: torchrun's own reason when it failed before any worker could say."""
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"
 
 
 def _join_process_group() -> Ranks:
@@ -179,22 +188,26 @@ def _one_line(exc: Exception) -> str:
 
 
 def _run_worker(job_dir: Path) -> int:
+    """One worker: join the group, run the stage, leave the group. A failure at any of the three leaves
+    `error-<rank>.json` (rank from torchrun's environment, which holds before the group exists)."""
     import torch.distributed as dist
 
-    ranks = _join_process_group()
+    rank = int(os.environ.get("RANK", "0"))
     try:
-        spec = json.loads((job_dir / JOB_FILE).read_text())
-        result = importlib.import_module(STAGE_MODULES[spec["stage"]]).run_job(spec["job"], ranks)
-        if ranks.is_main:
-            (job_dir / RESULT_FILE).write_text(json.dumps(result))
+        ranks = _join_process_group()
+        try:
+            spec = json.loads((job_dir / JOB_FILE).read_text())
+            result = importlib.import_module(STAGE_MODULES[spec["stage"]]).run_job(spec["job"], ranks)
+            if ranks.is_main:
+                (job_dir / RESULT_FILE).write_text(json.dumps(result))
+        finally:
+            dist.destroy_process_group()
         return 0
     except Exception as exc:
         traceback.print_exc()
-        record = {"rank": ranks.rank, "error": _one_line(exc), "exit_code": getattr(exc, "exit_code", 1)}
-        (job_dir / f"{ERROR_PREFIX}{ranks.rank}.json").write_text(json.dumps(record))
+        record = {"rank": rank, "error": _one_line(exc), "exit_code": getattr(exc, "exit_code", 1)}
+        (job_dir / f"{ERROR_PREFIX}{rank}.json").write_text(json.dumps(record))
         return 1
-    finally:
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -37,10 +37,17 @@ def dropout_free_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFa
 def train(capsys: pytest.CaptureFixture[str], config: Path, *nproc: str) -> tuple[dict, dict]:
     """`steward pretrain` then `steward finetune` (which reuses the adapted checkpoint)."""
     code, pretrained = run_json(capsys, "pretrain", "--config", str(config), *nproc)
-    assert code == 0 and pretrained["cache_hit"] is False
+    assert code == 0, worker_logs(config)
+    assert pretrained["cache_hit"] is False
     code, finetuned = run_json(capsys, "finetune", "--config", str(config), *nproc)
-    assert code == 0
+    assert code == 0, worker_logs(config)
     return pretrained, finetuned
+
+
+def worker_logs(config: Path) -> str:
+    """What the torchrun workers printed (kept on failure), for the assertion message."""
+    logs = sorted(config.parent.glob(".steward/work/*.workers/workers.log"))
+    return "\n".join(f"{log}:\n{log.read_text(errors='replace')[-4000:]}" for log in logs) or "no worker log"
 
 
 def losses(points: list) -> list[float]:
