@@ -1,17 +1,29 @@
-"""Drift detection on real domain shift: does it flag what it should, stay quiet otherwise, and keep up?
+"""Drift judgment on real data: how often it cries wolf, whether it sees real shift, whether it tells a changed
+class mix from changed inputs, and how long `steward monitor` takes on 100,000 rows.
 
-    .venv/bin/python bench/drift.py [--splits 20] [--rows 100000] [--json]
+    .venv/bin/python bench/drift.py [--draws 20] [--sizes 200,1000,10000] [--rows 100000] [--json]
 
-Data: the sentiment labelled sentences of Kotzias et al., KDD 2015 (CC BY 4.0): 1,000 review
-sentences from each of Amazon, IMDB and Yelp, read from `../shared/data/sentiment_labelled_sentences/`
-beside the checkout (or $STEWARD_SHARED_DATA), never copied.
+Data (read in place, never copied):
+- Kotzias et al., KDD 2015 (CC BY 4.0): 1,000 review sentences each from Amazon, IMDB and Yelp, read from
+  `../shared/data/sentiment_labelled_sentences/`. Champion: `steward run` on 800 Amazon sentences.
+- The Debian `fortunes` package, 12 categories (as in `bench/quality.py`). Champion: `steward run` on a
+  balanced sample (40 train + 10 validation per category); its test split (50 per category) is the
+  reference `steward monitor` uses by default; the other entries of each category are the natural mix.
 
-1. A champion is trained by `steward run` on Amazon (the packaged MiniLM, pretraining off, one epoch),
-   so the reference is what a real deployment would compare against.
-2. Shift: Amazon (reference) against Yelp and against IMDB must be flagged.
-3. False alarms: `--splits` seeded half-splits of each domain, one half against the other.
-4. Speed: `steward monitor` on a `--rows` batch (sentences of all three domains drawn with
-   replacement), as a whole process, cold (the champion's reference scored first) and warm (cached).
+Each scenario draws both sides `--draws` times at each size from scored pools and runs the monitor's own
+comparison on them. Self-splits are bootstraps (both sides drawn with replacement from one pool, so a side can
+be larger than the pool); every other scenario draws without replacement from two disjoint pools, at most all
+of a pool (a text repeated on one side only is something a domain classifier learns, real batches don't):
+
+| scenario | reference | current | wanted |
+|---|---|---|---|
+| self-split | a pool | the same pool | nothing (a false alarm otherwise) |
+| natural mix | fortunes test split (balanced) | fortunes natural mix | no drift (prior shift is right) |
+| class mix | half of Amazon, half positive | the other half, 80% positive | prior shift, no drift |
+| shift | Amazon | Yelp, IMDB | drift |
+
+Sizes above `monitoring.sample_size` (default 2,000) are what a user gets by raising it; the calibration
+table shows, per signal and size, the 95th percentile of its effect on self-splits beside its threshold.
 Progress goes to stderr; the tables (or, with --json, one JSON object) to stdout.
 """
 
@@ -26,27 +38,74 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import yaml
-from benchmarks import CITATION, DOMAIN_FILES, data_dir, progress, read_domain  # bench/benchmarks.py, beside this file
+from benchmarks import (  # bench/benchmarks.py, beside this file
+    CITATION,
+    DOMAIN_FILES,
+    FORTUNES_CITATION,
+    FORTUNES_DIR,
+    data_dir,
+    fortune_pool,
+    fortunes_split,
+    progress,
+    read_domain,
+)
 
 from steward.cli import QUIET_THIRD_PARTY_DEFAULTS
-from tasks.data import TextTable
-from tasks.drift import DriftResult, ScoredBatch, compare_batches, score_batch
+from tasks.data import TextTable, make_table
+from tasks.drift import LABEL, ScoredBatch, compare_batches, score_batch
 
-SAMPLE_SIZE = 2_000
-MAX_SEQ_LENGTH = 64
-THRESHOLD = 0.3
+POOL_CAP = 10_000  # rows scored per pool: every row of these pools
+MAX_SEQ_LENGTH = 128
+THRESHOLD = 0.3  # monitoring.drift_share_threshold's default
+CLASS_MIX_POSITIVE = 0.8
+FORTUNES_PER_CLASS = (40, 10, 50)  # train, validation, test
 
 
 @dataclass(frozen=True)
-class SplitCheck:
-    domain: str
-    flagged: int
-    splits: int
-    signal_alarms: dict[str, int]  # signal -> how many splits it drifted in
+class Scenario:
+    name: str
+    reference: str  # pool names
+    current: str
+    wanted: str  # "none", "no drift", "prior_shift" or "drift"
+    current_positive_share: float | None = None  # draw the current side at this share of label "1"
+
+    @property
+    def bootstrap(self) -> bool:
+        return self.reference == self.current
+
+    def met(self, finding: str) -> bool:
+        return {"none": finding == "none", "no drift": finding != "drift"}.get(self.wanted, finding == self.wanted)
+
+
+@dataclass
+class SignalTally:
+    threshold: float
+    effects: list[float] = field(default_factory=list)
+    drifted: int = 0
+
+    def summary(self) -> dict[str, float]:
+        return {"threshold": self.threshold, "drifted": self.drifted,
+                "effect_median": float(np.median(self.effects)), "effect_p95": float(np.percentile(self.effects, 95))}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    scenario: str
+    wanted: str
+    size: int
+    reference_rows: int  # rows per side drawn (less than size where a pool has fewer)
+    current_rows: int
+    draws: int
+    findings: dict[str, int]  # finding -> draws
+    met: int  # draws whose finding is the wanted one
+    seconds_per_check: float
+    signals: dict[str, dict[str, float]]
 
 
 @dataclass(frozen=True)
@@ -54,16 +113,30 @@ class CommandTiming:
     rows: int
     cold_seconds: float
     warm_seconds: float
-    drift_detected: bool
-    drift_share: float
+    finding: str
 
 
-def write_csv(path: Path, rows: list[tuple[str, ...]], header: tuple[str, ...]) -> Path:
+SCENARIOS = (
+    Scenario("self-split: amazon", "amazon", "amazon", "none"),
+    Scenario("self-split: fortunes", "fortunes-natural", "fortunes-natural", "none"),
+    Scenario("natural mix: fortunes", "fortunes-test", "fortunes-natural", "no drift"),
+    Scenario("class mix: amazon", "amazon-a", "amazon-b", "prior_shift", CLASS_MIX_POSITIVE),
+    Scenario("shift: amazon -> yelp", "amazon", "yelp", "drift"),
+    Scenario("shift: amazon -> imdb", "amazon", "imdb", "drift"),
+)
+
+
+def write_csv(path: Path, rows: list[tuple[str | None, ...]], header: tuple[str, ...]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         writer.writerows(rows)
     return path
+
+
+def table_rows(table: TextTable) -> list[tuple[str | None, str | None]]:
+    return list(zip(table.texts, table.labels or [], strict=True))
 
 
 def steward(*argv: str, env: dict[str, str]) -> dict:
@@ -78,120 +151,177 @@ def steward(*argv: str, env: dict[str, str]) -> dict:
     return json.loads(done.stdout)
 
 
-def train_champion(project: Path, amazon: TextTable, env: dict[str, str]) -> Path:
-    """`steward run` on Amazon; returns the champion's model directory."""
-    rows = list(zip(amazon.texts, amazon.labels or [], strict=True))
-    random.Random(0).shuffle(rows)
-    data = project / "data"
-    data.mkdir(parents=True)
-    write_csv(data / "train.csv", rows[:800], ("text", "label"))
-    write_csv(data / "test.csv", rows[800:], ("text", "label"))
+def train_champion(project: Path, name: str, data: dict[str, list], finetuning: dict, env: dict[str, str]) -> Path:
+    """`steward run` (pretraining off) on the given splits; returns the champion's model directory."""
+    paths = {split: str(write_csv(project / "data" / f"{split}.csv", rows, ("text", "label")))
+             for split, rows in data.items()}
     config = {
-        "name": "reviews", "base_model": "minilm", "seed": 13,
-        "data": {"train": "data/train.csv", "test": "data/test.csv"},
+        "name": name, "base_model": "minilm", "seed": 13, "data": paths,
         "validation": {"min_rows": 50, "max_duplicate_fraction": 0.2},
         "pretraining": {"enabled": False},
-        "finetuning": {"epochs": 1, "batch_size": 16, "max_seq_length": MAX_SEQ_LENGTH},
-        "monitoring": {"drift_share_threshold": THRESHOLD, "sample_size": SAMPLE_SIZE},
+        "finetuning": {"batch_size": 16, "max_seq_length": MAX_SEQ_LENGTH, **finetuning},
+        "monitoring": {"drift_share_threshold": THRESHOLD},
     }
     (project / "steward.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     outcome = steward("run", "--config", str(project / "steward.yaml"), env=env)
-    progress(f"champion v{outcome['version']}: macro-F1 {outcome['metrics']['macro_f1']:.3f} on held-out Amazon")
+    progress(f"{name} champion v{outcome['version']}: test macro-F1 {outcome['metrics']['macro_f1']:.3f}")
     registry = f"sqlite:///{project / '.steward' / 'registry.db'}"
-    show = steward("registry", "show", f"reviews:{outcome['version']}", "--registry", registry, env=env)
+    show = steward("registry", "show", f"{name}:{outcome['version']}", "--registry", registry, env=env)
     return Path(show["version"]["artifact_path"])
 
 
-def half(batch: ScoredBatch, rows: list[int], name: str) -> ScoredBatch:
-    return ScoredBatch(f"{batch.source} ({name})", len(rows), batch.frame.iloc[rows].reset_index(drop=True))
+def kotzias_pools(project: Path, env: dict[str, str]) -> dict[str, ScoredBatch]:
+    domains = {name: read_domain(name) for name in DOMAIN_FILES}
+    rows = table_rows(domains["amazon"])
+    random.Random(0).shuffle(rows)
+    champion = train_champion(project, "reviews", {"train": rows[:800], "test": rows[800:]}, {"epochs": 1}, env)
+    pools = {name: score_batch.fn(table, champion, POOL_CAP, 13, MAX_SEQ_LENGTH) for name, table in domains.items()}
+    return {**pools, **halves(pools["amazon"], ("amazon-a", "amazon-b"))}
 
 
-def split_checks(domain: str, batch: ScoredBatch, splits: int, reports: Path) -> SplitCheck:
-    flagged, alarms = 0, {}
-    for seed in range(splits):
-        order = list(range(batch.rows_scored))
-        random.Random(seed).shuffle(order)
-        middle = len(order) // 2
-        result = compare_batches.fn(half(batch, order[:middle], "a"), half(batch, order[middle:], "b"), THRESHOLD,
-                                    reports / f"{domain}-split{seed}.html")
-        flagged += result.drift_detected
-        for name in result.drifted_signals:
-            alarms[name] = alarms.get(name, 0) + 1
-        progress(f"  {domain} split {seed}: share {result.drift_share:.2f} {result.drifted_signals}")
-    return SplitCheck(domain, flagged, splits, alarms)
+def fortunes_pools(project: Path, env: dict[str, str]) -> dict[str, ScoredBatch]:
+    split = fortunes_split(0, *FORTUNES_PER_CLASS)
+    data = {"train": table_rows(split.train), "validation": table_rows(split.validation),
+            "test": table_rows(split.test)}
+    champion = train_champion(project, "fortunes", data, {"epochs": 4}, env)
+    return {"fortunes-test": score_batch.fn(split.test, champion, POOL_CAP, 13, MAX_SEQ_LENGTH),
+            "fortunes-natural": score_batch.fn(labelled(split.corpus), champion, POOL_CAP, 13, MAX_SEQ_LENGTH)}
 
 
-def big_batch(path: Path, tables: list[TextTable], rows: int) -> Path:
-    pool = [text for table in tables for text in table.texts if text]
+def labelled(corpus: TextTable) -> TextTable:
+    """The corpus (every entry outside the labelled splits: the package's own class mix) with its categories."""
+    category = {text: name for name, texts in fortune_pool().items() for text in texts}
+    return make_table("natural", corpus.source, corpus.texts, [category[text] for text in corpus.texts],
+                      {"text": "object", "label": "object"})
+
+
+def draw(pool: ScoredBatch, size: int, rng: np.random.Generator, bootstrap: bool,
+         positive_share: float | None = None) -> np.ndarray:
+    """Row indices of `pool`: `size` drawn with replacement (bootstrap), else up to `size` without, at
+    `positive_share` of label "1" when that is given."""
+    if bootstrap:
+        return rng.integers(0, pool.rows_scored, size)
+    if positive_share is None:
+        return rng.choice(pool.rows_scored, min(size, pool.rows_scored), replace=False)
+    positive = np.flatnonzero(pool.frame[LABEL].to_numpy() == "1")
+    negative = np.flatnonzero(pool.frame[LABEL].to_numpy() != "1")
+    rows = int(min(size, len(positive) / positive_share, len(negative) / (1 - positive_share)))
+    wanted = round(rows * positive_share)
+    return np.concatenate([rng.choice(positive, wanted, replace=False),
+                           rng.choice(negative, rows - wanted, replace=False)])
+
+
+def side(pool: ScoredBatch, rows: np.ndarray, name: str, keep_labels: bool) -> ScoredBatch:
+    sample = pool.frame.iloc[rows].reset_index(drop=True)
+    if not keep_labels:  # a production batch comes without labels: the class mix shows in the predictions
+        sample = sample.drop(columns=[LABEL], errors="ignore")
+    return ScoredBatch(f"{pool.source} ({name})", len(sample), sample)
+
+
+def halves(pool: ScoredBatch, names: tuple[str, str]) -> dict[str, ScoredBatch]:
+    """Two seeded, disjoint halves of a pool."""
+    order = np.random.default_rng(7).permutation(pool.rows_scored)
+    middle = pool.rows_scored // 2
+    return {name: side(pool, rows, name, keep_labels=True) for name, rows in zip(names, (order[:middle],
+                                                                                      order[middle:]), strict=True)}
+
+
+def run_scenario(scenario: Scenario, pools: dict[str, ScoredBatch], size: int, draws: int,
+                 reports: Path) -> Outcome:
+    findings: Counter[str] = Counter()
+    tallies: dict[str, SignalTally] = {}
+    started = time.perf_counter()
+    for seed in range(draws):
+        rng = np.random.default_rng([size, seed])
+        source, target = pools[scenario.reference], pools[scenario.current]
+        reference = side(source, draw(source, size, rng, scenario.bootstrap), "reference", keep_labels=True)
+        current = side(target, draw(target, size, rng, scenario.bootstrap, scenario.current_positive_share),
+                       "current", keep_labels=False)
+        result = compare_batches.fn(reference, current, THRESHOLD, reports / f"check-{size}-{seed}.html")
+        findings[result.finding] += 1
+        for signal in result.signals:
+            tally = tallies.setdefault(signal.name, SignalTally(signal.effect_threshold))
+            tally.effects.append(signal.effect)
+            tally.drifted += signal.drifted
+    seconds = (time.perf_counter() - started) / draws
+    met = sum(count for finding, count in findings.items() if scenario.met(finding))
+    progress(f"  {scenario.name} at {size:,} rows ({reference.rows_scored:,} vs {current.rows_scored:,}): "
+             f"{dict(findings)} ({met}/{draws} as wanted, {seconds:.1f} s each)")
+    return Outcome(scenario.name, scenario.wanted, size, reference.rows_scored, current.rows_scored, draws,
+                   dict(findings), met, seconds, {name: tally.summary() for name, tally in tallies.items()})
+
+
+def big_batch(path: Path, rows: int) -> Path:
+    pool = [text for name in DOMAIN_FILES for text in read_domain(name).texts if text]
     rng = random.Random(1)
     return write_csv(path, [(rng.choice(pool),) for _ in range(rows)], ("text",))
 
 
 def time_command(project: Path, batch: Path, rows: int, env: dict[str, str]) -> CommandTiming:
+    """`steward monitor` as a whole process: cold (the reference is scored first), then warm (cached)."""
     argv = ("monitor", "--config", str(project / "steward.yaml"), "--current", str(batch))
     timings, outcome = [], {}
     for _ in ("cold", "warm"):
         started = time.perf_counter()
         outcome = steward(*argv, env=env)
         timings.append(time.perf_counter() - started)
-    return CommandTiming(rows, timings[0], timings[1], outcome["drift_detected"], outcome["drift_share"])
+    return CommandTiming(rows, timings[0], timings[1], outcome["finding"])
 
 
-def print_tables(shifts: dict[str, DriftResult], checks: list[SplitCheck], timing: CommandTiming) -> None:
+def print_tables(outcomes: list[Outcome], timing: CommandTiming) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
-    shift_table = Table(title="Domain shift, reference = Amazon (the champion's training data)")
-    for column in ("current", "drift", "share", "drifted signals"):
-        shift_table.add_column(column)
-    for name, result in shifts.items():
-        shift_table.add_row(name, "yes" if result.drift_detected else "no", f"{result.drift_share:.2f}",
-                            ", ".join(result.drifted_signals))
-    console.print(shift_table)
-    split_table = Table(title="False alarms: half-splits of one domain against each other")
-    for column in ("domain", "flagged", "rate", "alarms per signal"):
-        split_table.add_column(column)
-    for check in checks:
-        alarms = ", ".join(f"{name} {count}" for name, count in sorted(check.signal_alarms.items())) or "none"
-        split_table.add_row(check.domain, f"{check.flagged}/{check.splits}", f"{check.flagged / check.splits:.0%}",
-                            alarms)
-    console.print(split_table)
+    verdicts = Table(title="Findings per scenario and size (self-splits: bootstraps of one pool)")
+    for column in ("scenario", "wanted", "rows: reference / current", "drift", "prior shift", "none", "as wanted",
+                   "s / check"):
+        verdicts.add_column(column)
+    for o in outcomes:
+        verdicts.add_row(o.scenario, o.wanted, f"{o.reference_rows:,} / {o.current_rows:,}", *(str(o.findings.get(f, 0))
+                         for f in ("drift", "prior_shift", "none")), f"{o.met}/{o.draws}", f"{o.seconds_per_check:.1f}")
+    console.print(verdicts)
+    calibration = Table(title="Calibration: each signal's effect on self-splits (p95 over draws) vs its threshold")
+    for column in ("pool", "rows per side", "signal", "threshold", "effect median", "effect p95", "drifted"):
+        calibration.add_column(column)
+    for o in outcomes:
+        if o.scenario.startswith("self-split"):
+            for name, s in o.signals.items():
+                calibration.add_row(o.scenario.removeprefix("self-split: "), f"{o.size:,}", name,
+                                    f"{s['threshold']:.2f}", f"{s['effect_median']:.3f}", f"{s['effect_p95']:.3f}",
+                                    f"{s['drifted']:.0f}/{o.draws}")
+    console.print(calibration)
     console.print(f"`steward monitor` on {timing.rows:,} rows: {timing.cold_seconds:.1f} s cold (reference scored), "
-                  f"{timing.warm_seconds:.1f} s warm (cached reference); drift share {timing.drift_share:.2f}")
-    console.print(f"Data: {CITATION}")
+                  f"{timing.warm_seconds:.1f} s warm (cached reference); finding {timing.finding}")
+    console.print(f"Data: {CITATION}; {FORTUNES_CITATION}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--splits", type=int, default=20)
-    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--draws", type=int, default=20)
+    parser.add_argument("--sizes", default="200,1000,10000", help="rows per side, comma-separated")
+    parser.add_argument("--rows", type=int, default=100_000, help="rows of the batch `steward monitor` is timed on")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    if not data_dir().is_dir():
-        sys.exit(f"bench/drift.py: {data_dir()} not found (set STEWARD_SHARED_DATA to the shared data folder)")
+    for needed, hint in ((data_dir(), "set STEWARD_SHARED_DATA to the shared data folder"),
+                         (FORTUNES_DIR, "apt-get install fortunes")):
+        if not needed.is_dir():
+            sys.exit(f"bench/drift.py: {needed} not found ({hint})")
     env = {**os.environ, **QUIET_THIRD_PARTY_DEFAULTS}
     os.environ.update(QUIET_THIRD_PARTY_DEFAULTS)
-    domains = {name: read_domain(name) for name in DOMAIN_FILES}
+    sizes = [int(size) for size in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="steward-drift-bench-") as tmp:
-        project, reports = Path(tmp) / "project", Path(tmp) / "reports"
-        champion = train_champion(project, domains["amazon"], env)
-        scored = {name: score_batch.fn(table, champion, SAMPLE_SIZE, 13, MAX_SEQ_LENGTH)
-                  for name, table in domains.items()}
-        shifts = {name: compare_batches.fn(scored["amazon"], scored[name], THRESHOLD, reports / f"amazon-{name}.html")
-                  for name in ("yelp", "imdb")}
-        checks = [split_checks(name, scored[name], args.splits, reports) for name in DOMAIN_FILES]
-        batch = big_batch(Path(tmp) / "big.csv", list(domains.values()), args.rows)
-        timing = time_command(project, batch, args.rows, env)
+        kotzias_project = Path(tmp) / "kotzias"
+        pools = {**kotzias_pools(kotzias_project, env), **fortunes_pools(Path(tmp) / "fortunes", env)}
+        progress("pools: " + ", ".join(f"{name} {batch.rows_scored:,}" for name, batch in pools.items()))
+        outcomes = [run_scenario(scenario, pools, size, args.draws, Path(tmp) / "reports")
+                    for size in sizes for scenario in SCENARIOS]
+        timing = time_command(kotzias_project, big_batch(Path(tmp) / "big.csv", args.rows), args.rows, env)
     if args.json:
-        print(json.dumps({
-            "shift": {name: {"drift_detected": r.drift_detected, "drift_share": r.drift_share,
-                             "drifted_signals": r.drifted_signals} for name, r in shifts.items()},
-            "false_alarms": [asdict(check) for check in checks],
-            "command": asdict(timing),
-        }, indent=2))
+        print(json.dumps({"outcomes": [asdict(o) for o in outcomes], "command": asdict(timing),
+                          "pools": {name: batch.rows_scored for name, batch in pools.items()}}, indent=2))
     else:
-        print_tables(shifts, checks, timing)
+        print_tables(outcomes, timing)
 
 
 if __name__ == "__main__":

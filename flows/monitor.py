@@ -32,7 +32,16 @@ from steward.config import StewardConfig
 from steward.errors import BadInputError
 from steward.scores import DriftFindingName, RetrainDecisionName
 from tasks.data import TextTable, load_table, split_validation
-from tasks.drift import COVARIATE, PRIOR, DriftResult, DriftSignal, ScoredBatch, compare_batches, score_batch
+from tasks.drift import (
+    COVARIATE,
+    PRIOR,
+    DriftResult,
+    DriftSignal,
+    ScoredBatch,
+    class_mix_report_path,
+    compare_batches,
+    score_batch,
+)
 from tasks.modeling import verify_files
 
 DRIFT_EVENT = "steward.drift.detected"
@@ -63,7 +72,9 @@ class MonitorOutcome:
     current_scored: int
     reference_rows: int
     reference_scored: int
-    report: str
+    covariate_reference_rows: int  # reference rows the input signals used (fewer when matched to the class mix)
+    report: str  # Evidently report of the input signals
+    class_mix_report: str  # Evidently report of the class-mix signals
     seconds: float
 
 
@@ -212,6 +223,7 @@ def _details(result: DriftResult, current_path: Path, reference: str) -> dict[st
         "reference_scored": result.reference_scored,
         "current_rows": result.current_rows,
         "current_scored": result.current_scored,
+        "covariate_reference_rows": result.covariate_reference_rows,
     }
 
 
@@ -236,11 +248,12 @@ def publish_drift(model_name: str, champion_version: int, check: DriftCheck) -> 
         f"(share {result.drift_share:.2f}, threshold {result.threshold:.2f}); "
         f"class-mix signals drifted: {', '.join(class_mix) or 'none'}. "
         f"Current batch {result.current_scored:,} of {result.current_rows:,} rows scored, "
-        f"reference {result.reference_scored:,} of {result.reference_rows:,}.",
+        f"reference {result.reference_scored:,} of {result.reference_rows:,}{_matched_note(result)}.",
         "",
         RETRAIN_SENTENCES[check.retrain],
         "",
-        f"Evidently report: `{result.report_path}`",
+        f"Evidently reports: `{result.report_path}` (inputs), `{class_mix_report_path(result.report_path)}` "
+        "(class mix)",
     ]
     create_markdown_artifact(markdown="\n".join(lines), key=artifact_key(model_name, "drift"),
                              description=f"Drift check of {model_name}")
@@ -252,6 +265,13 @@ def publish_drift(model_name: str, champion_version: int, check: DriftCheck) -> 
         ],
         key=artifact_key(model_name, "drift-signals"), description=f"Drift signals of {model_name}",
     )
+
+
+def _matched_note(result: DriftResult) -> str:
+    if result.covariate_reference_rows == result.reference_scored:
+        return ""
+    return (f"; the input signals compared with {result.covariate_reference_rows:,} reference rows resampled to "
+            "the current predicted class mix")
 
 
 def announce_drift(model_name: str, result: DriftResult) -> None:
@@ -294,6 +314,8 @@ def monitor(config_path: str, current_path: str | None = None, registry_url: str
         current_scored=result.current_scored,
         reference_rows=result.reference_rows,
         reference_scored=result.reference_scored,
+        covariate_reference_rows=result.covariate_reference_rows,
         report=str(result.report_path),
+        class_mix_report=str(class_mix_report_path(result.report_path)),
         seconds=round(time.perf_counter() - started, 3),
     )

@@ -18,12 +18,15 @@ significant (at these sample sizes a domain classifier at ROC AUC 0.55 is "signi
 | `text` | domain classifier ROC AUC on TF-IDF (0.65) | AUC > 95th percentile of a random one |
 | `embedding` | domain classifier ROC AUC on embeddings (0.65) | the same bootstrap |
 | descriptors | Wasserstein / reference std (0.2, Cohen's "small") | K-S, p < 0.05 |
-| `prediction`, `label` | Jensen-Shannon distance (0.1, Evidently's default) | chi-square, p < 0.05 |
+| `prediction`, `label` | Jensen-Shannon distance (0.1, Evidently's default) | chi-square homogeneity, p < 0.05 |
 
-Covariate signals (text, descriptors, embedding) describe the inputs; `drift_share` is the share of them that
-drifted and the batch has drifted when `drift_share >= monitoring.drift_share_threshold`. The label signals
-(prediction, and label when both sides have labels) describe the class mix: when one of them drifted and the
-inputs did not, the finding is `prior_shift`, not drift. Thresholds are calibrated in `bench/drift.py`.
+The label signals (prediction, and label when both sides have labels) describe the class mix; the covariate
+signals (text, descriptors, embedding) describe the inputs. A changed class mix alone changes the inputs too
+(more texts of one class look different in bulk), so when the predicted mix drifted, the covariate signals
+compare the current batch with the reference resampled to the current's predicted mix (label shift: the texts
+of each class did not change, their shares did). `drift_share` is the share of covariate signals that drifted;
+the batch has drifted when it reaches `monitoring.drift_share_threshold`. When only the class mix drifted, the
+finding is `prior_shift`, not drift. Thresholds are calibrated in `bench/drift.py`.
 """
 
 from __future__ import annotations
@@ -106,6 +109,8 @@ DOMAIN_CLASSIFIER_AUC = 0.65  # text and embedding: ROC AUC of a classifier tell
 NUMERIC_DISTANCE = 0.2  # descriptors: Wasserstein distance in reference standard deviations
 CATEGORICAL_DISTANCE = 0.1  # predicted and true labels: Jensen-Shannon distance
 SIGNIFICANCE = 0.05
+MIN_MATCHED_ROWS = 100  # a reference matched to the current class mix needs this many rows, else it stays whole
+HOMOGENEITY_TEST = "chisquare_homogeneity"
 
 
 @dataclass(frozen=True)
@@ -132,7 +137,8 @@ class DriftResult:
     reference_scored: int
     current_rows: int
     current_scored: int
-    report_path: Path
+    covariate_reference_rows: int  # reference rows the input signals compared with (fewer when class-matched)
+    report_path: Path  # the Evidently report of the input signals; the class-mix one is beside it
 
     @property
     def drifted_signals(self) -> list[str]:
@@ -216,28 +222,58 @@ def score_batch(table: TextTable, model_dir: Path, sample_size: int, seed: int, 
 def compare_batches(
     reference: ScoredBatch, current: ScoredBatch, drift_share_threshold: float, report_path: Path,
 ) -> DriftResult:
-    """One Evidently report over the column signals (saved as HTML to `report_path`), plus embedding drift."""
-    report, columns = _drift_report(reference, current)
-    snapshot = _run_quietly(report, columns, reference, current)
-    signals = [*_column_signals(snapshot, columns), _embedding_signal(reference, current)]
+    """The class-mix signals, then the input signals against a reference with the current's class mix when
+    that drifted; two Evidently reports, saved as HTML at `report_path` (inputs) and beside it (class mix)."""
     report_path = Path(report_path)
     report_path.parent.mkdir(parents=True, exist_ok=True)
-    snapshot.save_html(str(report_path))
-    covariate = [signal for signal in signals if signal.kind == COVARIATE]
+    prior = _column_signals(_saved_report(_prior_columns(reference, current), reference, current,
+                                          class_mix_report_path(report_path)))
+    predicted_mix_drifted = any(signal.drifted for signal in prior if signal.name == PREDICTION)
+    matched = class_matched(reference, current) if predicted_mix_drifted else reference
+    covariate = [*_column_signals(_saved_report([TEXT, *DESCRIPTORS], matched, current, report_path)),
+                 _embedding_signal(matched, current)]
     share = sum(signal.drifted for signal in covariate) / len(covariate)
     drift_detected = share >= drift_share_threshold
     return DriftResult(
         drift_detected=drift_detected,
-        prior_shift=not drift_detected and any(signal.drifted for signal in signals if signal.kind == PRIOR),
+        prior_shift=not drift_detected and any(signal.drifted for signal in prior),
         drift_share=share,
         threshold=drift_share_threshold,
-        signals=signals,
+        signals=[*covariate, *prior],
         reference_rows=reference.rows_total,
         reference_scored=reference.rows_scored,
         current_rows=current.rows_total,
         current_scored=current.rows_scored,
+        covariate_reference_rows=matched.rows_scored,
         report_path=report_path,
     )
+
+
+def class_mix_report_path(report_path: Path) -> Path:
+    return report_path.with_name(f"{report_path.stem}-class-mix{report_path.suffix}")
+
+
+def class_matched(reference: ScoredBatch, current: ScoredBatch) -> ScoredBatch:
+    """The largest seeded subsample of the reference whose predicted-label mix is the current's (classes the
+    reference never predicts are left out of the match); the whole reference when that leaves too few rows."""
+    import numpy as np
+
+    predicted = reference.frame[PREDICTION]
+    wanted = current.frame[PREDICTION].value_counts(normalize=True)
+    wanted = wanted[wanted.index.isin(predicted.unique())]
+    available = predicted.value_counts()
+    rows = int(min(available[label] / share for label, share in (wanted / wanted.sum()).items()))
+    if rows < MIN_MATCHED_ROWS:
+        return reference
+    rng = np.random.default_rng(0)
+    keep = [index for label, share in (wanted / wanted.sum()).items()
+            for index in rng.choice(np.flatnonzero(predicted == label), round(rows * share), replace=False)]
+    frame = reference.frame.iloc[sorted(keep)].reset_index(drop=True)
+    return ScoredBatch(f"{reference.source} (matched to the current class mix)", reference.rows_total, frame)
+
+
+def _prior_columns(reference: ScoredBatch, current: ScoredBatch) -> list[str]:
+    return [PREDICTION, LABEL] if reference.has_labels and current.has_labels else [PREDICTION]
 
 
 @dataclass(frozen=True)
@@ -252,21 +288,19 @@ class _ColumnTests:
 
 _TEXT_TESTS = _ColumnTests(COVARIATE, "perc_text_content_drift", DOMAIN_CLASSIFIER_AUC, None)
 _NUMERIC_TESTS = _ColumnTests(COVARIATE, "wasserstein", NUMERIC_DISTANCE, "ks")
-_LABEL_TESTS = _ColumnTests(PRIOR, "jensenshannon", CATEGORICAL_DISTANCE, "chisquare")
+_LABEL_TESTS = _ColumnTests(PRIOR, "jensenshannon", CATEGORICAL_DISTANCE, HOMOGENEITY_TEST)
 
 
 def _tests_of(column: str) -> _ColumnTests:
     return _TEXT_TESTS if column == TEXT else _NUMERIC_TESTS if column in DESCRIPTORS else _LABEL_TESTS
 
 
-def _drift_report(reference: ScoredBatch, current: ScoredBatch):
-    """The Evidently report (an effect metric and a test metric per column) and the columns it covers."""
+def _saved_report(columns: list[str], reference: ScoredBatch, current: ScoredBatch, path: Path):
+    """The Evidently report (an effect metric and a test metric per column) over `columns`, saved as HTML."""
     from evidently import Report
     from evidently.metrics import ValueDrift
 
-    columns = [TEXT, *DESCRIPTORS, PREDICTION]
-    if reference.has_labels and current.has_labels:
-        columns.append(LABEL)
+    _register_homogeneity_test()
     metrics = []
     for column in columns:
         tests = _tests_of(column)
@@ -274,7 +308,31 @@ def _drift_report(reference: ScoredBatch, current: ScoredBatch):
                                   threshold=None if tests.test is None else tests.effect_threshold))
         if tests.test is not None:
             metrics.append(ValueDrift(column=column, method=tests.test, threshold=SIGNIFICANCE))
-    return Report(metrics, include_tests=True), columns
+    snapshot = _run_quietly(Report(metrics, include_tests=True), columns, reference, current)
+    snapshot.save_html(str(path))
+    return snapshot
+
+
+def _register_homogeneity_test() -> None:
+    """Evidently's `chisquare` tests the current counts against the reference's shares taken as exact, which
+    ignores the reference's own sampling noise: on two samples of one 12-class mix it fires far more often
+    than p < 0.05 says. This is the two-sample test (chi-square on the 2 x classes contingency table)."""
+    from evidently.legacy.calculations.stattests.registry import StatTest, register_stattest
+    from evidently.legacy.core import ColumnType
+
+    register_stattest(StatTest(name=HOMOGENEITY_TEST, display_name="chi-square homogeneity p_value",
+                               allowed_feature_types=[ColumnType.Categorical]), default_impl=_homogeneity_p_value)
+
+
+def _homogeneity_p_value(reference_data, current_data, feature_type, threshold: float) -> tuple[float, bool]:
+    import pandas as pd
+    from scipy.stats import chi2_contingency
+
+    counts = pd.concat([reference_data.value_counts(), current_data.value_counts()], axis=1).fillna(0)
+    if len(counts) < 2:
+        return 1.0, False
+    p_value = float(chi2_contingency(counts.to_numpy().T).pvalue)
+    return p_value, p_value < threshold
 
 
 def _embedding_method():
@@ -288,8 +346,8 @@ def _run_quietly(report, columns: list[str], reference: ScoredBatch, current: Sc
     from evidently import DataDefinition, Dataset
 
     definition = DataDefinition(
-        text_columns=[TEXT],
-        numerical_columns=list(DESCRIPTORS),
+        text_columns=[column for column in columns if column == TEXT],
+        numerical_columns=[column for column in columns if column in DESCRIPTORS],
         categorical_columns=[column for column in columns if column in (PREDICTION, LABEL)],
     )
     current_data = Dataset.from_pandas(current.frame[columns], data_definition=definition)
@@ -306,11 +364,12 @@ def _run_quietly(report, columns: list[str], reference: ScoredBatch, current: Sc
             raise
 
 
-def _column_signals(snapshot, columns: list[str]) -> list[DriftSignal]:
+def _column_signals(snapshot) -> list[DriftSignal]:
     """Each column's effect and test, as the report computed them (Evidently fails a test on significance)."""
     from evidently.core.metric_types import TestStatus
 
     results = snapshot.dict()
+    columns = list(dict.fromkeys(entry["config"]["column"] for entry in results["metrics"]))
     values = {(entry["config"]["column"], entry["config"]["method"]): float(entry["value"])
               for entry in results["metrics"]}
     failed = {(test["metric_config"]["params"]["column"], test["metric_config"]["params"]["method"]):

@@ -55,9 +55,9 @@ def test_shifted_batch_is_flagged_recorded_and_audited(
     assert {s["name"] for s in outcome["signals"]} == {
         "text", "length", "oov_share", "non_letter_share", "prediction", "embedding",
     }
-    report = Path(outcome["report"])
-    html = report.read_text(encoding="utf-8")
-    assert all(f"Value Drift for column {column}" in html for column in ("text", "length", "prediction"))
+    inputs, class_mix = (Path(outcome[key]).read_text(encoding="utf-8") for key in ("report", "class_mix_report"))
+    assert all(f"Value Drift for column {column}" in inputs for column in ("text", "length"))
+    assert "Value Drift for column prediction" in class_mix
 
     with registry_for(champion_project) as registry:
         [drift] = registry.drift_reports("tickets")
@@ -72,7 +72,7 @@ def test_shifted_batch_is_flagged_recorded_and_audited(
     assert main(["audit", "report", "tickets:1", "--format", "md", "--out", str(markdown),
                  "--config", str(champion_project)]) == 0
     history = markdown.read_text(encoding="utf-8").split("Drift history", 1)[1]
-    assert "drift" in history and "text" in history and str(current) in history and str(report) in history
+    assert "drift" in history and "text" in history and str(current) in history and outcome["report"] in history
 
 
 @pytest.mark.usefixtures("prefect_harness")
