@@ -108,6 +108,24 @@ def _add_stage_commands(commands: argparse._SubParsersAction) -> None:
     monitor.add_argument("--fail-on-drift", action="store_true", help="exit 1 when drift is detected")
     monitor.set_defaults(handler=_lazy(monitoring, "monitor"))
 
+    predict = commands.add_parser("predict", help="score a file with a registered version (NAME@ALIAS or NAME:VERSION)")
+    _common(predict)
+    predict.add_argument("--model", required=True, metavar="NAME@ALIAS", help="or NAME:VERSION")
+    predict.add_argument("--input", required=True, metavar="PATH", help="csv/tsv/jsonl/parquet/txt")
+    predict.add_argument("--output", metavar="PATH", help=".csv, .parquet or .jsonl (default: INPUT.predictions.csv)")
+    predict.add_argument("--text-column", default="text", metavar="NAME")
+    predict.set_defaults(handler=_lazy("steward.commands.predicting", "predict"))
+
+    serve_model = commands.add_parser("serve-model", help="serve a registered model over HTTP, following its alias")
+    _common(serve_model, json_flag=False)
+    serve_model.add_argument("--model", required=True, metavar="NAME@ALIAS", help="or NAME:VERSION (fixed)")
+    serve_model.add_argument("--host", default="127.0.0.1")
+    serve_model.add_argument("--port", type=_positive_int, default=8000)
+    serve_model.add_argument("--token-file", metavar="FILE", help="bearer token (default: $STEWARD_API_TOKEN)")
+    serve_model.add_argument("--poll-seconds", type=float, default=2.0, metavar="S",
+                             help="how often the alias is checked for a new version")
+    serve_model.set_defaults(handler=_lazy("steward.commands.serving", "serve_model"))
+
     serve = commands.add_parser("serve", help="serve the retraining and monitoring deployments on their schedules")
     _common(serve, config="required", json_flag=False)
     serve.set_defaults(handler=_lazy("steward.commands.serving", "serve"))

@@ -1,0 +1,58 @@
+"""`steward predict`: score a file with a registered version (an alias is resolved when the command starts)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from steward.commands.common import console, emit, open_registry
+
+BATCH_SCORED_EVENT = "batch_scored"
+
+
+def default_output(input_path: Path) -> Path:
+    """`tickets.csv` -> `tickets.predictions.csv` beside it (Parquet input keeps Parquet)."""
+    suffix = ".parquet" if input_path.suffix.lower() == ".parquet" else ".csv"
+    return input_path.with_name(f"{input_path.stem}.predictions{suffix}")
+
+
+def predict(args: argparse.Namespace) -> int:
+    from steward.loading import ModelRef, predictor_for, resolve_version
+    from tasks.data import load_table
+    from tasks.predict import predict_table, write_predictions
+
+    started = time.perf_counter()
+    ref = ModelRef.parse(args.model)
+    input_path = Path(args.input)
+    output_path = Path(args.output) if args.output else default_output(input_path)
+    with open_registry(args) as registry:
+        detail = resolve_version(registry, ref)
+        table = load_table.fn(input_path, args.text_column, None, "input")  # a plain read: no flow, no Prefect run
+        predictor = predictor_for(detail, ref.alias)
+        predictions = predict_table(predictor, table, show_progress=not args.json)
+        texts = [text for text in table.texts if text is not None]
+        write_predictions(output_path, texts, predictions, predictor.identity, predictor.labels)
+        summary = {
+            "model": predictor.identity.name,
+            "version": predictor.version,
+            "alias": ref.alias,
+            "input": str(input_path.resolve()),
+            "input_fingerprint": table.fingerprint,
+            "rows": len(predictions),
+            "output": str(output_path.resolve()),
+            "label_counts": _label_counts(predictions),
+        }
+        registry.audit.append(BATCH_SCORED_EVENT, f"{predictor.identity.name}:{predictor.version}", summary)
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    emit(args, summary, lambda: console().print(
+        f"scored {summary['rows']:,} rows of {input_path} with {summary['model']} v{summary['version']} "
+        f"in {summary['seconds']:.1f}s → {summary['output']}"))
+    return 0
+
+
+def _label_counts(predictions) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for prediction in predictions:
+        counts[prediction.label] = counts.get(prediction.label, 0) + 1
+    return dict(sorted(counts.items()))

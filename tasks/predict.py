@@ -1,0 +1,141 @@
+"""Scoring texts with a saved classifier: what `load_model`, `steward predict` and the model server call.
+
+A `Predictor` holds one loaded model version. `predict` tokenises without padding, sorts the texts by length
+and runs them in batches padded to their own longest text (dynamic padding), then returns per text the
+calibrated probabilities (softmax of the logits over the temperature fitted on the validation split), the
+top label and its probability. Inference holds no state between calls, and a lock serialises forward passes,
+so one predictor is safe to share between threads.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from steward.errors import BadInputError
+from tasks.modeling import pick_device, quiet_transformers
+
+if TYPE_CHECKING:
+    from tasks.classifier import Classifier
+    from tasks.data import TextTable
+    from tasks.modeling import Device
+
+PREDICT_BATCH_SIZE = 32
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    score: float  # the calibrated probability of `label`
+    probabilities: dict[str, float]  # every class, calibrated
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Which registered version a predictor serves, and the checksums its files were verified against."""
+
+    name: str
+    version: int
+    alias: str | None  # the alias it was loaded through, if any
+    artifact_path: str
+    sha256: dict[str, str]  # relative path -> sha256, as the registry recorded them
+    metrics: dict[str, float]  # the version's test metrics
+
+
+class Predictor:
+    """One loaded model version; `predict(texts)` is thread-safe."""
+
+    def __init__(self, classifier: Classifier, device: Device, identity: ModelIdentity) -> None:
+        self.classifier = classifier
+        self.device = device
+        self.identity = identity
+        self._lock = threading.Lock()
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.classifier.labels)
+
+    @property
+    def version(self) -> int:
+        return self.identity.version
+
+    def predict(self, texts: list[str], batch_size: int = PREDICT_BATCH_SIZE) -> list[Prediction]:
+        """Calibrated predictions for `texts`, in order."""
+        from tasks.classifier import batched_logits, encode
+
+        if isinstance(texts, str) or not all(isinstance(text, str) for text in texts):
+            raise BadInputError("predict() takes a list of strings")
+        if not texts:
+            return []
+        with self._lock:
+            logits, _ = batched_logits(self.classifier, encode(self.classifier, texts), batch_size, self.device)
+        probabilities = self.classifier.probabilities(logits).tolist()
+        labels = self.classifier.labels
+        return [_prediction(labels, row) for row in probabilities]
+
+
+def _prediction(labels: list[str], row: list[float]) -> Prediction:
+    best = max(range(len(row)), key=row.__getitem__)
+    return Prediction(labels[best], row[best], dict(zip(labels, row, strict=True)))
+
+
+def load_predictor(model_dir: Path, max_seq_length: int, identity: ModelIdentity) -> Predictor:
+    """A predictor on the classifier saved in `model_dir` (its files already verified by the caller)."""
+    from tasks.classifier import load_saved_classifier
+
+    quiet_transformers()
+    device = pick_device()
+    return Predictor(load_saved_classifier(model_dir, max_seq_length, device), device, identity)
+
+
+PROGRESS_CHUNK = 256  # texts per progress-bar step
+OUTPUT_FORMATS = (".csv", ".parquet", ".jsonl")
+
+
+def predict_table(predictor: Predictor, table: TextTable, show_progress: bool = True) -> list[Prediction]:
+    """Predictions for every row of `table`, with a progress bar on stderr; a row without text is refused
+    by its number (1-based, as a spreadsheet shows it below the header)."""
+    from tqdm.auto import tqdm
+
+    missing = next((index for index, text in enumerate(table.texts) if text is None or not text.strip()), None)
+    if missing is not None:
+        raise BadInputError(f"{table.source}: row {missing + 1} has no text to score")
+    texts = [text for text in table.texts if text is not None]
+    predictions: list[Prediction] = []
+    with tqdm(total=len(texts), desc="scoring", unit="text", disable=not show_progress, leave=False) as bar:
+        for start in range(0, len(texts), PROGRESS_CHUNK):
+            predictions += predictor.predict(texts[start : start + PROGRESS_CHUNK])
+            bar.update(min(PROGRESS_CHUNK, len(texts) - start))
+    return predictions
+
+
+def write_predictions(path: Path, texts: list[str], predictions: list[Prediction], identity: ModelIdentity,
+                      labels: list[str]) -> Path:
+    """One row per text: text, label, score, model, version and `probability_<class>` per class, as CSV,
+    Parquet or JSON lines by the suffix; written to a temporary name first, so the file is whole or absent."""
+    import pandas as pd
+
+    path = Path(path)
+    if path.suffix.lower() not in OUTPUT_FORMATS:
+        raise BadInputError(f"{path}: unknown output format '{path.suffix}' (use {', '.join(OUTPUT_FORMATS)})")
+    frame = pd.DataFrame({
+        "text": texts,
+        "label": [p.label for p in predictions],
+        "score": [p.score for p in predictions],
+        "model": identity.name,
+        "version": identity.version,
+        **{f"probability_{label}": [p.probabilities[label] for p in predictions] for label in labels},
+    })
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        frame.to_csv(partial, index=False)
+    elif suffix == ".parquet":
+        frame.to_parquet(partial, index=False)
+    else:
+        frame.to_json(partial, orient="records", lines=True, force_ascii=False)
+    partial.replace(path)
+    return path
