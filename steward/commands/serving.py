@@ -34,3 +34,39 @@ def serve(args: argparse.Namespace) -> int:
         )
     serve_until_stopped(deployments)
     return 0
+
+
+TOKEN_ENV = "STEWARD_API_TOKEN"
+
+
+def read_token(token_file: str | None) -> str | None:
+    """--token-file's first line, else STEWARD_API_TOKEN, else None (no token: every route is open)."""
+    import os
+
+    if token_file:
+        path = Path(token_file)
+        if not path.is_file():
+            raise BadInputError(f"{path}: token file not found")
+        token = path.read_text(encoding="utf-8").strip()
+        if not token:
+            raise BadInputError(f"{path}: the token file is empty")
+        return token
+    return os.environ.get(TOKEN_ENV) or None
+
+
+def serve_model(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from steward.commands.common import config_from_args
+    from steward.config import resolve_registry_url
+    from steward.loading import ModelRef
+    from steward.server import ServerSettings, create_app, load_served
+
+    settings = ServerSettings(ref=ModelRef.parse(args.model),
+                              registry_url=resolve_registry_url(args.registry, config_from_args(args)),
+                              token=read_token(args.token_file), poll_seconds=args.poll_seconds)
+    predictor = load_served(settings)
+    sys.stderr.write(f"steward: serving {predictor.identity.name} v{predictor.version} ({settings.ref}) on "
+                     f"http://{args.host}:{args.port}{' with a bearer token' if settings.token else ''}\n")
+    uvicorn.run(create_app(settings, predictor), host=args.host, port=args.port, log_level="warning")
+    return 0

@@ -1,0 +1,318 @@
+"""`steward serve-model`: a registered model over HTTP (FastAPI + uvicorn), following its alias.
+
+(FastAPI resolves route annotations at module level, so it is imported there; only serve-model imports this.)
+
+Routes: `POST /v1/predict {"texts": [...]}` -> `{"model", "version", "predictions": [{"label", "score",
+"probabilities"}]}`; `GET /v1/model`; `GET /healthz` (the process is up); `GET /readyz` (a model is loaded);
+`GET /metrics` (Prometheus text format). With a token (STEWARD_API_TOKEN or --token-file) every route but the
+two health checks wants `Authorization: Bearer <token>`.
+
+- Micro-batching: requests that arrive while a forward pass runs, or within `batch_wait_ms` of the first,
+  are scored together in one pass (at most `max_batch_texts` texts); each request gets its own rows back.
+- Hot swap: a background thread reads the alias every `poll_seconds` (one indexed query). When it moved, the
+  new version is loaded beside the old, its files checked against the registry's sha256s and warmed up with
+  one prediction, then swapped in with one assignment. A batch holds the predictor it started with, so
+  in-flight requests finish on the old version and every response names the version that answered. A
+  version that fails its checksum or warm-up is refused (log line, audit event `model_swap_refused`,
+  `steward_swap_refusals_total`) and the old one keeps serving.
+- Bad input gets a 4xx with `{"error": "<one line>"}`: a body over `max_body_bytes` (413), not JSON (400),
+  no `texts` list, a non-string, too many texts or a text over `max_text_chars` (422).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from steward.loading import ModelRef, predictor_for, resolve_version
+
+if TYPE_CHECKING:
+    from tasks.predict import Prediction, Predictor
+
+log = logging.getLogger("steward.server")
+SWAP_REFUSED_EVENT = "model_swap_refused"
+MODEL_SWAPPED_EVENT = "model_swapped"
+WARM_UP_TEXT = "warm-up"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    ref: ModelRef
+    registry_url: str
+    token: str | None = None
+    max_texts: int = 256  # per request
+    max_text_chars: int = 10_000
+    max_body_bytes: int = 1_000_000
+    max_batch_texts: int = 64  # per forward pass
+    batch_wait_ms: float = 2.0
+    poll_seconds: float = 2.0
+
+
+class RequestError(Exception):
+    """A request the server refuses: its status code and one-line reason."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Metrics:
+    """The server's Prometheus metrics, in a registry of their own (two apps in one process do not clash)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("steward_requests", "HTTP requests", ["route", "status"], registry=self.registry)
+        self.errors = Counter("steward_request_errors", "requests answered 4xx or 5xx", ["route", "status"],
+                              registry=self.registry)
+        self.latency = Histogram("steward_request_latency_seconds", "request latency", ["route"],
+                                 registry=self.registry)
+        self.batch_texts = Histogram("steward_batch_texts", "texts per forward pass", registry=self.registry,
+                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self.version = Gauge("steward_served_version", "the model version serving", ["model"],
+                             registry=self.registry)
+        self.swaps = Counter("steward_swaps", "versions swapped in", registry=self.registry)
+        self.refusals = Counter("steward_swap_refusals", "versions refused on checksum or warm-up",
+                                registry=self.registry)
+
+
+class ServedModel:
+    """The predictor now serving, and the alias follower that swaps it."""
+
+    def __init__(self, settings: ServerSettings, predictor: Predictor, metrics: Metrics) -> None:
+        self.settings = settings
+        self.predictor = predictor
+        self.metrics = metrics
+        self.refused: set[int] = set()  # versions that failed; tried again only after the alias moves away
+        self._stop = threading.Event()
+        metrics.version.labels(predictor.identity.name).set(predictor.version)
+
+    def follow(self) -> threading.Thread:
+        thread = threading.Thread(target=self._poll, name="steward-alias-follower", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _poll(self) -> None:
+        from governance.registry import Registry
+
+        with Registry.open(self.settings.registry_url) as registry:
+            while not self._stop.wait(self.settings.poll_seconds):
+                try:
+                    self.check_alias(registry)
+                except Exception as exc:  # a registry hiccup must not stop the server or the follower
+                    log.warning("steward serve-model: alias check failed: %s", exc)
+
+    def check_alias(self, registry) -> None:
+        """Swap to the version the alias points at now, unless it is the one serving or was refused."""
+        ref = self.settings.ref
+        if ref.alias is None:
+            return
+        record = registry.alias_version(ref.name, ref.alias)
+        if record is None or record.version == self.predictor.version:
+            self.refused.clear()
+            return
+        if record.version in self.refused:
+            return
+        try:
+            candidate = predictor_for(registry.get_version(ref.name, record.version), ref.alias)
+            candidate.predict([WARM_UP_TEXT])
+        except Exception as exc:
+            self._refuse(registry, record.version, exc)
+            return
+        previous, self.predictor = self.predictor.version, candidate
+        self.metrics.swaps.inc()
+        self.metrics.version.labels(ref.name).set(candidate.version)
+        registry.audit.append(MODEL_SWAPPED_EVENT, f"{ref.name}:{candidate.version}",
+                              {"alias": ref.alias, "from_version": previous, "to_version": candidate.version})
+        log.warning("steward serve-model: now serving %s v%d (was v%d)", ref.name, candidate.version, previous)
+
+    def _refuse(self, registry, version: int, exc: Exception) -> None:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        self.refused.add(version)
+        self.metrics.refusals.inc()
+        registry.audit.append(SWAP_REFUSED_EVENT, f"{self.settings.ref.name}:{version}",
+                              {"alias": self.settings.ref.alias, "serving_version": self.predictor.version,
+                               "reason": reason})
+        log.warning("steward serve-model: refused %s v%d, still serving v%d: %s", self.settings.ref.name, version,
+                    self.predictor.version, reason)
+
+
+@dataclass
+class _Pending:
+    texts: list[str]
+    future: asyncio.Future
+
+
+class MicroBatcher:
+    """Collects concurrent requests into forward passes of up to `max_batch_texts` texts."""
+
+    def __init__(self, served: ServedModel, settings: ServerSettings, metrics: Metrics) -> None:
+        self.served, self.settings, self.metrics = served, settings, metrics
+        self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
+
+    async def predict(self, texts: list[str]) -> tuple[Predictor, list[Prediction]]:
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put(_Pending(texts, future))
+        return await future
+
+    async def run(self) -> None:
+        while True:
+            batch = [await self.queue.get()]
+            deadline = time.monotonic() + self.settings.batch_wait_ms / 1000
+            while sum(len(item.texts) for item in batch) < self.settings.max_batch_texts:
+                remaining = deadline - time.monotonic()
+                try:
+                    batch.append(self.queue.get_nowait() if remaining <= 0 else
+                                 await asyncio.wait_for(self.queue.get(), remaining))
+                except (asyncio.QueueEmpty, TimeoutError):
+                    break
+            await self._score(batch)
+
+    async def _score(self, batch: list[_Pending]) -> None:
+        predictor = self.served.predictor  # this batch's version, whatever a swap does meanwhile
+        texts = [text for item in batch for text in item.texts]
+        self.metrics.batch_texts.observe(len(texts))
+        try:
+            predictions = await asyncio.to_thread(predictor.predict, texts)
+        except Exception as exc:
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        start = 0
+        for item in batch:
+            if not item.future.done():
+                item.future.set_result((predictor, predictions[start : start + len(item.texts)]))
+            start += len(item.texts)
+
+
+def parse_texts(body: bytes, settings: ServerSettings) -> list[str]:
+    """The request's texts, or a RequestError saying in one line what is wrong with it."""
+    if len(body) > settings.max_body_bytes:
+        raise RequestError(413, f"request body is {len(body):,} bytes, over the limit of {settings.max_body_bytes:,}")
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RequestError(400, "request body is not JSON") from None
+    if not isinstance(payload, dict) or "texts" not in payload:
+        raise RequestError(422, 'request body must be a JSON object with "texts": a list of strings')
+    texts = payload["texts"]
+    if not isinstance(texts, list) or not texts:
+        raise RequestError(422, '"texts" must be a non-empty list of strings')
+    if len(texts) > settings.max_texts:
+        raise RequestError(422, f'"texts" has {len(texts)} items, over the limit of {settings.max_texts}')
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise RequestError(422, f'"texts"[{index}] is {type(text).__name__}, not a string')
+        if len(text) > settings.max_text_chars:
+            raise RequestError(422, f'"texts"[{index}] has {len(text):,} characters, over the limit of '
+                                    f"{settings.max_text_chars:,}")
+    return texts
+
+
+def _prediction_json(prediction: Prediction) -> dict[str, Any]:
+    return {"label": prediction.label, "score": prediction.score, "probabilities": prediction.probabilities}
+
+
+def create_app(settings: ServerSettings, predictor: Predictor, follow_alias: bool = True) -> FastAPI:
+    """The app serving `predictor` (already loaded and verified), following `settings.ref`'s alias."""
+    from contextlib import asynccontextmanager
+
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    metrics = Metrics()
+    served = ServedModel(settings, predictor, metrics)
+    batcher = MicroBatcher(served, settings, metrics)
+    open_routes = {"/healthz", "/readyz"}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        worker = asyncio.create_task(batcher.run())
+        follower = served.follow() if follow_alias else None
+        yield
+        served.stop()
+        worker.cancel()
+        if follower is not None:
+            follower.join(timeout=settings.poll_seconds + 5)
+
+    app = FastAPI(title="Steward model server", lifespan=lifespan)
+    app.state.served = served
+
+    @app.middleware("http")
+    async def guard_and_measure(request: Request, call_next):
+        started = time.perf_counter()
+        route = request.url.path
+        if settings.token and route not in open_routes and not _authorised(request, settings.token):
+            response: Response = JSONResponse({"error": "missing or wrong bearer token"}, status_code=401,
+                                              headers={"WWW-Authenticate": "Bearer"})
+        else:
+            response = await call_next(request)
+        metrics.requests.labels(route, str(response.status_code)).inc()
+        if response.status_code >= 400:
+            metrics.errors.labels(route, str(response.status_code)).inc()
+        metrics.latency.labels(route).observe(time.perf_counter() - started)
+        return response
+
+    @app.exception_handler(RequestError)
+    async def refused(_: Request, exc: RequestError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(Exception)
+    async def failed(_: Request, exc: Exception) -> JSONResponse:
+        log.error("steward serve-model: request failed: %s: %s", type(exc).__name__, exc)
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+    @app.post("/v1/predict")
+    async def predict(request: Request) -> JSONResponse:
+        texts = parse_texts(await request.body(), settings)
+        answered_by, predictions = await batcher.predict(texts)
+        return JSONResponse({"model": answered_by.identity.name, "version": answered_by.version,
+                             "predictions": [_prediction_json(p) for p in predictions]})
+
+    @app.get("/v1/model")
+    async def model() -> JSONResponse:
+        identity = served.predictor.identity
+        return JSONResponse({"name": identity.name, "version": identity.version, "alias": identity.alias,
+                             "labels": served.predictor.labels, "sha256": identity.sha256,
+                             "metrics": identity.metrics})
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        return JSONResponse({"status": "ready", "version": served.predictor.version})
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _authorised(request, token: str) -> bool:
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def load_served(settings: ServerSettings) -> Predictor:
+    """The version the reference names now, verified and loaded (a bad reference or checksum fails here)."""
+    from governance.registry import Registry
+
+    with Registry.open(settings.registry_url) as registry:
+        detail = resolve_version(registry, settings.ref)
+    return predictor_for(detail, settings.ref.alias)

@@ -1,0 +1,216 @@
+"""`steward serve-model` as a real process on a free loopback port, driven by a real HTTP client: predictions,
+bad requests, the bearer token, metrics, and the hot swap on promotion and rollback under concurrent load."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from steward.cli import QUIET_THIRD_PARTY_DEFAULTS
+from tests.test_flow_retrain import registry_for, write_project
+
+TOKEN = "s3cret-token"
+CLIENTS = 8
+POLL_SECONDS = 0.3
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    config: Path
+    process: subprocess.Popen
+
+    def client(self, token: str | None = TOKEN) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def three_versions(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """Three registered versions of `tickets` (three `steward run`s), with v1 the champion."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    from steward.cli import main
+
+    config = write_project(tmp_path_factory.mktemp("served"), tiny_model_dir, pretraining={"enabled": False})
+    with prefect_test_harness(server_startup_timeout=60):
+        for _ in range(3):
+            assert main(["run", "--config", str(config)]) == 0
+    with registry_for(config) as registry:
+        if registry.alias_version("tickets", "champion").version != 1:
+            registry.promote("tickets", 1, approver="test-setup", reason="start the server on v1")
+    return config
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(three_versions: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    token_file = tmp_path_factory.mktemp("token") / "token"
+    token_file.write_text(TOKEN + "\n")
+    port = free_port()
+    registry = f"sqlite:///{three_versions.parent / '.steward' / 'registry.db'}"
+    log = (three_versions.parent / "server.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "steward.cli", "serve-model", "--model", "tickets@champion", "--registry", registry,
+         "--port", str(port), "--token-file", str(token_file), "--poll-seconds", str(POLL_SECONDS)],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **QUIET_THIRD_PARTY_DEFAULTS},
+    )
+    served = Server(f"http://127.0.0.1:{port}", three_versions, process)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        assert process.poll() is None, (three_versions.parent / "server.log").read_text()
+        try:
+            if httpx.get(f"{served.url}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.3)
+    else:
+        pytest.fail("the model server did not become ready in 90 s")
+    yield served
+    process.terminate()
+    process.wait(timeout=30)
+    log.close()
+
+
+def test_predict_answers_with_the_version_and_calibrated_probabilities(server: Server) -> None:
+    with server.client() as client:
+        response = client.post("/v1/predict", json={"texts": ["printer jams on floor 3", "vpn drops at night"]})
+        model = client.get("/v1/model").json()
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["model"], body["version"]) == ("tickets", 1)
+    assert len(body["predictions"]) == 2
+    for prediction in body["predictions"]:
+        assert prediction["label"] in model["labels"]
+        assert sum(prediction["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert prediction["score"] == prediction["probabilities"][prediction["label"]]
+    assert (model["name"], model["version"], model["alias"]) == ("tickets", 1, "champion")
+    assert "head.safetensors" in model["sha256"] and "macro_f1" in model["metrics"]
+
+
+@pytest.mark.parametrize(("body", "status", "message"), [
+    (b"{not json", 400, "not JSON"),
+    (b'{"text": ["a"]}', 422, '"texts"'),
+    (b'{"texts": "one string"}', 422, "non-empty list"),
+    (b'{"texts": []}', 422, "non-empty list"),
+    (b'{"texts": ["ok", 7]}', 422, '"texts"[1] is int'),
+    (b'{"texts": [' + b",".join([b'"x"'] * 257) + b"]}", 422, "over the limit of 256"),
+    (b'{"texts": ["' + b"y" * 10_001 + b'"]}', 422, "10,001 characters"),
+    (b'{"texts": ["' + b"z" * 1_000_001 + b'"]}', 413, "over the limit of 1,000,000"),
+])
+def test_a_bad_request_gets_its_4xx_with_a_one_line_json_error(
+    server: Server, body: bytes, status: int, message: str
+) -> None:
+    with server.client() as client:
+        response = client.post("/v1/predict", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert message in error and "\n" not in error and "Traceback" not in error
+
+
+def test_the_token_guards_every_route_but_the_health_checks(server: Server) -> None:
+    for token in (None, "wrong"):
+        with server.client(token) as client:
+            assert client.post("/v1/predict", json={"texts": ["a"]}).status_code == 401
+            assert client.get("/v1/model").status_code == 401
+            assert client.get("/metrics").status_code == 401
+            assert client.get("/healthz").status_code == 200
+            assert client.get("/readyz").status_code == 200
+
+
+def test_metrics_count_requests_errors_and_name_the_served_version(server: Server) -> None:
+    with server.client() as client:
+        client.post("/v1/predict", json={"texts": ["metrics please"]})
+        client.post("/v1/predict", content=b"nope")
+        text = client.get("/metrics").text
+    assert 'steward_requests_total{route="/v1/predict",status="200"}' in text
+    assert 'steward_request_errors_total{route="/v1/predict",status="400"}' in text
+    assert "steward_request_latency_seconds_bucket" in text
+    assert 'steward_served_version{model="tickets"}' in text
+
+
+def _traffic(server: Server, stop: threading.Event, answers: list, failures: list) -> None:
+    with server.client() as client:
+        while not stop.is_set():
+            try:
+                response = client.post("/v1/predict", json={"texts": ["disk full on the build box"]})
+                if response.status_code != 200:
+                    failures.append(response.status_code)
+                else:
+                    answers.append((time.monotonic(), response.json()["version"]))
+            except httpx.HTTPError as exc:
+                failures.append(repr(exc))
+
+
+def _wait_for_version(server: Server, version: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    with server.client() as client:
+        while client.get("/v1/model").json()["version"] != version:
+            assert time.monotonic() < deadline, f"the server did not swap to v{version}"
+            time.sleep(0.1)
+
+
+def test_promotion_and_rollback_swap_versions_under_load_without_a_failed_request(server: Server) -> None:
+    answers: list[tuple[float, int]] = []
+    failures: list = []
+    stop = threading.Event()
+    clients = [threading.Thread(target=_traffic, args=(server, stop, answers, failures)) for _ in range(CLIENTS)]
+    for thread in clients:
+        thread.start()
+    try:
+        time.sleep(1.0)
+        with registry_for(server.config) as registry:
+            registry.promote("tickets", 2, approver="release-manager", reason="v2 is better")
+        _wait_for_version(server, 2)
+        time.sleep(1.0)
+        with registry_for(server.config) as registry:
+            registry.rollback("tickets", reason="back to v1")
+        _wait_for_version(server, 1)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(timeout=30)
+    assert failures == []
+    versions = [version for _, version in sorted(answers)]
+    switches = [version for i, version in enumerate(versions) if i == 0 or version != versions[i - 1]]
+    assert switches == [1, 2, 1]
+    with registry_for(server.config) as registry:
+        swapped = [e for e in registry.audit.events("tickets") if e.event_type == "model_swapped"]
+        assert [(e.payload["from_version"], e.payload["to_version"]) for e in swapped][-2:] == [(1, 2), (2, 1)]
+
+
+def test_a_tampered_version_is_refused_and_the_old_one_keeps_serving(server: Server) -> None:
+    with registry_for(server.config) as registry:
+        head = Path(registry.get_version("tickets", 3).version.artifact_path) / "head.safetensors"
+        original = head.read_bytes()
+        head.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+        try:
+            serving = httpx.get(f"{server.url}/readyz").json()["version"]
+            registry.promote("tickets", 3, approver="release-manager", reason="try v3")
+            deadline = time.monotonic() + 30
+            while not [e for e in registry.audit.events("tickets:3") if e.event_type == "model_swap_refused"]:
+                assert time.monotonic() < deadline, "no model_swap_refused event"
+                time.sleep(0.1)
+            with server.client() as client:
+                assert client.post("/v1/predict", json={"texts": ["still up?"]}).json()["version"] == serving
+                assert "steward_swap_refusals_total 1.0" in client.get("/metrics").text
+            [refusal] = [e for e in registry.audit.events("tickets:3") if e.event_type == "model_swap_refused"]
+            assert "sha256 mismatch" in refusal.payload["reason"]
+        finally:
+            head.write_bytes(original)
