@@ -21,7 +21,7 @@ from prefect.schedules import Cron, Schedule
 
 from flows.monitor import DRIFT_EVENT, model_resource_id, monitor
 from flows.retrain import retrain
-from steward.config import StewardConfig
+from steward.config import SERVED, StewardConfig
 from steward.errors import BadInputError
 
 ONE_RUN_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
@@ -72,7 +72,7 @@ def build_deployments(config: StewardConfig, config_path: Path, registry_url: st
     )
     monitoring = None
     if config.monitoring.current is not None:
-        current = str(config.resolve(config.monitoring.current))
+        current = SERVED if config.monitoring.current_is_served else str(config.resolve(config.monitoring.current))
         monitoring = _deployment(
             monitor, f"{name}-monitor", f"Check {name}'s current batch for drift on schedule.monitor_cron",
             monitor_schedule, {**parameters, "current_path": current}, name,

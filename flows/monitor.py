@@ -27,11 +27,12 @@ from prefect.events import emit_event
 from flows.artifacts import artifact_key
 from flows.context import RunContext, flow_run, stage
 from flows.stages import VALIDATION_SPLIT_FRACTION, recorded_hashes
+from governance.prediction_log import PredictionLog
 from governance.registry import DatasetRecord, DriftReportIn, DriftReportRecord, ModelVersionDetail, Registry
-from steward.config import StewardConfig
+from steward.config import SERVED, StewardConfig, parse_duration, resolve_registry_url
 from steward.errors import BadInputError
 from steward.scores import DriftFindingName, RetrainDecisionName
-from tasks.data import TextTable, load_table, split_validation
+from tasks.data import TextTable, load_table, make_table, split_validation
 from tasks.drift import (
     COVARIATE,
     PRIOR,
@@ -87,13 +88,48 @@ def champion_of(registry: Registry, model_name: str) -> ModelVersionDetail:
     return registry.get_version(model_name, champion.version)
 
 
-def current_batch_path(config: StewardConfig, current_path: str | None) -> Path:
-    """--current as given (relative to the working directory), else the config's monitoring.current."""
+def current_batch_path(config: StewardConfig, current_path: str | None) -> Path | None:
+    """--current as given (relative to the working directory), else the config's monitoring.current; None
+    for `served` (the prediction log)."""
     if current_path:
-        return Path(current_path).resolve()
+        return None if current_path == SERVED else Path(current_path).resolve()
     if config.monitoring.current is None:
         raise BadInputError("no batch to monitor: pass --current PATH or set monitoring.current in the config")
-    return config.resolve(config.monitoring.current)
+    return None if config.monitoring.current_is_served else config.resolve(config.monitoring.current)
+
+
+@dataclass(frozen=True)
+class ServedWindow:
+    """Where `--current served` reads: the prediction log's database and how far back."""
+
+    log_url: str
+    since: timedelta
+
+
+def served_batch(config: StewardConfig, window: ServedWindow) -> TextTable:
+    """The texts model servers answered for this model in the window, from the prediction log."""
+    start = datetime.now(UTC) - window.since
+    source = f"served:{config.name}@{start:%Y-%m-%dT%H:%M:%SZ}"
+    with PredictionLog.open(window.log_url) as log:
+        rows = log.window(config.name, start)
+    if not rows:
+        raise BadInputError(f"{source}: no predictions of {config.name} were served since {start:%Y-%m-%d %H:%M} "
+                            f"UTC ({log.url}), so there is nothing to monitor")
+    texts: list[str | None] = [row.text for row in rows if row.text is not None]
+    if not texts:
+        raise BadInputError(f"{source}: the prediction log holds no texts (serving.log_text: false); drift "
+                            "needs them")
+    return make_table("current", Path(source), texts, None, {"text": "object"})
+
+
+def window_of(since: str | None, config: StewardConfig) -> timedelta:
+    """--since ('24h', '30m', '7d' or seconds) or serving.window."""
+    if since is None:
+        return config.serving.window
+    window = parse_duration(since)
+    if not isinstance(window, timedelta) or window <= timedelta(0):
+        raise BadInputError(f"--since '{since}' is not a duration (for example 90s, 30m, 24h, 7d)")
+    return window
 
 
 def load_batch(path: Path, config: StewardConfig, role: str) -> TextTable:
@@ -179,13 +215,16 @@ def retrain_decision(
 class DriftCheck:
     result: DriftResult
     retrain: RetrainDecisionName
+    current_source: Path  # the batch's file, or `served:NAME@SINCE` for the prediction log's window
 
 
-def check_drift(context: RunContext, detail: ModelVersionDetail, current_path: Path) -> DriftCheck:
+def check_drift(context: RunContext, detail: ModelVersionDetail, current_path: Path | None,
+                window: ServedWindow) -> DriftCheck:
     """Score both batches, compare them, decide on a retrain, and record it all."""
     config = context.config
     with stage(context, "load current batch"):
-        current = load_batch(current_path, config, "current")
+        current = (load_batch(current_path, config, "current") if current_path is not None else
+                   served_batch(config, window))
     with stage(context, "score batches"):
         verify_files(Path(detail.version.artifact_path), recorded_hashes(detail))
         reference = scored_reference(context, detail)
@@ -204,16 +243,16 @@ def check_drift(context: RunContext, detail: ModelVersionDetail, current_path: P
             model_name=config.name,
             drift_share=result.drift_share,
             report_path=str(result.report_path),
-            details=_details(result, current_path, config.monitoring.reference),
+            details=_details(result, current.source, config.monitoring.reference),
             finding=result.finding,
             retrain=retrain,
             run_id=context.run.id,
             version_id=detail.version.id,
         ))
-    return DriftCheck(result, retrain)
+    return DriftCheck(result, retrain, current.source)
 
 
-def _details(result: DriftResult, current_path: Path, reference: str) -> dict[str, object]:
+def _details(result: DriftResult, current_path: Path | str, reference: str) -> dict[str, object]:
     return {
         "current": str(current_path),
         "reference": reference,
@@ -285,14 +324,17 @@ def announce_drift(model_name: str, result: DriftResult) -> None:
 
 
 @flow(name="steward-monitor", log_prints=False)
-def monitor(config_path: str, current_path: str | None = None, registry_url: str | None = None) -> MonitorOutcome:
+def monitor(config_path: str, current_path: str | None = None, registry_url: str | None = None,
+            since: str | None = None) -> MonitorOutcome:
     """Check a batch of current text for drift against the champion's reference data."""
     started = time.perf_counter()
     with flow_run(config_path, registry_url, "monitor") as context:
         config = context.config
         batch_path = current_batch_path(config, current_path)
         detail = champion_of(context.registry, config.name)
-        check = check_drift(context, detail, batch_path)
+        window = ServedWindow(config.serving.log_url or resolve_registry_url(registry_url, config),
+                              window_of(since, config))
+        check = check_drift(context, detail, batch_path, window)
     publish_drift(config.name, detail.version.version, check)
     result = check.result
     if check.retrain == "requested":
@@ -309,7 +351,7 @@ def monitor(config_path: str, current_path: str | None = None, registry_url: str
         drifted_signals=result.drifted_signals,
         signals=result.signals,
         reference=config.monitoring.reference,
-        current=str(batch_path),
+        current=str(check.current_source),
         current_rows=result.current_rows,
         current_scored=result.current_scored,
         reference_rows=result.reference_rows,

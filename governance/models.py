@@ -281,3 +281,24 @@ class EvaluationDetail(Base):
     adapted_checkpoint_key: Mapped[str | None] = mapped_column(String(64))
     adapted_checkpoint_path: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# Added by migration 0006.
+
+
+class ServedPrediction(Base):
+    """One text a model server answered: what it predicted, with which version, when. Append-only; old rows go
+    by `serving.log_retention`. `text` is null when the server runs with `serving.log_text: false`."""
+
+    __tablename__ = "served_predictions"
+    __table_args__ = (Index("ix_served_predictions_model_name_served_at", "model_name", "served_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_name: Mapped[str] = mapped_column(_NAME)
+    version: Mapped[int]
+    served_at: Mapped[datetime]
+    request_id: Mapped[str] = mapped_column(String(32))
+    text: Mapped[str | None] = mapped_column(Text)
+    label: Mapped[str] = mapped_column(_NAME)
+    score: Mapped[float] = mapped_column(Float)
+    probabilities: Mapped[dict[str, Any]]

@@ -215,3 +215,22 @@ class EvaluationDetailRecord:
     @property
     def examples(self) -> int:
         return sum(score.support for score in self.per_class)
+
+
+@dataclass(frozen=True)
+class ServedPredictionIn:
+    """One answered text, as the model server hands it to the prediction log."""
+
+    model_name: str
+    version: int
+    served_at: datetime
+    request_id: str
+    text: str | None  # None when the server logs no raw text
+    label: str
+    score: float
+    probabilities: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ServedPredictionRecord(ServedPredictionIn):
+    id: int = 0

@@ -104,7 +104,9 @@ def _add_stage_commands(commands: argparse._SubParsersAction) -> None:
     monitor = commands.add_parser("monitor", help="drift of a batch of current text against the champion's data")
     _common(monitor, config="required")
     monitor.add_argument("--current", required=True, metavar="PATH",
-                         help="the current batch (csv/tsv/jsonl/parquet/txt)")
+                         help="the current batch (csv/tsv/jsonl/parquet/txt), or `served` (the prediction log)")
+    monitor.add_argument("--since", metavar="DURATION",
+                         help="with --current served: how far back (24h, 30m, 7d; default serving.window)")
     monitor.add_argument("--fail-on-drift", action="store_true", help="exit 1 when drift is detected")
     monitor.set_defaults(handler=_lazy(monitoring, "monitor"))
 

@@ -96,9 +96,13 @@ def parse_duration(value: object) -> object:
     return timedelta(**{_DURATION_UNITS[match.group(2)]: float(match.group(1))})
 
 
+SERVED = "served"  # monitoring.current / --current: the prediction log's recent window instead of a file
+
+
 class MonitoringConfig(_Section):
     drift_share_threshold: float = Field(0.3, ge=0.0, le=1.0)
-    current: Path | None = None  # the batch the scheduled monitor checks (a file production refreshes)
+    # The batch the scheduled monitor checks: a file production refreshes, or `served` (the prediction log).
+    current: Path | None = None
     sample_size: int = Field(2_000, ge=50)  # rows drawn (seeded) from each side of a large batch
     # What "normal" is: the champion's test split (default: users resample and balance training sets, the
     # test set is the one meant to look like production), its validation or training split, or a file.
@@ -112,9 +116,28 @@ class MonitoringConfig(_Section):
         return parse_duration(value)
 
     @property
+    def current_is_served(self) -> bool:
+        return self.current is not None and str(self.current) == SERVED
+
+    @property
     def reference_split(self) -> str | None:
         """The champion's split the reference is, or None when `reference` is a file path."""
         return self.reference if self.reference in REFERENCE_SPLITS else None
+
+
+class ServingConfig(_Section):
+    """`steward serve-model`'s prediction log, and the window `--current served` reads from it."""
+
+    log_predictions: bool = True
+    log_text: bool = True  # false: no raw text is stored (drift then cannot be checked from the log)
+    log_url: str | None = None  # another database for the log; default: the registry's
+    log_retention: timedelta = timedelta(days=30)
+    window: timedelta = timedelta(hours=24)  # how far back `--current served` reads (`--since` overrides)
+
+    @field_validator("log_retention", "window", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return parse_duration(value)
 
 
 class RegistryConfig(_Section):
@@ -149,6 +172,7 @@ class StewardConfig(_Section):
     finetuning: FinetuningConfig = FinetuningConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    serving: ServingConfig = ServingConfig()
     registry: RegistryConfig = RegistryConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     card: CardConfig = CardConfig()

@@ -15,6 +15,9 @@ two health checks wants `Authorization: Bearer <token>`.
   in-flight requests finish on the old version and every response names the version that answered. A
   version that fails its checksum or warm-up is refused (log line, audit event `model_swap_refused`,
   `steward_swap_refusals_total`) and the old one keeps serving.
+- Prediction log: with `serving.log_predictions` each answered text (with `serving.log_text`, the text
+  itself), its label, probabilities, version and time go to a queue that a writer thread inserts into SQL in
+  batches, off the request path; old rows are deleted after `serving.log_retention`.
 - Bad input gets a 4xx with `{"error": "<one line>"}`: a body over `max_body_bytes` (413), not JSON (400),
   no `texts` list, a non-string, too many texts or a text over `max_text_chars` (422).
 """
@@ -25,9 +28,12 @@ import asyncio
 import hmac
 import json
 import logging
+import queue
 import threading
 import time
+import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
@@ -36,6 +42,7 @@ from fastapi.responses import JSONResponse, Response
 from steward.loading import ModelRef, predictor_for, resolve_version
 
 if TYPE_CHECKING:
+    from governance.records import ServedPredictionIn
     from tasks.predict import Prediction, Predictor
 
 log = logging.getLogger("steward.server")
@@ -55,6 +62,9 @@ class ServerSettings:
     max_batch_texts: int = 64  # per forward pass
     batch_wait_ms: float = 2.0
     poll_seconds: float = 2.0
+    log_url: str | None = None  # the prediction log's database; None: no prediction log
+    log_text: bool = True
+    log_retention: timedelta = timedelta(days=30)
 
 
 class RequestError(Exception):
@@ -84,6 +94,11 @@ class Metrics:
         self.swaps = Counter("steward_swaps", "versions swapped in", registry=self.registry)
         self.refusals = Counter("steward_swap_refusals", "versions refused on checksum or warm-up",
                                 registry=self.registry)
+        self.logged = Counter("steward_prediction_log_rows", "rows written to the prediction log",
+                              registry=self.registry)
+        self.log_failures = Counter("steward_prediction_log_dropped_rows",
+                                    "rows the prediction log could not take (queue full or database error)",
+                                    registry=self.registry)
 
 
 class ServedModel:
@@ -148,6 +163,71 @@ class ServedModel:
                                "reason": reason})
         log.warning("steward serve-model: refused %s v%d, still serving v%d: %s", self.settings.ref.name, version,
                     self.predictor.version, reason)
+
+
+class PredictionLogWriter:
+    """Inserts served predictions in batches from a thread of its own; the request path only enqueues."""
+
+    FLUSH_ROWS = 500
+    FLUSH_SECONDS = 0.5
+    PURGE_SECONDS = 3600.0
+    QUEUE_ROWS = 100_000  # beyond this (the database is down or slow) rows are dropped and counted
+
+    def __init__(self, settings: ServerSettings, metrics: Metrics) -> None:
+        self.settings, self.metrics = settings, metrics
+        self.queue: queue.Queue[ServedPredictionIn] = queue.Queue(self.QUEUE_ROWS)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="steward-prediction-log", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, predictor: Predictor, texts: list[str], predictions: list[Prediction]) -> None:
+        from governance.records import ServedPredictionIn
+
+        served_at, request_id = datetime.now(UTC), uuid.uuid4().hex
+        for text, prediction in zip(texts, predictions, strict=True):
+            row = ServedPredictionIn(predictor.identity.name, predictor.version, served_at, request_id,
+                                     text if self.settings.log_text else None, prediction.label, prediction.score,
+                                     prediction.probabilities)
+            try:
+                self.queue.put_nowait(row)
+            except queue.Full:
+                self.metrics.log_failures.inc()
+
+    def close(self) -> None:
+        """Stop after writing what is queued."""
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        from governance.prediction_log import PredictionLog
+
+        with PredictionLog.open(self.settings.log_url) as prediction_log:
+            next_purge = time.monotonic()
+            while not (self._stop.is_set() and self.queue.empty()):
+                self._flush(prediction_log, self._take())
+                if time.monotonic() >= next_purge:
+                    prediction_log.purge(datetime.now(UTC) - self.settings.log_retention)
+                    next_purge = time.monotonic() + self.PURGE_SECONDS
+
+    def _take(self) -> list[ServedPredictionIn]:
+        rows: list[ServedPredictionIn] = []
+        deadline = time.monotonic() + self.FLUSH_SECONDS
+        while len(rows) < self.FLUSH_ROWS and (remaining := deadline - time.monotonic()) > 0:
+            try:
+                rows.append(self.queue.get(timeout=remaining))
+            except queue.Empty:
+                break
+        return rows
+
+    def _flush(self, prediction_log, rows: list[ServedPredictionIn]) -> None:
+        try:
+            self.metrics.logged.inc(prediction_log.append(rows))
+        except Exception as exc:  # the database is away: count what is lost, keep serving
+            self.metrics.log_failures.inc(len(rows))
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            log.warning("steward serve-model: prediction log write failed: %s", reason)
 
 
 @dataclass
@@ -236,15 +316,20 @@ def create_app(settings: ServerSettings, predictor: Predictor, follow_alias: boo
     metrics = Metrics()
     served = ServedModel(settings, predictor, metrics)
     batcher = MicroBatcher(served, settings, metrics)
+    writer = PredictionLogWriter(settings, metrics) if settings.log_url else None
     open_routes = {"/healthz", "/readyz"}
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         worker = asyncio.create_task(batcher.run())
         follower = served.follow() if follow_alias else None
+        if writer is not None:
+            writer.start()
         yield
         served.stop()
         worker.cancel()
+        if writer is not None:
+            writer.close()
         if follower is not None:
             follower.join(timeout=settings.poll_seconds + 5)
 
@@ -279,6 +364,8 @@ def create_app(settings: ServerSettings, predictor: Predictor, follow_alias: boo
     async def predict(request: Request) -> JSONResponse:
         texts = parse_texts(await request.body(), settings)
         answered_by, predictions = await batcher.predict(texts)
+        if writer is not None:
+            writer.submit(answered_by, texts, predictions)
         return JSONResponse({"model": answered_by.identity.name, "version": answered_by.version,
                              "predictions": [_prediction_json(p) for p in predictions]})
 

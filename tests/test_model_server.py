@@ -4,20 +4,26 @@ bad requests, the bearer token, metrics, and the hot swap on promotion and rollb
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
+from governance.prediction_log import PredictionLog
 from steward.cli import QUIET_THIRD_PARTY_DEFAULTS
-from tests.test_flow_retrain import registry_for, write_project
+from tests.test_flow_retrain import registry_for, run_json, write_project
+from tests.test_monitor import _shifted_texts
 
 TOKEN = "s3cret-token"
 CLIENTS = 8
@@ -58,33 +64,49 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(three_versions: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    token_file = tmp_path_factory.mktemp("token") / "token"
-    token_file.write_text(TOKEN + "\n")
+@contextmanager
+def model_server(config: Path, token_file: Path) -> Iterator[Server]:
+    """`steward serve-model --config CONFIG` on a free loopback port, until the block ends."""
     port = free_port()
-    registry = f"sqlite:///{three_versions.parent / '.steward' / 'registry.db'}"
-    log = (three_versions.parent / "server.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "steward.cli", "serve-model", "--model", "tickets@champion", "--registry", registry,
-         "--port", str(port), "--token-file", str(token_file), "--poll-seconds", str(POLL_SECONDS)],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **QUIET_THIRD_PARTY_DEFAULTS},
-    )
-    served = Server(f"http://127.0.0.1:{port}", three_versions, process)
+    log_path = config.with_suffix(".server.log")
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "steward.cli", "serve-model", "--model", "tickets@champion", "--config",
+             str(config), "--port", str(port), "--token-file", str(token_file), "--poll-seconds", str(POLL_SECONDS)],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **QUIET_THIRD_PARTY_DEFAULTS},
+        )
+        served = Server(f"http://127.0.0.1:{port}", config, process)
+        try:
+            _wait_until_ready(served, log_path)
+            yield served
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def _wait_until_ready(served: Server, log_path: Path) -> None:
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        assert process.poll() is None, (three_versions.parent / "server.log").read_text()
+        assert served.process.poll() is None, log_path.read_text()
         try:
             if httpx.get(f"{served.url}/readyz", timeout=2).status_code == 200:
-                break
+                return
         except httpx.TransportError:
             time.sleep(0.3)
-    else:
-        pytest.fail("the model server did not become ready in 90 s")
-    yield served
-    process.terminate()
-    process.wait(timeout=30)
-    log.close()
+    pytest.fail("the model server did not become ready in 90 s")
+
+
+@pytest.fixture(scope="module")
+def token_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("token") / "token"
+    path.write_text(TOKEN + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(three_versions: Path, token_file: Path) -> Iterator[Server]:
+    with model_server(three_versions, token_file) as served:
+        yield served
 
 
 def test_predict_answers_with_the_version_and_calibrated_probabilities(server: Server) -> None:
@@ -144,15 +166,18 @@ def test_metrics_count_requests_errors_and_name_the_served_version(server: Serve
     assert 'steward_served_version{model="tickets"}' in text
 
 
-def _traffic(server: Server, stop: threading.Event, answers: list, failures: list) -> None:
+def _traffic(server: Server, client_id: int, stop: threading.Event, answers: list, failures: list) -> None:
     with server.client() as client:
+        request = 0
         while not stop.is_set():
+            text = f"disk full on the build box {client_id}-{request}"
+            request += 1
             try:
-                response = client.post("/v1/predict", json={"texts": ["disk full on the build box"]})
+                response = client.post("/v1/predict", json={"texts": [text]})
                 if response.status_code != 200:
                     failures.append(response.status_code)
                 else:
-                    answers.append((time.monotonic(), response.json()["version"]))
+                    answers.append((time.monotonic(), response.json()["version"], text))
             except httpx.HTTPError as exc:
                 failures.append(repr(exc))
 
@@ -166,10 +191,11 @@ def _wait_for_version(server: Server, version: int, timeout: float = 30) -> None
 
 
 def test_promotion_and_rollback_swap_versions_under_load_without_a_failed_request(server: Server) -> None:
-    answers: list[tuple[float, int]] = []
+    answers: list[tuple[float, int, str]] = []
     failures: list = []
     stop = threading.Event()
-    clients = [threading.Thread(target=_traffic, args=(server, stop, answers, failures)) for _ in range(CLIENTS)]
+    clients = [threading.Thread(target=_traffic, args=(server, client, stop, answers, failures))
+               for client in range(CLIENTS)]
     for thread in clients:
         thread.start()
     try:
@@ -187,12 +213,26 @@ def test_promotion_and_rollback_swap_versions_under_load_without_a_failed_reques
         for thread in clients:
             thread.join(timeout=30)
     assert failures == []
-    versions = [version for _, version in sorted(answers)]
+    versions = [version for _, version, _ in sorted(answers)]
     switches = [version for i, version in enumerate(versions) if i == 0 or version != versions[i - 1]]
     assert switches == [1, 2, 1]
     with registry_for(server.config) as registry:
         swapped = [e for e in registry.audit.events("tickets") if e.event_type == "model_swapped"]
         assert [(e.payload["from_version"], e.payload["to_version"]) for e in swapped][-2:] == [(1, 2), (2, 1)]
+    answered = {text: version for _, version, text in answers}
+    assert logged_versions(server.config, set(answered)) == answered  # every request, with who answered it
+
+
+def logged_versions(config: Path, texts: set[str], timeout: float = 30) -> dict[str, int]:
+    """The prediction log's version for each of `texts`, once the writer has flushed them all."""
+    deadline = time.monotonic() + timeout
+    with PredictionLog.open(f"sqlite:///{config.parent / '.steward' / 'registry.db'}") as log:
+        while True:
+            rows = {row.text: row.version for row in log.window("tickets", datetime.now(UTC) - timedelta(hours=1))
+                    if row.text in texts}
+            if len(rows) == len(texts) or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.2)
 
 
 def test_a_tampered_version_is_refused_and_the_old_one_keeps_serving(server: Server) -> None:
@@ -214,3 +254,32 @@ def test_a_tampered_version_is_refused_and_the_old_one_keeps_serving(server: Ser
             assert "sha256 mismatch" in refusal.payload["reason"]
         finally:
             head.write_bytes(original)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_served_traffic_is_monitored_from_the_prediction_log(
+    three_versions: Path, token_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """serve → log → monitor: shifted texts sent to a server logging into its own database are flagged."""
+    config = yaml.safe_load(three_versions.read_text())
+    log_url = f"sqlite:///{three_versions.parent / 'predictions.db'}"
+    config["serving"] = {"log_url": log_url, "log_text": True}
+    served_config = three_versions.with_name("steward-served.yaml")
+    served_config.write_text(yaml.safe_dump(config))
+    shifted = _shifted_texts(random.Random(3), 120)
+    with model_server(served_config, token_file) as served, served.client() as client:
+        for start in range(0, len(shifted), 10):
+            assert client.post("/v1/predict", json={"texts": shifted[start : start + 10]}).status_code == 200
+        with PredictionLog.open(log_url) as log:
+            deadline = time.monotonic() + 30
+            while len(log.window("tickets", datetime.now(UTC) - timedelta(hours=1))) < len(shifted):
+                assert time.monotonic() < deadline, "the prediction log did not receive every text"
+                time.sleep(0.2)
+    code, outcome = run_json(capsys, "monitor", "--config", str(served_config), "--current", "served",
+                             "--since", "1h")
+    assert code == 0 and outcome["finding"] == "drift" and outcome["current_scored"] == len(shifted)
+    assert outcome["current"].startswith("served:tickets@")
+
+    code, error = run_json(capsys, "monitor", "--config", str(served_config), "--current", "served",
+                           "--since", "soon")
+    assert code == 2 and "--since 'soon' is not a duration" in error["error"]

@@ -37,6 +37,7 @@ def monitor(args: argparse.Namespace) -> int:
     load_config(args.config)  # fail fast on a bad config, before Prefect starts
     from flows.monitor import monitor as monitor_flow
 
-    outcome = monitor_flow(config_path=args.config, current_path=args.current, registry_url=args.registry)
+    outcome = monitor_flow(config_path=args.config, current_path=args.current, registry_url=args.registry,
+                           since=args.since)
     emit(args, outcome, lambda: _print_outcome(outcome))
     return 1 if args.fail_on_drift and outcome.drift_detected else 0

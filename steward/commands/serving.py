@@ -58,13 +58,18 @@ def serve_model(args: argparse.Namespace) -> int:
     import uvicorn
 
     from steward.commands.common import config_from_args
-    from steward.config import resolve_registry_url
+    from steward.config import ServingConfig, resolve_registry_url
     from steward.loading import ModelRef
     from steward.server import ServerSettings, create_app, load_served
 
-    settings = ServerSettings(ref=ModelRef.parse(args.model),
-                              registry_url=resolve_registry_url(args.registry, config_from_args(args)),
-                              token=read_token(args.token_file), poll_seconds=args.poll_seconds)
+    config = config_from_args(args)
+    serving = config.serving if config is not None else ServingConfig()
+    registry_url = resolve_registry_url(args.registry, config)
+    settings = ServerSettings(
+        ref=ModelRef.parse(args.model), registry_url=registry_url, token=read_token(args.token_file),
+        poll_seconds=args.poll_seconds, log_url=(serving.log_url or registry_url) if serving.log_predictions else None,
+        log_text=serving.log_text, log_retention=serving.log_retention,
+    )
     predictor = load_served(settings)
     sys.stderr.write(f"steward: serving {predictor.identity.name} v{predictor.version} ({settings.ref}) on "
                      f"http://{args.host}:{args.port}{' with a bearer token' if settings.token else ''}\n")

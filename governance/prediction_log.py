@@ -1,0 +1,74 @@
+"""The prediction log: what model servers answered, in SQL (the registry database, or `serving.log_url`).
+
+Rows are appended in batches by each server's writer thread (never on the request path) and never updated,
+so several replicas can share one PostgreSQL database; rows older than `serving.log_retention` are deleted.
+`steward monitor --current served` reads a window of it as the current batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import datetime
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from governance.db import create_registry_engine, error_reason, migrate, reachable
+from governance.models import ServedPrediction
+from governance.records import ServedPredictionIn, ServedPredictionRecord
+from governance.redact import mask_url
+from steward.errors import BadInputError
+
+
+class PredictionLog:
+    """A handle on the prediction log's database; open with `PredictionLog.open(url)`, close when done."""
+
+    def __init__(self, engine, masked_url: str) -> None:
+        self._engine = engine
+        self.url = masked_url
+
+    @classmethod
+    def open(cls, url: str) -> PredictionLog:
+        """Connect and bring the schema to the newest migration (the log shares the registry's schema)."""
+        engine = None
+        try:
+            engine = create_registry_engine(url)
+            migrate(engine)
+        except (SQLAlchemyError, ImportError, OSError, ValueError) as exc:
+            if engine is not None:
+                engine.dispose()
+            raise BadInputError(f"cannot open prediction log {mask_url(url)}: {error_reason(exc)}") from None
+        return cls(engine, mask_url(url))
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> PredictionLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def append(self, rows: list[ServedPredictionIn]) -> int:
+        """Insert the rows in one transaction; how many."""
+        if not rows:
+            return 0
+        with reachable(self._engine), self._engine.begin() as conn:
+            conn.execute(insert(ServedPrediction), [asdict(row) for row in rows])
+        return len(rows)
+
+    def window(self, model_name: str, since: datetime, until: datetime | None = None) -> list[ServedPredictionRecord]:
+        """The model's served rows with `since <= served_at < until` (until: now), oldest first."""
+        table = ServedPrediction.__table__
+        stmt = select(*table.columns).where(ServedPrediction.model_name == model_name,
+                                              ServedPrediction.served_at >= since)
+        if until is not None:
+            stmt = stmt.where(ServedPrediction.served_at < until)
+        with reachable(self._engine), self._engine.connect() as conn:
+            rows = conn.execute(stmt.order_by(ServedPrediction.served_at, ServedPrediction.id)).mappings().all()
+        return [ServedPredictionRecord(**row) for row in rows]
+
+    def purge(self, older_than: datetime) -> int:
+        """Delete every row served before `older_than` (the retention window); how many."""
+        with reachable(self._engine), self._engine.begin() as conn:
+            return conn.execute(delete(ServedPrediction).where(ServedPrediction.served_at < older_than)).rowcount
