@@ -4,6 +4,7 @@ a MiniLM champion trained on Amazon flags Yelp, and half-splits of one domain ra
 from __future__ import annotations
 
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,9 @@ from tasks.drift import ScoredBatch, compare_batches, score_batch
 from tasks.finetune import fine_tune
 from tasks.modeling import resolve_base_model
 from tests.test_quality_minilm import DATA_DIR, read_domain
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from benchmarks import FORTUNES_DIR, fortunes_split  # bench/benchmarks.py: the fortunes benchmark's reader
 
 pytestmark = [
     pytest.mark.minilm,
@@ -56,3 +60,35 @@ def test_half_splits_of_one_domain_rarely_raise_an_alarm(champion: Path, tmp_pat
         ]
         flagged += compare_batches.fn(*halves, THRESHOLD, tmp_path / f"split{seed}.html").drift_detected
     assert flagged <= SPLITS // 10  # false-positive rate at most 10%
+
+
+def test_a_class_mix_change_alone_is_prior_shift_not_drift(champion: Path, tmp_path: Path) -> None:
+    """Two disjoint halves of Amazon: the reference as it is (half positive), the current at 80% positive."""
+    batch = scored("amazon_cells", champion)
+    order = list(range(batch.rows_scored))
+    random.Random(7).shuffle(order)
+    reference_rows, current_pool = order[:500], order[500:]
+    positive = [row for row in current_pool if batch.frame["label"][row] == "1"]
+    negative = [row for row in current_pool if batch.frame["label"][row] != "1"]
+    current_rows = positive[:240] + negative[:60]
+    reference = ScoredBatch("amazon (reference)", 500, batch.frame.iloc[reference_rows].reset_index(drop=True))
+    current = ScoredBatch("amazon (80% positive)", len(current_rows),
+                          batch.frame.iloc[current_rows].drop(columns=["label"]).reset_index(drop=True))
+    result = compare_batches.fn(reference, current, THRESHOLD, tmp_path / "class-mix.html")
+    assert result.finding == "prior_shift"
+    assert result.drifted_signals == ["prediction"]
+    assert result.covariate_reference_rows < reference.rows_scored  # inputs compared at the current's mix
+
+
+@pytest.mark.skipif(not FORTUNES_DIR.is_dir(), reason="the Debian fortunes package is not installed")
+def test_a_balanced_champion_is_not_flagged_on_the_natural_mix_of_its_domain(tmp_path: Path) -> None:
+    """Twelve fortunes categories: trained on 40 + 10 per category, referenced on its balanced test split
+    (50 per category), monitored on 600 other entries in the package's own mix of categories."""
+    split = fortunes_split(0, 40, 10, 50)
+    params = FinetuningConfig(epochs=3, batch_size=16, max_seq_length=128, learning_rate=5e-5)
+    model = tmp_path / "fortunes"
+    fine_tune.fn(resolve_base_model("minilm"), split.train, split.validation, params, 13, model, "macro_f1")
+    reference = score_batch.fn(split.test, model, 2_000, 13, params.max_seq_length)
+    natural = score_batch.fn(split.corpus, model, 600, 13, params.max_seq_length)
+    result = compare_batches.fn(reference, natural, THRESHOLD, tmp_path / "natural.html")
+    assert result.finding != "drift", result.signals
