@@ -19,7 +19,8 @@ from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.events import DeploymentEventTrigger
 from prefect.schedules import Cron, Schedule
 
-from flows.monitor import DRIFT_EVENT, model_resource_id, monitor
+from flows.events import DRIFT_EVENT, model_resource_id
+from flows.monitor import monitor
 from flows.retrain import retrain
 from steward.config import SERVED, StewardConfig
 from steward.errors import BadInputError

@@ -26,6 +26,7 @@ from prefect.events import emit_event
 
 from flows.artifacts import artifact_key
 from flows.context import RunContext, flow_run, stage
+from flows.events import DRIFT_EVENT, model_resource_id
 from flows.stages import VALIDATION_SPLIT_FRACTION, recorded_hashes
 from governance.prediction_log import PredictionLog
 from governance.registry import DatasetRecord, DriftReportIn, DriftReportRecord, ModelVersionDetail, Registry
@@ -44,13 +45,6 @@ from tasks.drift import (
     score_batch,
 )
 from tasks.modeling import verify_files
-
-DRIFT_EVENT = "steward.drift.detected"
-
-
-def model_resource_id(model_name: str) -> str:
-    """The Prefect event resource a model's drift events are about (retrain triggers match it)."""
-    return f"steward.model.{model_name}"
 
 
 @dataclass(frozen=True)

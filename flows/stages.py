@@ -12,6 +12,7 @@ from pathlib import Path
 
 from flows.artifacts import publish_validation
 from flows.context import RunContext, stage
+from flows.events import announce_alias_move
 from governance.registry import (
     EvaluationDetailIn,
     GateDecisionIn,
@@ -301,6 +302,7 @@ def apply_gate(
         ))
         if outcome.outcome in ("promoted", "challenger"):
             alias = "champion" if outcome.outcome == "promoted" else "challenger"
-            registry.set_alias(config.name, candidate.version, alias, reason="; ".join(outcome.reasons))
+            announce_alias_move(registry.set_alias(config.name, candidate.version, alias,
+                                                   reason="; ".join(outcome.reasons)))
     return outcome
 

@@ -7,8 +7,9 @@ Routes: `POST /v1/predict {"texts": [...]}` -> `{"model", "version", "prediction
 `GET /metrics` (Prometheus text format). With a token (STEWARD_API_TOKEN or --token-file) every route but the
 two health checks wants `Authorization: Bearer <token>`.
 
-- Micro-batching: requests that arrive while a forward pass runs, or within `batch_wait_ms` of the first,
-  are scored together in one pass (at most `max_batch_texts` texts); each request gets its own rows back.
+- Micro-batching: requests that arrive while a forward pass runs are scored together in the next pass (at
+  most `max_batch_texts` texts); each request gets its own rows back. A request on an idle server is scored
+  at once.
 - Hot swap: a background thread reads the alias every `poll_seconds` (one indexed query). When it moved, the
   new version is loaded beside the old, its files checked against the registry's sha256s and warmed up with
   one prediction, then swapped in with one assignment. A batch holds the predictor it started with, so
@@ -60,7 +61,6 @@ class ServerSettings:
     max_text_chars: int = 10_000
     max_body_bytes: int = 1_000_000
     max_batch_texts: int = 64  # per forward pass
-    batch_wait_ms: float = 2.0
     poll_seconds: float = 2.0
     log_url: str | None = None  # the prediction log's database; None: no prediction log
     log_text: bool = True
@@ -249,16 +249,12 @@ class MicroBatcher:
         return await future
 
     async def run(self) -> None:
+        """Score whatever is queued, then wait for more: at low load a request is scored at once, under load
+        the requests that arrived during one forward pass are the next pass (no fixed wait either way)."""
         while True:
             batch = [await self.queue.get()]
-            deadline = time.monotonic() + self.settings.batch_wait_ms / 1000
-            while sum(len(item.texts) for item in batch) < self.settings.max_batch_texts:
-                remaining = deadline - time.monotonic()
-                try:
-                    batch.append(self.queue.get_nowait() if remaining <= 0 else
-                                 await asyncio.wait_for(self.queue.get(), remaining))
-                except (asyncio.QueueEmpty, TimeoutError):
-                    break
+            while sum(len(item.texts) for item in batch) < self.settings.max_batch_texts and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
             await self._score(batch)
 
     async def _score(self, batch: list[_Pending]) -> None:
@@ -317,7 +313,6 @@ def create_app(settings: ServerSettings, predictor: Predictor, follow_alias: boo
     served = ServedModel(settings, predictor, metrics)
     batcher = MicroBatcher(served, settings, metrics)
     writer = PredictionLogWriter(settings, metrics) if settings.log_url else None
-    open_routes = {"/healthz", "/readyz"}
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -335,21 +330,7 @@ def create_app(settings: ServerSettings, predictor: Predictor, follow_alias: boo
 
     app = FastAPI(title="Steward model server", lifespan=lifespan)
     app.state.served = served
-
-    @app.middleware("http")
-    async def guard_and_measure(request: Request, call_next):
-        started = time.perf_counter()
-        route = request.url.path
-        if settings.token and route not in open_routes and not _authorised(request, settings.token):
-            response: Response = JSONResponse({"error": "missing or wrong bearer token"}, status_code=401,
-                                              headers={"WWW-Authenticate": "Bearer"})
-        else:
-            response = await call_next(request)
-        metrics.requests.labels(route, str(response.status_code)).inc()
-        if response.status_code >= 400:
-            metrics.errors.labels(route, str(response.status_code)).inc()
-        metrics.latency.labels(route).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(GuardAndMeasure, token=settings.token, metrics=metrics)
 
     @app.exception_handler(RequestError)
     async def refused(_: Request, exc: RequestError) -> JSONResponse:
@@ -391,8 +372,45 @@ def create_app(settings: ServerSettings, predictor: Predictor, follow_alias: boo
     return app
 
 
-def _authorised(request, token: str) -> bool:
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+OPEN_ROUTES = frozenset({"/healthz", "/readyz"})
+
+
+class GuardAndMeasure:
+    """ASGI middleware: the bearer token on every route but the health checks, and the request metrics.
+    (Plain ASGI: Starlette's BaseHTTPMiddleware costs a millisecond a request.)"""
+
+    def __init__(self, app, token: str | None, metrics: Metrics) -> None:
+        self.app, self.token, self.metrics = app, token, metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, route, status = time.perf_counter(), scope["path"], 500
+
+        async def send_and_note(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            if self.token and route not in OPEN_ROUTES and not _authorised(scope, self.token):
+                denied = JSONResponse({"error": "missing or wrong bearer token"}, status_code=401,
+                                      headers={"WWW-Authenticate": "Bearer"})
+                await denied(scope, receive, send_and_note)
+            else:
+                await self.app(scope, receive, send_and_note)
+        finally:
+            self.metrics.requests.labels(route, str(status)).inc()
+            if status >= 400:
+                self.metrics.errors.labels(route, str(status)).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+
+def _authorised(scope, token: str) -> bool:
+    headers = dict(scope.get("headers") or [])
+    scheme, _, given = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 

@@ -13,7 +13,7 @@ from prefect.client.schemas.objects import ConcurrencyLimitStrategy
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.deployments import build_deployments
-from flows.monitor import DRIFT_EVENT
+from flows.events import DRIFT_EVENT
 from steward.cli import main
 from steward.config import load_config
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from flows.events import announce_alias_move
 from steward.commands.common import console, emit, open_registry, parse_ref
 
 if TYPE_CHECKING:
@@ -117,6 +118,7 @@ def promote(args: argparse.Namespace) -> int:
     name, number = parse_ref(args.ref)
     with open_registry(args) as registry:
         move = registry.promote(name, number, alias=args.alias, approver=args.approver, reason=args.reason)
+    announce_alias_move(move)
     previous = f" (was v{move.previous_version})" if move.previous_version else ""
     emit(args, move, lambda: console().print(
         f"{name}: {move.alias} → v{move.version}{previous}, approved by {args.approver}"))
@@ -126,6 +128,7 @@ def promote(args: argparse.Namespace) -> int:
 def rollback(args: argparse.Namespace) -> int:
     with open_registry(args) as registry:
         move = registry.rollback(args.name, reason=args.reason)
+    announce_alias_move(move)
     emit(args, move, lambda: console().print(
         f"{args.name}: champion rolled back v{move.previous_version} → v{move.version} by {move.actor}"))
     return 0
