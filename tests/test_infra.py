@@ -87,6 +87,20 @@ def test_compose_wires_worker_to_server_registry_and_pool(compose: dict, prefect
     assert "pip install -c constraints.txt ." in dockerfile.read_text(encoding="utf-8")
 
 
+def test_compose_serves_the_champion_from_two_replicas_logging_into_the_registry(compose: dict) -> None:
+    from steward.cli import build_parser
+
+    server = compose["services"]["model-server"]
+    assert server["image"] == compose["services"]["worker"]["image"] and server["deploy"]["replicas"] == 2
+    program, *argv = shlex.split(server["command"])
+    args = build_parser().parse_args(argv)
+    assert program == "steward"
+    assert (args.command, args.model, args.host) == ("serve-model", "support-tickets@champion", "0.0.0.0")
+    registry = make_url(server["environment"]["STEWARD_REGISTRY_URL"])
+    assert (registry.get_backend_name(), registry.database) == ("postgresql", "registry")
+    assert "/readyz" in " ".join(server["healthcheck"]["test"])
+
+
 def _documented_steward_commands() -> list[str]:
     commands = []
     for page in sorted(INFRA.glob("*.md")):
