@@ -918,11 +918,17 @@ evaluation:
   require_approval: false
 monitoring:
   drift_share_threshold: 0.3     # drifted when at least this share of the input signals drift
-  current: data/current.csv      # the batch `steward serve` checks every hour (try data/drifted.csv)
+  current: data/current.csv      # checked hourly by `steward serve` (try data/drifted.csv, or `served`)
   sample_size: 2000              # rows drawn (seeded) from each side of a large batch
   reference: test                # what normal looks like: test | validation | train | a file
   cooldown: 1d                   # at most one drift-triggered retrain per champion in this time
   retrain_on_prior_shift: false  # a class-mix change alone does not retrain
+serving:                         # `steward serve-model`
+  log_predictions: true          # every answered text, label, probabilities and version, in SQL
+  log_text: true                 # false: no raw text is stored (then drift cannot be checked from the log)
+  log_url: null                  # another database for the prediction log (default: the registry's)
+  log_retention: 30d
+  window: 24h                    # what `steward monitor --current served` reads
 registry:
   url: null
 schedule:

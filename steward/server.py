@@ -343,6 +343,10 @@ def create_app(settings: ServerSettings, predictor: Predictor, follow_alias: boo
 
     @app.post("/v1/predict")
     async def predict(request: Request) -> JSONResponse:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > settings.max_body_bytes:  # refused before it is read
+            raise RequestError(413, f"request body is {int(declared):,} bytes, over the limit of "
+                                    f"{settings.max_body_bytes:,}")
         texts = parse_texts(await request.body(), settings)
         answered_by, predictions = await batcher.predict(texts)
         if writer is not None:

@@ -28,6 +28,7 @@ from tests.test_monitor import _shifted_texts
 TOKEN = "s3cret-token"
 CLIENTS = 8
 POLL_SECONDS = 0.3
+PHASE_SECONDS = 6.0  # traffic on v1, then v2, then v1 again: about 20 s under load in all
 
 
 @dataclass(frozen=True)
@@ -65,15 +66,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def model_server(config: Path, token_file: Path) -> Iterator[Server]:
-    """`steward serve-model --config CONFIG` on a free loopback port, until the block ends."""
+def model_server(config: Path, token_file: Path, *extra: str, env: dict[str, str] | None = None) -> Iterator[Server]:
+    """`steward serve-model --config CONFIG [EXTRA...]` on a free loopback port, until the block ends."""
     port = free_port()
     log_path = config.with_suffix(".server.log")
     with log_path.open("w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "steward.cli", "serve-model", "--model", "tickets@champion", "--config",
-             str(config), "--port", str(port), "--token-file", str(token_file), "--poll-seconds", str(POLL_SECONDS)],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **QUIET_THIRD_PARTY_DEFAULTS},
+             str(config), "--port", str(port), "--token-file", str(token_file), "--poll-seconds", str(POLL_SECONDS),
+             *extra],
+            stdout=log, stderr=subprocess.STDOUT, env={**(env or os.environ), **QUIET_THIRD_PARTY_DEFAULTS},
         )
         served = Server(f"http://127.0.0.1:{port}", config, process)
         try:
@@ -177,7 +179,7 @@ def _traffic(server: Server, client_id: int, stop: threading.Event, answers: lis
                 if response.status_code != 200:
                     failures.append(response.status_code)
                 else:
-                    answers.append((time.monotonic(), response.json()["version"], text))
+                    answers.append((client_id, request, response.json()["version"], text))
             except httpx.HTTPError as exc:
                 failures.append(repr(exc))
 
@@ -191,7 +193,7 @@ def _wait_for_version(server: Server, version: int, timeout: float = 30) -> None
 
 
 def test_promotion_and_rollback_swap_versions_under_load_without_a_failed_request(server: Server) -> None:
-    answers: list[tuple[float, int, str]] = []
+    answers: list[tuple[int, int, int, str]] = []  # client, its request number, version, text
     failures: list = []
     stop = threading.Event()
     clients = [threading.Thread(target=_traffic, args=(server, client, stop, answers, failures))
@@ -199,27 +201,28 @@ def test_promotion_and_rollback_swap_versions_under_load_without_a_failed_reques
     for thread in clients:
         thread.start()
     try:
-        time.sleep(1.0)
+        time.sleep(PHASE_SECONDS)
         with registry_for(server.config) as registry:
             registry.promote("tickets", 2, approver="release-manager", reason="v2 is better")
         _wait_for_version(server, 2)
-        time.sleep(1.0)
+        time.sleep(PHASE_SECONDS)
         with registry_for(server.config) as registry:
             registry.rollback("tickets", reason="back to v1")
         _wait_for_version(server, 1)
-        time.sleep(1.0)
+        time.sleep(PHASE_SECONDS)
     finally:
         stop.set()
         for thread in clients:
             thread.join(timeout=30)
     assert failures == []
-    versions = [version for _, version, _ in sorted(answers)]
-    switches = [version for i, version in enumerate(versions) if i == 0 or version != versions[i - 1]]
-    assert switches == [1, 2, 1]
+    for client in range(CLIENTS):  # each client's requests are sequential: its own order is exact
+        versions = [version for who, _, version, _ in sorted(answers) if who == client]
+        switches = [version for i, version in enumerate(versions) if i == 0 or version != versions[i - 1]]
+        assert switches == [1, 2, 1], f"client {client} saw versions {switches}"
     with registry_for(server.config) as registry:
         swapped = [e for e in registry.audit.events("tickets") if e.event_type == "model_swapped"]
         assert [(e.payload["from_version"], e.payload["to_version"]) for e in swapped][-2:] == [(1, 2), (2, 1)]
-    answered = {text: version for _, version, text in answers}
+    answered = {text: version for _, _, version, text in answers}
     assert logged_versions(server.config, set(answered)) == answered  # every request, with who answered it
 
 

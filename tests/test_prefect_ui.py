@@ -2,14 +2,17 @@
 `prefect server start` on a free loopback port (SQLite in a temporary PREFECT_HOME).
 
 The module's story: `steward run` trains a tiny champion while `steward serve` registers the retrain
-and monitor deployments and is then stopped with SIGTERM; `steward monitor` finds drift in a batch from
-another domain. The server then holds the completed monitor run, its artifacts, the
+and monitor deployments and is then stopped with SIGTERM; a batch from another domain is sent to
+`steward serve-model`, which logs it, and `steward monitor --current served` finds drift in it. The
+server then holds the completed monitor run, its artifacts, the
 `steward.drift.detected` event, and the retrain run that the event triggered (left scheduled: nothing
 serves it any more). Last, `infra/prefect.yaml` is deployed to the same server with `prefect deploy`.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import signal
@@ -20,6 +23,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -38,8 +42,10 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import DeploymentStatus
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
+from governance.prediction_log import PredictionLog
 from steward.demo import demo_files
 from tests.test_flow_retrain import write_project
+from tests.test_model_server import model_server
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "tickets"
@@ -200,12 +206,26 @@ def served(prefect_server: PrefectServer, project: Path, training: Background) -
 
 @pytest.fixture(scope="module")
 def monitored(prefect_server: PrefectServer, project: Path, training: Background, served: Background) -> dict:
-    """`steward monitor` on the shifted batch once the champion is trained and serve stopped; its JSON."""
+    """The whole loop once the champion is trained and serve stopped: the shifted batch is sent to
+    `steward serve-model`, which logs it; `steward monitor --current served` checks it. Its JSON."""
     assert training.finished() == 0, training.tail()
+    shifted = [row["text"] for row in csv.DictReader(io.StringIO(demo_files()["data/drifted.csv"].decode()))]
+    token = prefect_server.home / "token"
+    token.write_text("ui-token")
+    with (model_server(project, token, "--registry", _registry(project), env=prefect_server.env()) as server,
+          server.client("ui-token") as client):
+        for start in range(0, len(shifted), 16):
+            assert client.post("/v1/predict", json={"texts": shifted[start : start + 16]}).status_code == 200
+        eventually(lambda: len(logged(project)) >= len(shifted) or None, "the prediction log to hold the batch")
     checked = prefect_server.steward("monitor", "--config", str(project), "--registry", _registry(project),
-                                     "--current", str(project.parent / "data" / "current.csv"), "--json")
+                                     "--current", "served", "--since", "1h", "--json")
     assert checked.returncode == 0, checked.stderr[-2000:]
     return json.loads(checked.stdout)
+
+
+def logged(project: Path) -> list:
+    with PredictionLog.open(_registry(project)) as log:
+        return log.window(MODEL, datetime.now(UTC) - timedelta(hours=1))
 
 
 def test_serve_registers_scheduled_deployments_and_sigterm_leaves_schedules_active(

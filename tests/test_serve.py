@@ -65,6 +65,13 @@ def test_monitor_is_served_only_when_the_config_names_the_current_batch(tmp_path
     assert monitor.concurrency_limit == 1
 
 
+def test_a_served_monitor_checks_the_prediction_log(tmp_path: Path) -> None:
+    path = _write_config(tmp_path, monitoring={"current": "served"}, serving={"window": "6h"})
+    monitor = build_deployments(load_config(path), path).monitor
+    assert monitor is not None and monitor.parameters["current_path"] == "served"
+    assert load_config(path).serving.window.total_seconds() == 6 * 3600
+
+
 def test_a_bad_cron_is_a_one_line_error_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = _write_config(tmp_path, schedule={"retrain_cron": "every monday"})
     with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
