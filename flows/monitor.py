@@ -105,11 +105,11 @@ def served_batch(config: StewardConfig, window: ServedWindow) -> TextTable:
     start = datetime.now(UTC) - window.since
     source = f"served:{config.name}@{start:%Y-%m-%dT%H:%M:%SZ}"
     with PredictionLog.open(window.log_url) as log:
-        rows = log.window(config.name, start)
+        rows = log.window_texts(config.name, start)
     if not rows:
         raise BadInputError(f"{source}: no predictions of {config.name} were served since {start:%Y-%m-%d %H:%M} "
                             f"UTC ({log.url}), so there is nothing to monitor")
-    texts: list[str | None] = [row.text for row in rows if row.text is not None]
+    texts: list[str | None] = [text for text in rows if text is not None]
     if not texts:
         raise BadInputError(f"{source}: the prediction log holds no texts (serving.log_text: false); drift "
                             "needs them")

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Index,
+    Integer,
     MetaData,
     String,
     Text,
@@ -293,7 +294,8 @@ class ServedPrediction(Base):
     __tablename__ = "served_predictions"
     __table_args__ = (Index("ix_served_predictions_model_name_served_at", "model_name", "served_at"),)
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    # 64-bit: a busy log passes 2^31 rows in weeks (SQLite's INTEGER primary key is 64-bit already)
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True)
     model_name: Mapped[str] = mapped_column(_NAME)
     version: Mapped[int]
     served_at: Mapped[datetime]

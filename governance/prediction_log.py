@@ -68,6 +68,15 @@ class PredictionLog:
             rows = conn.execute(stmt.order_by(ServedPrediction.served_at, ServedPrediction.id)).mappings().all()
         return [ServedPredictionRecord(**row) for row in rows]
 
+    def window_texts(self, model_name: str, since: datetime) -> list[str | None]:
+        """Only the texts of the model's rows served since `since`, oldest first (None where not logged):
+        what `--current served` needs, without the probabilities."""
+        table = ServedPrediction.__table__
+        stmt = (select(table.c.text).where(table.c.model_name == model_name, table.c.served_at >= since)
+                .order_by(table.c.served_at, table.c.id))
+        with reachable(self._engine), self._engine.connect() as conn:
+            return list(conn.execute(stmt).scalars())
+
     def purge(self, older_than: datetime) -> int:
         """Delete every row served before `older_than` (the retention window); how many."""
         with reachable(self._engine), self._engine.begin() as conn:

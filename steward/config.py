@@ -139,6 +139,13 @@ class ServingConfig(_Section):
     def _duration(cls, value: object) -> object:
         return parse_duration(value)
 
+    @field_validator("log_retention", "window")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be a positive duration (for example 30m, 24h, 30d)")
+        return value
+
 
 class RegistryConfig(_Section):
     url: str | None = None

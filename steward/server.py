@@ -121,14 +121,22 @@ class ServedModel:
         self._stop.set()
 
     def _poll(self) -> None:
+        """Check the alias every `poll_seconds`; a registry that is away is retried at the next poll (the
+        handle is reopened), never a reason to stop following or to refuse a version."""
         from governance.registry import Registry
 
-        with Registry.open(self.settings.registry_url) as registry:
-            while not self._stop.wait(self.settings.poll_seconds):
-                try:
-                    self.check_alias(registry)
-                except Exception as exc:  # a registry hiccup must not stop the server or the follower
-                    log.warning("steward serve-model: alias check failed: %s", exc)
+        registry = None
+        while not self._stop.wait(self.settings.poll_seconds):
+            try:
+                registry = registry or Registry.open(self.settings.registry_url)
+                self.check_alias(registry)
+            except Exception as exc:
+                log.warning("steward serve-model: alias check failed, retrying: %s", _one_line(exc))
+                if registry is not None:
+                    registry.close()
+                registry = None
+        if registry is not None:
+            registry.close()
 
     def check_alias(self, registry) -> None:
         """Swap to the version the alias points at now, unless it is the one serving or was refused."""
@@ -141,10 +149,13 @@ class ServedModel:
             return
         if record.version in self.refused:
             return
+        detail = registry.get_version(ref.name, record.version)  # a registry error here is retried, not refused
         try:
-            candidate = predictor_for(registry.get_version(ref.name, record.version), ref.alias)
+            candidate = predictor_for(detail, ref.alias)
             candidate.predict([WARM_UP_TEXT])
-        except Exception as exc:
+        except MemoryError:
+            raise
+        except Exception as exc:  # the version's files: checksum, format, or a failed warm-up
             self._refuse(registry, record.version, exc)
             return
         previous, self.predictor = self.predictor.version, candidate
@@ -155,7 +166,7 @@ class ServedModel:
         log.warning("steward serve-model: now serving %s v%d (was v%d)", ref.name, candidate.version, previous)
 
     def _refuse(self, registry, version: int, exc: Exception) -> None:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = _one_line(exc)
         self.refused.add(version)
         self.metrics.refusals.inc()
         registry.audit.append(SWAP_REFUSED_EVENT, f"{self.settings.ref.name}:{version}",
@@ -182,14 +193,18 @@ class PredictionLogWriter:
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
     def submit(self, predictor: Predictor, texts: list[str], predictions: list[Prediction]) -> None:
         from governance.records import ServedPredictionIn
 
         served_at, request_id = datetime.now(UTC), uuid.uuid4().hex
         for text, prediction in zip(texts, predictions, strict=True):
-            row = ServedPredictionIn(predictor.identity.name, predictor.version, served_at, request_id,
-                                     text if self.settings.log_text else None, prediction.label, prediction.score,
-                                     prediction.probabilities)
+            logged_text = text.replace("\x00", "\ufffd") if self.settings.log_text else None  # PostgreSQL: no NUL
+            row = ServedPredictionIn(predictor.identity.name, predictor.version, served_at, request_id, logged_text,
+                                     prediction.label, prediction.score, prediction.probabilities)
             try:
                 self.queue.put_nowait(row)
             except queue.Full:
@@ -201,15 +216,29 @@ class PredictionLogWriter:
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
+        """Write batches until stopped; a database that is away is reopened at the next batch (meanwhile rows
+        wait in the queue, and beyond it are counted as dropped), so the thread never dies of it."""
         from governance.prediction_log import PredictionLog
 
-        with PredictionLog.open(self.settings.log_url) as prediction_log:
-            next_purge = time.monotonic()
-            while not (self._stop.is_set() and self.queue.empty()):
-                self._flush(prediction_log, self._take())
+        prediction_log, next_purge = None, time.monotonic()
+        while not (self._stop.is_set() and self.queue.empty()):
+            rows = self._take()
+            try:
+                prediction_log = prediction_log or PredictionLog.open(self.settings.log_url)
+                self.metrics.logged.inc(prediction_log.append(rows))
                 if time.monotonic() >= next_purge:
                     prediction_log.purge(datetime.now(UTC) - self.settings.log_retention)
                     next_purge = time.monotonic() + self.PURGE_SECONDS
+            except Exception as exc:
+                self.metrics.log_failures.inc(len(rows))
+                log.warning("steward serve-model: prediction log write failed (%d rows lost): %s", len(rows),
+                            _one_line(exc))
+                if prediction_log is not None:
+                    prediction_log.close()
+                prediction_log = None
+                self._stop.wait(1.0)
+        if prediction_log is not None:
+            prediction_log.close()
 
     def _take(self) -> list[ServedPredictionIn]:
         rows: list[ServedPredictionIn] = []
@@ -220,14 +249,6 @@ class PredictionLogWriter:
             except queue.Empty:
                 break
         return rows
-
-    def _flush(self, prediction_log, rows: list[ServedPredictionIn]) -> None:
-        try:
-            self.metrics.logged.inc(prediction_log.append(rows))
-        except Exception as exc:  # the database is away: count what is lost, keep serving
-            self.metrics.log_failures.inc(len(rows))
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            log.warning("steward serve-model: prediction log write failed: %s", reason)
 
 
 @dataclass
@@ -264,9 +285,11 @@ class MicroBatcher:
         try:
             predictions = await asyncio.to_thread(predictor.predict, texts)
         except Exception as exc:
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(exc)
+            if len(batch) > 1:  # one request's texts must not fail the others: each on its own
+                for item in batch:
+                    await self._score([item])
+            elif not batch[0].future.done():
+                batch[0].future.set_exception(exc)
             return
         start = 0
         for item in batch:
@@ -281,8 +304,8 @@ def parse_texts(body: bytes, settings: ServerSettings) -> list[str]:
         raise RequestError(413, f"request body is {len(body):,} bytes, over the limit of {settings.max_body_bytes:,}")
     try:
         payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise RequestError(400, "request body is not JSON") from None
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise RequestError(400, "request body is not JSON (or nested or sized beyond what is parsed)") from None
     if not isinstance(payload, dict) or "texts" not in payload:
         raise RequestError(422, 'request body must be a JSON object with "texts": a list of strings')
     texts = payload["texts"]
@@ -296,7 +319,26 @@ def parse_texts(body: bytes, settings: ServerSettings) -> list[str]:
         if len(text) > settings.max_text_chars:
             raise RequestError(422, f'"texts"[{index}] has {len(text):,} characters, over the limit of '
                                     f"{settings.max_text_chars:,}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RequestError(422, f'"texts"[{index}] is not valid Unicode (a lone surrogate)') from None
     return texts
+
+
+async def _body_within(request: Request, limit: int) -> bytes:
+    """The request body, read until it passes `limit` (a chunked upload has no Content-Length to refuse)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise RequestError(413, f"request body is over the limit of {limit:,} bytes")
+    return bytes(body)
+
+
+def _one_line(exc: BaseException) -> str:
+    message = str(exc).strip()
+    return message.splitlines()[0] if message else type(exc).__name__
 
 
 def _prediction_json(prediction: Prediction) -> dict[str, Any]:
@@ -347,7 +389,7 @@ def create_app(settings: ServerSettings, predictor: Predictor, follow_alias: boo
         if declared.isdigit() and int(declared) > settings.max_body_bytes:  # refused before it is read
             raise RequestError(413, f"request body is {int(declared):,} bytes, over the limit of "
                                     f"{settings.max_body_bytes:,}")
-        texts = parse_texts(await request.body(), settings)
+        texts = parse_texts(await _body_within(request, settings.max_body_bytes), settings)
         answered_by, predictions = await batcher.predict(texts)
         if writer is not None:
             writer.submit(answered_by, texts, predictions)
@@ -356,9 +398,10 @@ def create_app(settings: ServerSettings, predictor: Predictor, follow_alias: boo
 
     @app.get("/v1/model")
     async def model() -> JSONResponse:
-        identity = served.predictor.identity
+        predictor = served.predictor  # one read: a swap meanwhile cannot mix two versions in the answer
+        identity = predictor.identity
         return JSONResponse({"name": identity.name, "version": identity.version, "alias": identity.alias,
-                             "labels": served.predictor.labels, "sha256": identity.sha256,
+                             "labels": predictor.labels, "sha256": identity.sha256,
                              "metrics": identity.metrics})
 
     @app.get("/healthz")
@@ -377,6 +420,7 @@ def create_app(settings: ServerSettings, predictor: Predictor, follow_alias: boo
 
 
 OPEN_ROUTES = frozenset({"/healthz", "/readyz"})
+KNOWN_ROUTES = frozenset({"/v1/predict", "/v1/model", "/metrics", *OPEN_ROUTES})
 
 
 class GuardAndMeasure:
@@ -390,7 +434,8 @@ class GuardAndMeasure:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started, route, status = time.perf_counter(), scope["path"], 500
+        started, status = time.perf_counter(), 500
+        route = scope["path"] if scope["path"] in KNOWN_ROUTES else "other"  # bounded label values
 
         async def send_and_note(message) -> None:
             nonlocal status
@@ -399,7 +444,7 @@ class GuardAndMeasure:
             await send(message)
 
         try:
-            if self.token and route not in OPEN_ROUTES and not _authorised(scope, self.token):
+            if self.token and scope["path"] not in OPEN_ROUTES and not _authorised(scope, self.token):
                 denied = JSONResponse({"error": "missing or wrong bearer token"}, status_code=401,
                                       headers={"WWW-Authenticate": "Bearer"})
                 await denied(scope, receive, send_and_note)

@@ -261,8 +261,10 @@ def class_matched(reference: ScoredBatch, current: ScoredBatch) -> ScoredBatch:
     predicted = reference.frame[PREDICTION]
     wanted = current.frame[PREDICTION].value_counts(normalize=True)
     wanted = wanted[wanted.index.isin(predicted.unique())]
+    if wanted.empty:  # the batch predicts only classes the reference never does: nothing to match
+        return reference
     available = predicted.value_counts()
-    rows = int(min(available[label] / share for label, share in (wanted / wanted.sum()).items()))
+    rows = int(min(available[label] / share for label, share in (wanted / wanted.sum()).items()) + 1e-9)
     if rows < MIN_MATCHED_ROWS:
         return reference
     rng = np.random.default_rng(0)

@@ -96,12 +96,12 @@ OUTPUT_FORMATS = (".csv", ".parquet", ".jsonl")
 
 def predict_table(predictor: Predictor, table: TextTable, show_progress: bool = True) -> list[Prediction]:
     """Predictions for every row of `table`, with a progress bar on stderr; a row without text is refused
-    by its number (1-based, as a spreadsheet shows it below the header)."""
+    by its data-row number (1 is the first record after the header)."""
     from tqdm.auto import tqdm
 
     missing = next((index for index, text in enumerate(table.texts) if text is None or not text.strip()), None)
     if missing is not None:
-        raise BadInputError(f"{table.source}: row {missing + 1} has no text to score")
+        raise BadInputError(f"{table.source}: data row {missing + 1} has no text to score")
     texts = [text for text in table.texts if text is not None]
     predictions: list[Prediction] = []
     with tqdm(total=len(texts), desc="scoring", unit="text", disable=not show_progress, leave=False) as bar:

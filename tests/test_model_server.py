@@ -136,6 +136,9 @@ def test_predict_answers_with_the_version_and_calibrated_probabilities(server: S
     (b'{"texts": [' + b",".join([b'"x"'] * 257) + b"]}", 422, "over the limit of 256"),
     (b'{"texts": ["' + b"y" * 10_001 + b'"]}', 422, "10,001 characters"),
     (b'{"texts": ["' + b"z" * 1_000_001 + b'"]}', 413, "over the limit of 1,000,000"),
+    (b'{"texts": ["\\ud800"]}', 422, "not valid Unicode"),
+    (b'{"texts": [' + b"9" * 5_000 + b"]}", 400, "not JSON"),
+    (b"[" * 100_000, 400, "not JSON"),
 ])
 def test_a_bad_request_gets_its_4xx_with_a_one_line_json_error(
     server: Server, body: bytes, status: int, message: str
@@ -145,6 +148,18 @@ def test_a_bad_request_gets_its_4xx_with_a_one_line_json_error(
     assert response.status_code == status
     error = response.json()["error"]
     assert message in error and "\n" not in error and "Traceback" not in error
+
+
+def test_a_chunked_body_over_the_limit_is_refused_while_it_is_read(server: Server) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"texts": ["'
+        for _ in range(20):
+            yield b"w" * 100_000
+        yield b'"]}'
+
+    with server.client() as client:
+        response = client.post("/v1/predict", content=chunks(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 413 and "over the limit" in response.json()["error"]
 
 
 def test_the_token_guards_every_route_but_the_health_checks(server: Server) -> None:
@@ -165,7 +180,15 @@ def test_metrics_count_requests_errors_and_name_the_served_version(server: Serve
     assert 'steward_requests_total{route="/v1/predict",status="200"}' in text
     assert 'steward_request_errors_total{route="/v1/predict",status="400"}' in text
     assert "steward_request_latency_seconds_bucket" in text
-    assert 'steward_served_version{model="tickets"}' in text
+    assert 'steward_served_version{model="tickets"} 1.0' in text
+
+
+def test_metrics_label_unknown_paths_as_other(server: Server) -> None:
+    with server.client() as client:
+        for index in range(5):
+            assert client.get(f"/scan-{index}").status_code == 404
+        text = client.get("/metrics").text
+    assert 'route="other",status="404"' in text and "/scan-" not in text
 
 
 def _traffic(server: Server, client_id: int, stop: threading.Event, answers: list, failures: list) -> None:
@@ -257,6 +280,7 @@ def test_a_tampered_version_is_refused_and_the_old_one_keeps_serving(server: Ser
             assert "sha256 mismatch" in refusal.payload["reason"]
         finally:
             head.write_bytes(original)
+            registry.rollback("tickets", reason="leave v3 for the next test")
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -286,3 +310,28 @@ def test_served_traffic_is_monitored_from_the_prediction_log(
     code, error = run_json(capsys, "monitor", "--config", str(served_config), "--current", "served",
                            "--since", "soon")
     assert code == 2 and "--since 'soon' is not a duration" in error["error"]
+
+
+def test_the_log_writer_counts_what_an_unreachable_database_loses_and_keeps_running(three_versions: Path) -> None:
+    from steward import load_model
+    from steward.loading import ModelRef
+    from steward.server import Metrics, PredictionLogWriter, ServerSettings
+
+    registry = f"sqlite:///{three_versions.parent / '.steward' / 'registry.db'}"
+    predictor = load_model("tickets:1", registry=registry)
+    settings = ServerSettings(ModelRef.parse("tickets@champion"), registry,
+                              log_url="postgresql+psycopg2://nobody@127.0.0.1:9/none?connect_timeout=1")
+    metrics = Metrics()
+    writer = PredictionLogWriter(settings, metrics)
+    writer.start()
+    try:
+        texts = ["printer jams", "vpn drops"]
+        writer.submit(predictor, texts, predictor.predict(texts))
+        deadline = time.monotonic() + 30
+        while (metrics.registry.get_sample_value("steward_prediction_log_dropped_rows_total") or 0) < len(texts):
+            assert time.monotonic() < deadline, "the lost rows were not counted"
+            time.sleep(0.1)
+        assert writer.running
+    finally:
+        writer.close()
+    assert not writer.running

@@ -121,7 +121,7 @@ def test_steward_predict_refuses_a_row_without_text_and_writes_nothing(
     output = tmp_path / "out.csv"
     code, error = run_json(capsys, "predict", "--model", "tickets@champion", "--input", str(source), "--output",
                            str(output), "--registry", registry_url(trained))
-    assert code == 2 and "holes.csv: row 2 has no text" in error["error"]
+    assert code == 2 and "holes.csv: data row 2 has no text" in error["error"]
     assert not output.exists()
 
 

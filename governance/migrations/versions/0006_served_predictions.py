@@ -7,7 +7,7 @@ Revises: 0005
 import sqlalchemy as sa
 from alembic import op
 
-from governance.migrations.helpers import NAME, TIMESTAMP, id_column
+from governance.migrations.helpers import NAME, TIMESTAMP
 
 revision = "0006"
 down_revision = "0005"
@@ -18,7 +18,7 @@ depends_on = None
 def upgrade() -> None:
     op.create_table(
         "served_predictions",
-        id_column(),
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),  # 64-bit ids
         sa.Column("model_name", NAME, nullable=False),
         sa.Column("version", sa.Integer, nullable=False),
         sa.Column("served_at", TIMESTAMP, nullable=False),
