@@ -7,9 +7,10 @@ Routes: `POST /v1/predict {"texts": [...]}` -> `{"model", "version", "prediction
 `GET /metrics` (Prometheus text format). With a token (STEWARD_API_TOKEN or --token-file) every route but the
 two health checks wants `Authorization: Bearer <token>`.
 
-- Micro-batching: requests that arrive while a forward pass runs are scored together in the next pass (at
-  most `max_batch_texts` texts); each request gets its own rows back. A request on an idle server is scored
-  at once.
+- Micro-batching: requests that arrive while a forward pass runs are scored together in the next pass
+  (requests join it while it holds fewer than `max_batch_texts` texts; a request is never split); each
+  request gets its own rows back, and one whose texts fail is retried alone so it fails no other. A
+  request on an idle server is scored at once.
 - Hot swap: a background thread reads the alias every `poll_seconds` (one indexed query). When it moved, the
   new version is loaded beside the old, its files checked against the registry's sha256s and warmed up with
   one prediction, then swapped in with one assignment. A batch holds the predictor it started with, so
@@ -19,8 +20,9 @@ two health checks wants `Authorization: Bearer <token>`.
 - Prediction log: with `serving.log_predictions` each answered text (with `serving.log_text`, the text
   itself), its label, probabilities, version and time go to a queue that a writer thread inserts into SQL in
   batches, off the request path; old rows are deleted after `serving.log_retention`.
-- Bad input gets a 4xx with `{"error": "<one line>"}`: a body over `max_body_bytes` (413), not JSON (400),
-  no `texts` list, a non-string, too many texts or a text over `max_text_chars` (422).
+- Bad input gets a 4xx with `{"error": "<one line>"}`: a body over `max_body_bytes` (413, counted while it
+  is read), not JSON (400), no `texts` list, a non-string, too many texts, a text over `max_text_chars` or
+  not valid Unicode (422). The follower and the writer outlive a database that is away: they retry.
 """
 
 from __future__ import annotations

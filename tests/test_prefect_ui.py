@@ -279,6 +279,19 @@ def test_monitor_run_completed_with_artifacts_and_a_drift_event(
     assert f"prefect.flow-run.{run.id}" in {related.id for related in event.related}
 
 
+def test_the_gate_moving_the_champion_alias_is_a_prefect_event(prefect_server: PrefectServer,
+                                                               monitored: dict) -> None:
+    """`steward.model.promoted`, which model servers and automations can follow."""
+    with prefect_server.client() as client:
+        events = eventually(lambda: client.read_events(
+            filter=EventFilter(event=EventNameFilter(name=["steward.model.promoted"]),
+                               resource=EventResourceFilter(id=[f"steward.model.{MODEL}"])), limit=10).events,
+            "the promotion event to be stored")
+    first = min(events, key=lambda event: event.occurred)
+    assert (first.payload["alias"], first.payload["version"], first.payload["action"]) == ("champion", 1, "set")
+    assert first.payload["previous_version"] is None
+
+
 def test_retrain_trigger_matches_the_drift_event_and_starts_a_retrain(
     prefect_server: PrefectServer, project: Path, monitored: dict
 ) -> None:
