@@ -133,7 +133,7 @@ def launch(stage: str, job: dict[str, Any], nproc: int, job_dir: Path) -> dict[s
     with (job_dir / LOG_FILE).open("wb") as log:
         finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=_worker_environment(nproc))
     if finished.returncode != 0 or not (job_dir / RESULT_FILE).is_file():
-        raise _failure(stage, job_dir, finished.returncode)
+        raise launch_failure(stage, job_dir, finished.returncode)
     result = json.loads((job_dir / RESULT_FILE).read_text())
     shutil.rmtree(job_dir, ignore_errors=True)
     return result
@@ -148,7 +148,8 @@ def _worker_environment(nproc: int) -> dict[str, str]:
     return environment
 
 
-def _failure(stage: str, job_dir: Path, returncode: int) -> WorkerFailedError:
+def launch_failure(stage: str, job_dir: Path, returncode: int) -> WorkerFailedError:
+    """The one-line error of a failed launch: the first worker's own record, else torchrun's reason."""
     log = job_dir / LOG_FILE
     errors = sorted(job_dir.glob(f"{ERROR_PREFIX}*.json"), key=lambda path: path.stat().st_mtime_ns)
     if not errors:
@@ -162,9 +163,15 @@ def _failure(stage: str, job_dir: Path, returncode: int) -> WorkerFailedError:
 
 
 def _last_line(log: Path) -> str:
-    """The log's last non-blank line: torchrun's own reason when it failed before any worker could say."""
+    """torchrun's own reason when it failed before any worker could say: its root-cause rank and exit code
+    (with the signal), and a C++ abort message if a worker printed one; else the log's last line."""
     text = log.read_text(errors="replace") if log.is_file() else ""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line.strip() for line in text.splitlines() if line.strip().strip("=-")]
+    aborts = [line for line in lines if line.startswith("terminate called")]
+    if "Root Cause (first observed failure):" in lines:
+        cause = lines[lines.index("Root Cause (first observed failure):") + 1 :]
+        fields = [line for line in cause if line.split(":")[0].strip() in ("rank", "exitcode")][:2]
+        return "; ".join(" ".join(field.split()) for field in aborts[:1] + fields)
     return lines[-1] if lines else "no output"
 
 
@@ -210,5 +217,14 @@ def _run_worker(job_dir: Path) -> int:
         return 1
 
 
+def _exit_without_teardown(code: int) -> None:
+    """Leave at once once the work and its files are done: on a loaded machine, interpreter teardown after
+    the process group is gone can abort in C++ ("terminate called without an active exception", SIGABRT)
+    while gloo's threads wind down, which torchrun reports as a failed run although every file was written."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(_run_worker(Path(sys.argv[1])))
+    _exit_without_teardown(_run_worker(Path(sys.argv[1])))

@@ -130,3 +130,36 @@ def test_more_processes_than_examples_per_batch_is_bad_input(
     assert payload["error"] == (
         "finetuning.batch_size 2 is smaller than --nproc 4: each process needs at least one example of every batch"
     )
+
+
+TORCHRUN_SUMMARY = """\
+terminate called without an active exception
+W1202 14:49:09.352000 21020 api.py:1028] Sending process 21024 closing signal SIGTERM
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+=======================================================
+tasks.distributed FAILED
+-------------------------------------------------------
+Failures:
+[1]:
+  rank      : 0 (local_rank: 0)
+  exitcode  : -15 (pid: 21024)  (SIGTERM)
+-------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-12-02_14:49:09
+  host      : localhost
+  rank      : 1 (local_rank: 1)
+  exitcode  : -6 (pid: 21025)  (SIGABRT)
+  error_file: <N/A>
+=======================================================
+"""
+
+
+def test_a_torchrun_failure_without_an_error_record_names_its_root_cause(tmp_path: Path) -> None:
+    """torchrun's own summary, when no worker could write `error-<rank>.json` (it died in C++)."""
+    from tasks.distributed import LOG_FILE, launch_failure
+
+    (tmp_path / LOG_FILE).write_text(TORCHRUN_SUMMARY)
+    message = str(launch_failure("pretrain", tmp_path, 1))
+    assert message.startswith("pretrain failed: torchrun exited with code 1: terminate called")
+    assert "rank : 1 (local_rank: 1); exitcode : -6 (pid: 21025) (SIGABRT)" in message and "\n" not in message
