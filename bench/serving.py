@@ -37,7 +37,7 @@ import httpx
 import numpy as np
 import yaml
 from benchmarks import CITATION, DOMAIN_FILES, data_dir, progress, read_domain  # bench/benchmarks.py
-from drift import steward, train_champion  # bench/drift.py: `steward run` on Amazon, as a user would
+from drift import table_rows, train_champion  # bench/drift.py: `steward run` on Amazon, as a user would
 
 from steward.cli import QUIET_THIRD_PARTY_DEFAULTS
 
@@ -160,11 +160,9 @@ def main() -> None:
     texts = [text for name in DOMAIN_FILES for text in read_domain(name).texts if text]
     with tempfile.TemporaryDirectory(prefix="steward-serving-bench-") as tmp:
         project = Path(tmp) / "project"
-        rows = list(zip(read_domain("amazon").texts, read_domain("amazon").labels or [], strict=True))
+        rows = table_rows(read_domain("amazon"))
         random.Random(0).shuffle(rows)
         model_dir = train_champion(project, "reviews", {"train": rows[:800], "test": rows[800:]}, {"epochs": 1}, env)
-        registry = f"sqlite:///{project / '.steward' / 'registry.db'}"
-        version = steward("registry", "show", "reviews:1", "--registry", registry, env=env)["version"]["version"]
         results: list[LoadResult] = []
         for logged in (True, False):
             command, port, log = steward_server(project, logged, env)
@@ -178,16 +176,16 @@ def main() -> None:
                    "--app-dir", tmp]
         with running(command, port, {**env, "PLAIN_MODEL": str(model_dir)}, Path(tmp) / "plain.log"):
             results += measure("plain FastAPI + pipeline", port, texts, concurrencies, args.seconds)
-    report(results, version, args.json)
+    report(results, args.json)
 
 
-def report(results: list[LoadResult], version: int, as_json: bool) -> None:
+def report(results: list[LoadResult], as_json: bool) -> None:
     plain = {r.concurrency: r for r in results if r.server.startswith("plain")}
     ratios = {f"{r.server} / plain at {r.concurrency}": round(r.requests_per_second / plain[r.concurrency]
               .requests_per_second, 2) for r in results if not r.server.startswith("plain")}
     if as_json:
-        print(json.dumps({"results": [asdict(r) for r in results], "throughput_ratios": ratios,
-                          "model_version": version}, indent=2))
+        print(json.dumps({"results": [asdict(r) for r in results], "throughput_ratios": ratios},
+                         indent=2))
         return
     from rich.console import Console
     from rich.table import Table

@@ -27,7 +27,7 @@ from prefect.events import emit_event
 from flows.artifacts import artifact_key
 from flows.context import RunContext, flow_run, stage
 from flows.events import DRIFT_EVENT, model_resource_id
-from flows.stages import VALIDATION_SPLIT_FRACTION, recorded_hashes
+from flows.stages import VALIDATION_SPLIT_FRACTION
 from governance.prediction_log import PredictionLog
 from governance.registry import DatasetRecord, DriftReportIn, DriftReportRecord, ModelVersionDetail, Registry
 from steward.config import SERVED, StewardConfig, parse_duration, resolve_registry_url
@@ -168,7 +168,7 @@ def scored_reference(context: RunContext, detail: ModelVersionDetail) -> ScoredB
     split = config.monitoring.reference_split
     file = None if split else load_batch(config.resolve(Path(config.monitoring.reference)), config, "reference")
     key = hashlib.sha256(json.dumps({
-        "files": recorded_hashes(detail),
+        "files": detail.recorded_hashes,
         "reference": recorded_dataset(detail, split).fingerprint if file is None else file.fingerprint,
         "sample_size": config.monitoring.sample_size,
         "seed": config.seed,
@@ -220,7 +220,7 @@ def check_drift(context: RunContext, detail: ModelVersionDetail, current_path: P
         current = (load_batch(current_path, config, "current") if current_path is not None else
                    served_batch(config, window))
     with stage(context, "score batches"):
-        verify_files(Path(detail.version.artifact_path), recorded_hashes(detail))
+        verify_files(Path(detail.version.artifact_path), detail.recorded_hashes)
         reference = scored_reference(context, detail)
         scored = score_batch(
             current, Path(detail.version.artifact_path), config.monitoring.sample_size, config.seed,

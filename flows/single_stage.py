@@ -17,7 +17,6 @@ from flows.stages import (
     fit_baseline,
     load_data,
     load_valid_data,
-    recorded_hashes,
     register_candidate,
     train_classifier,
     validate_data,
@@ -108,7 +107,7 @@ def evaluate_version(config_path: str, model_name: str, version: int,
         data = load_data(context)
         with stage(context, "evaluate"):
             model_dir = Path(detail.version.artifact_path)
-            verify_files(model_dir, recorded_hashes(detail))
+            verify_files(model_dir, detail.recorded_hashes)
             evaluation = evaluate_model(model_dir, data.test, context.config.finetuning.max_seq_length)
             registry.log_metrics(
                 run_id=context.run.id, version_id=detail.version.id,

@@ -16,7 +16,6 @@ from flows.events import announce_alias_move
 from governance.registry import (
     EvaluationDetailIn,
     GateDecisionIn,
-    ModelVersionDetail,
     ModelVersionRecord,
     ValidationResultIn,
 )
@@ -255,11 +254,6 @@ def _evaluation_detail(
     )
 
 
-def recorded_hashes(detail: ModelVersionDetail) -> dict[str, str]:
-    """The sha256 of every artifact file as the registry recorded it at registration."""
-    return {file.relative_path: file.sha256 for file in detail.files}
-
-
 def score_champion(context: RunContext, data: LoadedData) -> ChampionScore | None:
     """The champion's metrics on this test set: stored ones when the test data is unchanged."""
     registry, config = context.registry, context.config
@@ -271,7 +265,7 @@ def score_champion(context: RunContext, data: LoadedData) -> ChampionScore | Non
         champion_test = detail.datasets.get("test")
         if champion_test is not None and champion_test.fingerprint == data.test.fingerprint:
             return ChampionScore(champion, registry.metrics_for_version(champion.id), True)
-        verify_files(Path(champion.artifact_path), recorded_hashes(detail))
+        verify_files(Path(champion.artifact_path), detail.recorded_hashes)
         evaluation = evaluate_model(Path(champion.artifact_path), data.test, config.finetuning.max_seq_length)
         return ChampionScore(champion, evaluation.headline(), False)
 

@@ -21,8 +21,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from governance.models import json_dumps
-from governance.redact import redact_text
-from steward.errors import RegistryUnavailableError
+from governance.redact import mask_url, redact_text
+from steward.errors import BadInputError, RegistryUnavailableError
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # Arbitrary constant shared by every Steward process ("Steward" in ASCII).
@@ -100,6 +100,23 @@ def migrate(engine: Engine, revision: str = "head") -> None:
         config.set_main_option("script_location", str(MIGRATIONS_DIR))
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
+
+
+def open_migrated(url: str, what: str) -> Engine:
+    """An engine on `url` with the schema at the newest migration; a database that cannot be reached or
+    migrated is a one-line `BadInputError` naming `what` ("registry", "prediction log") and the masked URL."""
+    from alembic.util.exc import CommandError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    engine = None
+    try:
+        engine = create_registry_engine(url)
+        migrate(engine)
+    except (SQLAlchemyError, CommandError, ImportError, OSError, ValueError) as exc:
+        if engine is not None:
+            engine.dispose()
+        raise BadInputError(f"cannot open {what} {mask_url(url)}: {error_reason(exc)}") from None
+    return engine
 
 
 @contextmanager

@@ -11,13 +11,11 @@ from dataclasses import asdict
 from datetime import datetime
 
 from sqlalchemy import delete, insert, select
-from sqlalchemy.exc import SQLAlchemyError
 
-from governance.db import create_registry_engine, error_reason, migrate, reachable
+from governance.db import open_migrated, reachable
 from governance.models import ServedPrediction
 from governance.records import ServedPredictionIn, ServedPredictionRecord
 from governance.redact import mask_url
-from steward.errors import BadInputError
 
 
 class PredictionLog:
@@ -30,15 +28,7 @@ class PredictionLog:
     @classmethod
     def open(cls, url: str) -> PredictionLog:
         """Connect and bring the schema to the newest migration (the log shares the registry's schema)."""
-        engine = None
-        try:
-            engine = create_registry_engine(url)
-            migrate(engine)
-        except (SQLAlchemyError, ImportError, OSError, ValueError) as exc:
-            if engine is not None:
-                engine.dispose()
-            raise BadInputError(f"cannot open prediction log {mask_url(url)}: {error_reason(exc)}") from None
-        return cls(engine, mask_url(url))
+        return cls(open_migrated(url, "prediction log"), mask_url(url))
 
     def close(self) -> None:
         self._engine.dispose()
@@ -57,25 +47,22 @@ class PredictionLog:
             conn.execute(insert(ServedPrediction), [asdict(row) for row in rows])
         return len(rows)
 
-    def window(self, model_name: str, since: datetime, until: datetime | None = None) -> list[ServedPredictionRecord]:
-        """The model's served rows with `since <= served_at < until` (until: now), oldest first."""
-        table = ServedPrediction.__table__
-        stmt = select(*table.columns).where(ServedPrediction.model_name == model_name,
-                                              ServedPrediction.served_at >= since)
-        if until is not None:
-            stmt = stmt.where(ServedPrediction.served_at < until)
+    def window(self, model_name: str, since: datetime) -> list[ServedPredictionRecord]:
+        """The model's rows served since `since`, oldest first."""
         with reachable(self._engine), self._engine.connect() as conn:
-            rows = conn.execute(stmt.order_by(ServedPrediction.served_at, ServedPrediction.id)).mappings().all()
-        return [ServedPredictionRecord(**row) for row in rows]
+            rows = conn.execute(self._since(select(*ServedPrediction.__table__.columns), model_name, since))
+            return [ServedPredictionRecord(**row) for row in rows.mappings()]
 
     def window_texts(self, model_name: str, since: datetime) -> list[str | None]:
         """Only the texts of the model's rows served since `since`, oldest first (None where not logged):
         what `--current served` needs, without the probabilities."""
-        table = ServedPrediction.__table__
-        stmt = (select(table.c.text).where(table.c.model_name == model_name, table.c.served_at >= since)
-                .order_by(table.c.served_at, table.c.id))
         with reachable(self._engine), self._engine.connect() as conn:
-            return list(conn.execute(stmt).scalars())
+            return list(conn.execute(self._since(select(ServedPrediction.text), model_name, since)).scalars())
+
+    @staticmethod
+    def _since(stmt, model_name: str, since: datetime):
+        return (stmt.where(ServedPrediction.model_name == model_name, ServedPrediction.served_at >= since)
+                .order_by(ServedPrediction.served_at, ServedPrediction.id))
 
     def purge(self, older_than: datetime) -> int:
         """Delete every row served before `older_than` (the retention window); how many."""

@@ -182,6 +182,11 @@ class ModelVersionDetail:
     run: RunRecord
     gate_decision: GateDecisionRecord | None
 
+    @property
+    def recorded_hashes(self) -> dict[str, str]:
+        """The sha256 of every artifact file as the registry recorded it at registration."""
+        return {file.relative_path: file.sha256 for file in self.files}
+
 
 @dataclass(frozen=True)
 class EvaluationDetailIn:

@@ -20,13 +20,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from alembic.util.exc import CommandError
 from sqlalchemy import Engine, Result, Select, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, aliased
 
 from governance.audit import AuditLog, ChainVerification, canonical_json, default_actor
-from governance.db import create_registry_engine, error_reason, lock_for_write, migrate, reachable, read_only
+from governance.db import lock_for_write, open_migrated, reachable, read_only
 from governance.models import (
     Alias,
     AliasHistory,
@@ -211,16 +210,7 @@ class Registry:
     @classmethod
     def open(cls, url: str) -> Registry:
         """Connect, upgrade the schema to the newest migration, and fail the runs whose process died."""
-        masked = mask_url(url)
-        engine = None
-        try:
-            engine = create_registry_engine(url)
-            migrate(engine)
-        except (SQLAlchemyError, CommandError, ImportError, OSError, ValueError) as exc:
-            if engine is not None:
-                engine.dispose()
-            raise BadInputError(f"cannot open registry {masked}: {error_reason(exc)}") from None
-        registry = cls(engine, masked)
+        registry = cls(open_migrated(url, "registry"), mask_url(url))
         registry.runs_found_dead = registry._sweep_dead_runs()
         return registry
 

@@ -54,6 +54,14 @@ def one_line(message: str) -> str:
     return " ".join(message.split()) or "unknown error"
 
 
+def exception_line(exc: BaseException) -> str:
+    """A Steward error's own message; anything else as `Type: first line of its message`."""
+    message = (str(exc).strip().splitlines() or [""])[0]
+    if isinstance(exc, StewardError):
+        return message
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
 def warn(message: str) -> None:
     """One `steward: warning:` line on stderr (and in the Prefect run's log when inside a run)."""
     sys.stderr.write(f"steward: warning: {one_line(message)}\n")

@@ -62,21 +62,25 @@ def predictor_for(detail: ModelVersionDetail, alias: str | None) -> Predictor:
     from tasks.predict import ModelIdentity, load_predictor
 
     model_dir = Path(detail.version.artifact_path)
-    hashes = {file.relative_path: file.sha256 for file in detail.files}
-    verify_files(model_dir, hashes)
-    identity = ModelIdentity(detail.version.model_name, detail.version.version, alias, str(model_dir), hashes,
-                             dict(detail.metrics))
+    verify_files(model_dir, detail.recorded_hashes)
+    identity = ModelIdentity(detail.version.model_name, detail.version.version, alias, str(model_dir),
+                             detail.recorded_hashes, dict(detail.metrics))
     max_seq_length = detail.run.config.get("finetuning", {}).get("max_seq_length", DEFAULT_MAX_SEQ_LENGTH)
     return load_predictor(model_dir, int(max_seq_length), identity)
+
+
+def load_ref(ref: ModelRef, registry_url: str) -> Predictor:
+    """The version `ref` names now in the registry at `registry_url`, verified and loaded."""
+    from governance.registry import Registry
+
+    with Registry.open(registry_url) as registry:
+        detail = resolve_version(registry, ref)
+    return predictor_for(detail, ref.alias)
 
 
 def load_model(ref: str, registry: str | None = None) -> Predictor:
     """The version `ref` names ("NAME@ALIAS" or "NAME:VERSION") in the registry at URL `registry`
     (default: STEWARD_REGISTRY_URL, else `sqlite:///./.steward/registry.db`), ready to `predict(texts)`."""
-    from governance.registry import Registry
     from steward.config import resolve_registry_url
 
-    model_ref = ModelRef.parse(ref)
-    with Registry.open(resolve_registry_url(registry, None)) as opened:
-        detail = resolve_version(opened, model_ref)
-    return predictor_for(detail, model_ref.alias)
+    return load_ref(ModelRef.parse(ref), resolve_registry_url(registry, None))

@@ -42,7 +42,8 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from steward.loading import ModelRef, predictor_for, resolve_version
+from steward.errors import exception_line
+from steward.loading import ModelRef, predictor_for
 
 if TYPE_CHECKING:
     from governance.records import ServedPredictionIn
@@ -84,9 +85,8 @@ class Metrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry()
-        self.requests = Counter("steward_requests", "HTTP requests", ["route", "status"], registry=self.registry)
-        self.errors = Counter("steward_request_errors", "requests answered 4xx or 5xx", ["route", "status"],
-                              registry=self.registry)
+        self.requests = Counter("steward_requests", "HTTP requests by route and status (errors: 4xx, 5xx)",
+                                ["route", "status"], registry=self.registry)
         self.latency = Histogram("steward_request_latency_seconds", "request latency", ["route"],
                                  registry=self.registry)
         self.batch_texts = Histogram("steward_batch_texts", "texts per forward pass", registry=self.registry,
@@ -133,7 +133,7 @@ class ServedModel:
                 registry = registry or Registry.open(self.settings.registry_url)
                 self.check_alias(registry)
             except Exception as exc:
-                log.warning("steward serve-model: alias check failed, retrying: %s", _one_line(exc))
+                log.warning("steward serve-model: alias check failed, retrying: %s", exception_line(exc))
                 if registry is not None:
                     registry.close()
                 registry = None
@@ -168,7 +168,7 @@ class ServedModel:
         log.warning("steward serve-model: now serving %s v%d (was v%d)", ref.name, candidate.version, previous)
 
     def _refuse(self, registry, version: int, exc: Exception) -> None:
-        reason = _one_line(exc)
+        reason = exception_line(exc)
         self.refused.add(version)
         self.metrics.refusals.inc()
         registry.audit.append(SWAP_REFUSED_EVENT, f"{self.settings.ref.name}:{version}",
@@ -234,7 +234,7 @@ class PredictionLogWriter:
             except Exception as exc:
                 self.metrics.log_failures.inc(len(rows))
                 log.warning("steward serve-model: prediction log write failed (%d rows lost): %s", len(rows),
-                            _one_line(exc))
+                            exception_line(exc))
                 if prediction_log is not None:
                     prediction_log.close()
                 prediction_log = None
@@ -301,9 +301,8 @@ class MicroBatcher:
 
 
 def parse_texts(body: bytes, settings: ServerSettings) -> list[str]:
-    """The request's texts, or a RequestError saying in one line what is wrong with it."""
-    if len(body) > settings.max_body_bytes:
-        raise RequestError(413, f"request body is {len(body):,} bytes, over the limit of {settings.max_body_bytes:,}")
+    """The request's texts, or a RequestError saying in one line what is wrong with it (the body's size is
+    checked while it is read)."""
     try:
         payload = json.loads(body)
     except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -329,18 +328,13 @@ def parse_texts(body: bytes, settings: ServerSettings) -> list[str]:
 
 
 async def _body_within(request: Request, limit: int) -> bytes:
-    """The request body, read until it passes `limit` (a chunked upload has no Content-Length to refuse)."""
+    """The request body, refused (413) as soon as it passes `limit`, declared length or not."""
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
             raise RequestError(413, f"request body is over the limit of {limit:,} bytes")
     return bytes(body)
-
-
-def _one_line(exc: BaseException) -> str:
-    message = str(exc).strip()
-    return message.splitlines()[0] if message else type(exc).__name__
 
 
 def _prediction_json(prediction: Prediction) -> dict[str, Any]:
@@ -387,10 +381,6 @@ def create_app(settings: ServerSettings, predictor: Predictor, follow_alias: boo
 
     @app.post("/v1/predict")
     async def predict(request: Request) -> JSONResponse:
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > settings.max_body_bytes:  # refused before it is read
-            raise RequestError(413, f"request body is {int(declared):,} bytes, over the limit of "
-                                    f"{settings.max_body_bytes:,}")
         texts = parse_texts(await _body_within(request, settings.max_body_bytes), settings)
         answered_by, predictions = await batcher.predict(texts)
         if writer is not None:
@@ -453,9 +443,7 @@ class GuardAndMeasure:
             else:
                 await self.app(scope, receive, send_and_note)
         finally:
-            self.metrics.requests.labels(route, str(status)).inc()
-            if status >= 400:
-                self.metrics.errors.labels(route, str(status)).inc()
+            self.metrics.requests.labels(route, str(status)).inc()  # errors: the 4xx and 5xx statuses
             self.metrics.latency.labels(route).observe(time.perf_counter() - started)
 
 
@@ -463,12 +451,3 @@ def _authorised(scope, token: str) -> bool:
     headers = dict(scope.get("headers") or [])
     scheme, _, given = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
-
-
-def load_served(settings: ServerSettings) -> Predictor:
-    """The version the reference names now, verified and loaded (a bad reference or checksum fails here)."""
-    from governance.registry import Registry
-
-    with Registry.open(settings.registry_url) as registry:
-        detail = resolve_version(registry, settings.ref)
-    return predictor_for(detail, settings.ref.alias)

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from steward.errors import BadInputError, StewardError
+from steward.errors import BadInputError, StewardError, exception_line
 
 if TYPE_CHECKING:
     import torch
@@ -186,14 +186,6 @@ def _join_process_group() -> Ranks:
     return ranks
 
 
-def _one_line(exc: Exception) -> str:
-    """A Steward error's own message; anything else as `Type: first line of its message`."""
-    message = (str(exc).strip().splitlines() or [""])[0]
-    if isinstance(exc, StewardError):
-        return message
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-
-
 def _run_worker(job_dir: Path) -> int:
     """One worker: join the group, run the stage, leave the group. A failure at any of the three leaves
     `error-<rank>.json` (rank from torchrun's environment, which holds before the group exists)."""
@@ -212,7 +204,7 @@ def _run_worker(job_dir: Path) -> int:
         return 0
     except Exception as exc:
         traceback.print_exc()
-        record = {"rank": rank, "error": _one_line(exc), "exit_code": getattr(exc, "exit_code", 1)}
+        record = {"rank": rank, "error": exception_line(exc), "exit_code": getattr(exc, "exit_code", 1)}
         (job_dir / f"{ERROR_PREFIX}{rank}.json").write_text(json.dumps(record))
         return 1
 

@@ -94,20 +94,26 @@ PROGRESS_CHUNK = 256  # texts per progress-bar step
 OUTPUT_FORMATS = (".csv", ".parquet", ".jsonl")
 
 
-def predict_table(predictor: Predictor, table: TextTable, show_progress: bool = True) -> list[Prediction]:
-    """Predictions for every row of `table`, with a progress bar on stderr; a row without text is refused
-    by its data-row number (1 is the first record after the header)."""
+def texts_to_score(table: TextTable) -> list[str]:
+    """Every text of `table`; a row without text is refused by its data-row number (1 is the first record
+    after the header)."""
+    texts = [text for text in table.texts if text is not None and text.strip()]
+    if len(texts) < table.rows:
+        missing = next(index for index, text in enumerate(table.texts) if text is None or not text.strip())
+        raise BadInputError(f"{table.source}: data row {missing + 1} has no text to score")
+    return texts
+
+
+def predict_all(predictor: Predictor, texts: list[str], show_progress: bool = True) -> list[Prediction]:
+    """Predictions for `texts`, in chunks, with a progress bar on stderr."""
     from tqdm.auto import tqdm
 
-    missing = next((index for index, text in enumerate(table.texts) if text is None or not text.strip()), None)
-    if missing is not None:
-        raise BadInputError(f"{table.source}: data row {missing + 1} has no text to score")
-    texts = [text for text in table.texts if text is not None]
     predictions: list[Prediction] = []
     with tqdm(total=len(texts), desc="scoring", unit="text", disable=not show_progress, leave=False) as bar:
         for start in range(0, len(texts), PROGRESS_CHUNK):
-            predictions += predictor.predict(texts[start : start + PROGRESS_CHUNK])
-            bar.update(min(PROGRESS_CHUNK, len(texts) - start))
+            chunk = texts[start : start + PROGRESS_CHUNK]
+            predictions += predictor.predict(chunk)
+            bar.update(len(chunk))
     return predictions
 
 

@@ -178,7 +178,7 @@ def test_metrics_count_requests_errors_and_name_the_served_version(server: Serve
         client.post("/v1/predict", content=b"nope")
         text = client.get("/metrics").text
     assert 'steward_requests_total{route="/v1/predict",status="200"}' in text
-    assert 'steward_request_errors_total{route="/v1/predict",status="400"}' in text
+    assert 'steward_requests_total{route="/v1/predict",status="400"}' in text
     assert "steward_request_latency_seconds_bucket" in text
     assert 'steward_served_version{model="tickets"} 1.0' in text
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import csv
 import random
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 from steward import load_model
 from steward.errors import BadInputError, CheckFailedError
 from tests.test_flow_retrain import _sentences, registry_for, run_json, write_project
+from tests.test_monitor import _write_texts
 
 
 @pytest.fixture(scope="module")
@@ -30,14 +30,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> P
 
 def registry_url(config: Path) -> str:
     return f"sqlite:///{config.parent / '.steward' / 'registry.db'}"
-
-
-def write_texts(path: Path, texts: list[str]) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text"])
-        writer.writerows([text] for text in texts)
-    return path
 
 
 def test_load_model_predicts_calibrated_probabilities_and_names_its_version(trained: Path) -> None:
@@ -94,7 +86,7 @@ def test_steward_predict_writes_every_row_with_probabilities_and_audits_the_batc
     trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     texts = [text for text, _ in _sentences(random.Random(2), 30)]
-    source = write_texts(tmp_path / "incoming.csv", texts)
+    source = _write_texts(tmp_path / "incoming.csv", texts)
     output = tmp_path / "scored.parquet"
     code, summary = run_json(capsys, "predict", "--model", "tickets@champion", "--input", str(source),
                              "--output", str(output), "--registry", registry_url(trained))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections import Counter
 from pathlib import Path
 
 from steward.commands.common import console, emit, open_registry
@@ -20,7 +21,7 @@ def default_output(input_path: Path) -> Path:
 def predict(args: argparse.Namespace) -> int:
     from steward.loading import ModelRef, predictor_for, resolve_version
     from tasks.data import load_table
-    from tasks.predict import predict_table, write_predictions
+    from tasks.predict import predict_all, texts_to_score, write_predictions
 
     started = time.perf_counter()
     ref = ModelRef.parse(args.model)
@@ -29,9 +30,9 @@ def predict(args: argparse.Namespace) -> int:
     with open_registry(args) as registry:
         detail = resolve_version(registry, ref)
         table = load_table.fn(input_path, args.text_column, None, "input")  # a plain read: no flow, no Prefect run
+        texts = texts_to_score(table)
         predictor = predictor_for(detail, ref.alias)
-        predictions = predict_table(predictor, table, show_progress=not args.json)
-        texts = [text for text in table.texts if text is not None]
+        predictions = predict_all(predictor, texts, show_progress=not args.json)
         write_predictions(output_path, texts, predictions, predictor.identity, predictor.labels)
         summary = {
             "model": predictor.identity.name,
@@ -41,7 +42,7 @@ def predict(args: argparse.Namespace) -> int:
             "input_fingerprint": table.fingerprint,
             "rows": len(predictions),
             "output": str(output_path.resolve()),
-            "label_counts": _label_counts(predictions),
+            "label_counts": dict(sorted(Counter(p.label for p in predictions).items())),
         }
         registry.audit.append(BATCH_SCORED_EVENT, f"{predictor.identity.name}:{predictor.version}", summary)
     summary["seconds"] = round(time.perf_counter() - started, 3)
@@ -49,10 +50,3 @@ def predict(args: argparse.Namespace) -> int:
         f"scored {summary['rows']:,} rows of {input_path} with {summary['model']} v{summary['version']} "
         f"in {summary['seconds']:.1f}s → {summary['output']}"))
     return 0
-
-
-def _label_counts(predictions) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for prediction in predictions:
-        counts[prediction.label] = counts.get(prediction.label, 0) + 1
-    return dict(sorted(counts.items()))

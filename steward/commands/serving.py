@@ -59,8 +59,8 @@ def serve_model(args: argparse.Namespace) -> int:
 
     from steward.commands.common import config_from_args
     from steward.config import ServingConfig, resolve_registry_url
-    from steward.loading import ModelRef
-    from steward.server import ServerSettings, create_app, load_served
+    from steward.loading import ModelRef, load_ref
+    from steward.server import ServerSettings, create_app
 
     config = config_from_args(args)
     serving = config.serving if config is not None else ServingConfig()
@@ -70,7 +70,7 @@ def serve_model(args: argparse.Namespace) -> int:
         poll_seconds=args.poll_seconds, log_url=(serving.log_url or registry_url) if serving.log_predictions else None,
         log_text=serving.log_text, log_retention=serving.log_retention,
     )
-    predictor = load_served(settings)
+    predictor = load_ref(settings.ref, settings.registry_url)  # a bad reference or checksum fails here
     sys.stderr.write(f"steward: serving {predictor.identity.name} v{predictor.version} ({settings.ref}) on "
                      f"http://{args.host}:{args.port}{' with a bearer token' if settings.token else ''}\n")
     uvicorn.run(create_app(settings, predictor), host=args.host, port=args.port, log_level="warning")
