@@ -1,5 +1,5 @@
 """The retraining flow: validate → adapt → fine-tune → evaluate (and fit the classical baseline) → register
-→ gate → report."""
+→ compress → gate → report."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from flows.stages import (
     adapt_to_domain,
     apply_gate,
     base_model_dir,
+    compress_candidate,
     evaluate_candidate,
     fit_baseline,
     load_valid_data,
@@ -60,6 +61,7 @@ def retrain_once(context: RunContext) -> RetrainOutcome:
     candidate = register_candidate(
         context, data, finetuned, evaluation, champion.version if champion else None, adapted=pretrained,
     )
+    compress_candidate(context, data, candidate, evaluation)  # before the gate: a promoted version has its forms
     metrics = evaluation.headline()
     outcome = apply_gate(context, candidate, metrics, champion, classical)
     publish_metrics(config.name, metrics, champion.metrics if champion else None, classical.metrics)

@@ -12,6 +12,7 @@ from flows.context import flow_run, stage
 from flows.stages import (
     adapt_to_domain,
     base_model_dir,
+    compress_candidate,
     evaluate_candidate,
     failed_expectations,
     fit_baseline,
@@ -81,7 +82,7 @@ def pretrain_only(config_path: str, registry_url: str | None = None, nproc: int 
 @flow(name="steward-finetune", log_prints=False)
 def finetune_only(config_path: str, registry_url: str | None = None, nproc: int = 1) -> FineTuneOutcome:
     """Fine-tune (on the adapted checkpoint when pretraining is enabled), fit the classical baseline for
-    comparison, and register, without a gate;
+    comparison, register and compress, without a promotion gate;
     `nproc` > 1 trains (both stages) in that many torchrun workers."""
     with flow_run(config_path, registry_url, "finetune") as context:
         start_dir = base_model_dir(context)
@@ -91,6 +92,7 @@ def finetune_only(config_path: str, registry_url: str | None = None, nproc: int 
         evaluation = evaluate_candidate(context, data, finetuned.model_dir)
         classical = fit_baseline(context, data)
         version = register_candidate(context, data, finetuned, evaluation, None, adapted)
+        compress_candidate(context, data, version, evaluation)
         return FineTuneOutcome(
             context.run.id, context.config.name, version.version, evaluation.headline(), str(finetuned.model_dir),
             classical.metrics,

@@ -14,6 +14,7 @@ from flows.artifacts import publish_validation
 from flows.context import RunContext, stage
 from flows.events import announce_alias_move
 from governance.registry import (
+    CompressedFormIn,
     EvaluationDetailIn,
     GateDecisionIn,
     ModelVersionRecord,
@@ -21,6 +22,7 @@ from governance.registry import (
 )
 from steward.errors import CheckFailedError
 from tasks.baseline import BaselineResult, fit_classical_baseline
+from tasks.compress import FormResult, compress_model
 from tasks.data import TextTable, load_corpus, load_table, make_table, split_validation
 from tasks.evaluate import EvaluationResult, evaluate_model
 from tasks.finetune import FineTuneResult, fine_tune
@@ -235,6 +237,29 @@ def register_candidate(
             _evaluation_detail(context.run.id, version.id, data.dataset_ids["test"], evaluation, adapted)
         )
     return version
+
+
+def compress_candidate(
+    context: RunContext, data: LoadedData, candidate: ModelVersionRecord, evaluation: EvaluationResult,
+) -> list[FormResult]:
+    """Each `compression.methods` form of the registered candidate, evaluated on the same test set and judged;
+    every form is recorded (passed, refused or failed) and none of them can fail the run."""
+    config = context.config
+    if not config.compression.enabled:
+        return []
+    with stage(context, "compression"):
+        results = compress_model(
+            Path(candidate.artifact_path), config.base_model, data.test, evaluation, config.compression,
+            config.evaluation.primary_metric, config.finetuning.max_seq_length,
+        )
+        for result in results:
+            context.registry.record_compressed_form(CompressedFormIn(
+                run_id=context.run.id, version_id=candidate.id, form=result.form, method=result.method,
+                status=result.status, reasons=tuple(result.reasons),
+                artifact_path=str(result.folder) if result.folder else None, files=result.files,
+                size_bytes=result.size_bytes, metrics=result.metrics(), per_class_f1_delta=result.per_class_f1_delta,
+            ))
+    return results
 
 
 def _evaluation_detail(

@@ -304,3 +304,26 @@ class ServedPrediction(Base):
     label: Mapped[str] = mapped_column(_NAME)
     score: Mapped[float] = mapped_column(Float)
     probabilities: Mapped[dict[str, Any]]
+
+
+# Added by migration 0007.
+
+
+class CompressedForm(Base):
+    """One compressed form of a version (`int8`, `student`) and the compression gate's verdict on it."""
+
+    __tablename__ = "compressed_forms"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"))
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    form: Mapped[str] = mapped_column(String(32))
+    method: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))  # steward.scores.COMPRESSION_STATUSES
+    reasons: Mapped[list[str]] = mapped_column(JSON)
+    artifact_path: Mapped[str | None] = mapped_column(Text)  # null when export or quantization failed
+    files: Mapped[dict[str, str]]  # relative path -> sha256
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    metrics: Mapped[dict[str, Any]]  # the form's test metrics, agreement and metric_drop
+    per_class_f1_delta: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from steward.scores import ClassScore, DriftFindingName, ReliabilityBin, RetrainDecisionName
+from steward.scores import (
+    ClassScore,
+    CompressionStatusName,
+    DriftFindingName,
+    ReliabilityBin,
+    RetrainDecisionName,
+)
 
 
 @dataclass(frozen=True)
@@ -171,6 +177,33 @@ class DriftReportRecord:
 
 
 @dataclass(frozen=True)
+class CompressedFormIn:
+    """A compressed form of a version as the compression stage judged it."""
+
+    run_id: str
+    version_id: int
+    form: str  # steward.scores.FORMS
+    method: str  # compression.methods entry that made it
+    status: CompressionStatusName
+    reasons: tuple[str, ...]
+    artifact_path: str | None  # None when export or quantization failed
+    files: dict[str, str]  # relative path -> sha256
+    size_bytes: int | None
+    metrics: dict[str, float]  # the form's test metrics, agreement and metric_drop
+    per_class_f1_delta: dict[str, float]
+
+
+@dataclass(frozen=True)
+class CompressedFormRecord(CompressedFormIn):
+    id: int = 0
+    created_at: datetime | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+
+@dataclass(frozen=True)
 class ModelVersionDetail:
     """A version with its lineage and evidence, for ``registry show`` and audit reports."""
 
@@ -181,11 +214,15 @@ class ModelVersionDetail:
     aliases: list[str]
     run: RunRecord
     gate_decision: GateDecisionRecord | None
+    forms: list[CompressedFormRecord] = field(default_factory=list)  # the latest record of each form
 
     @property
     def recorded_hashes(self) -> dict[str, str]:
         """The sha256 of every artifact file as the registry recorded it at registration."""
         return {file.relative_path: file.sha256 for file in self.files}
+
+    def form(self, name: str) -> CompressedFormRecord | None:
+        return next((form for form in self.forms if form.form == name), None)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from governance.models import (
     Alias,
     AliasHistory,
     ArtifactFile,
+    CompressedForm,
     Dataset,
     DriftReport,
     EvaluationDetail,
@@ -47,6 +48,8 @@ from governance.records import (
     AliasMove,
     ArtifactFileRecord,
     ClassScore,
+    CompressedFormIn,
+    CompressedFormRecord,
     DatasetRecord,
     DriftReportIn,
     DriftReportRecord,
@@ -64,7 +67,7 @@ from governance.records import (
 )
 from governance.redact import mask_url, redact, redact_text
 from steward.errors import BadInputError, CheckFailedError, RegistryUnavailableError
-from steward.scores import DRIFT_FINDINGS, GATE_OUTCOMES, RETRAIN_DECISIONS
+from steward.scores import COMPRESSION_STATUSES, DRIFT_FINDINGS, FORMS, GATE_OUTCOMES, RETRAIN_DECISIONS
 
 __all__ = [
     "AliasMove",
@@ -72,6 +75,8 @@ __all__ = [
     "AuditLog",
     "ChainVerification",
     "ClassScore",
+    "CompressedFormIn",
+    "CompressedFormRecord",
     "DatasetRecord",
     "DriftReportIn",
     "DriftReportRecord",
@@ -554,6 +559,7 @@ class Registry:
                 aliases=list(aliases),
                 run=_to_record(RunRecord, self._run(session, row.run_id)),
                 gate_decision=None if gate is None else GateDecisionRecord(*gate),
+                forms=self._forms(session, row.id),
             )
 
     # -- metrics, validation, gate, drift ----------------------------------------------------------
@@ -747,6 +753,35 @@ class Registry:
             event_type = DRIFT_EVENT_TYPES[report.finding]
             self._event(session, event_type, report.model_name, payload)
             return _to_record(DriftReportRecord, row)
+
+    def record_compressed_form(self, form: CompressedFormIn) -> CompressedFormRecord:
+        """Store a compressed form and the compression gate's verdict; one audit event, `compression_<status>`,
+        carrying the sha256 of every file of the form."""
+        if form.form not in FORMS or form.status not in COMPRESSION_STATUSES:
+            raise BadInputError(f"form must be one of {', '.join(FORMS)} and status one of "
+                                f"{', '.join(COMPRESSION_STATUSES)}, not {form.form!r} / {form.status!r}")
+        _check_sha256(form.files)
+        with self._write() as session:
+            self._run(session, form.run_id)
+            version = self._version_by_id(session, form.version_id)
+            row = CompressedForm(**{**asdict(form), "reasons": list(form.reasons),
+                                    "metrics": _finite_metrics(form.metrics)}, created_at=utcnow())
+            session.add(row)
+            session.flush()
+            payload = {"run_id": form.run_id, "form": form.form, "method": form.method, "reasons": list(form.reasons),
+                       "size_bytes": form.size_bytes, "sha256": form.files,
+                       **{key: form.metrics.get(key) for key in ("agreement", "metric_drop")}}
+            self._event(session, f"compression_{form.status}", _subject(version.model_name, version.version), payload)
+            return _form_record(row)
+
+    @staticmethod
+    def _forms(session: Session, version_id: int) -> list[CompressedFormRecord]:
+        """The latest record of each form of the version, in form order."""
+        rows = session.scalars(
+            select(CompressedForm).where(CompressedForm.version_id == version_id).order_by(CompressedForm.id)
+        )
+        latest = {row.form: row for row in rows}
+        return [_form_record(latest[name]) for name in FORMS if name in latest]
 
     def drift_reports(self, model_name: str) -> list[DriftReportRecord]:
         with self._read() as session:
@@ -963,6 +998,10 @@ def _evaluation_record(row: EvaluationDetail) -> EvaluationDetailRecord:
         confusion_matrix=tuple(tuple(counts) for counts in row.confusion_matrix),
         reliability=tuple(ReliabilityBin(**b) for b in row.reliability),
     )
+
+
+def _form_record(row: CompressedForm) -> CompressedFormRecord:
+    return _to_record(CompressedFormRecord, row, reasons=tuple(row.reasons))
 
 
 def _artifact_files(version_id: int, artifact_path: str, files: dict[str, str]) -> list[ArtifactFile]:

@@ -45,7 +45,7 @@ from steward.errors import BadInputError
 from steward.scores import CLASSICAL_BASELINE_NAME, CLASSICAL_BASELINE_PREFIX
 
 FORMATS = ("html", "md")
-LOWER_IS_BETTER = frozenset({"ece", "ece_uncalibrated", "latency_p50_ms", "latency_p95_ms"})
+LOWER_IS_BETTER = frozenset({"ece", "ece_uncalibrated", "latency_p50_ms", "latency_p95_ms", "batch_latency_p50_ms"})
 CLASSICAL_METRICS = ("macro_f1", "accuracy")
 POORLY_CALIBRATED_ECE = 0.1
 OBSERVED_WIDTH = 120

@@ -48,6 +48,13 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+def _form_option(parser: argparse.ArgumentParser) -> None:
+    from steward.scores import FORMS
+
+    parser.add_argument("--format", dest="form", choices=FORMS,
+                        help="the form to use (default: the fastest that passed the compression gate, else fp32)")
+
+
 def _common(parser: argparse.ArgumentParser, *, config: str = "optional", json_flag: bool = True) -> None:
     parser.add_argument("--registry", metavar="URL", help="SQLAlchemy URL of the model registry")
     if config == "required":
@@ -116,6 +123,7 @@ def _add_stage_commands(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--input", required=True, metavar="PATH", help="csv/tsv/jsonl/parquet/txt")
     predict.add_argument("--output", metavar="PATH", help=".csv, .parquet or .jsonl (default: INPUT.predictions.csv)")
     predict.add_argument("--text-column", default="text", metavar="NAME")
+    _form_option(predict)
     predict.set_defaults(handler=_lazy("steward.commands.predicting", "predict"))
 
     serve_model = commands.add_parser("serve-model", help="serve a registered model over HTTP, following its alias")
@@ -126,6 +134,7 @@ def _add_stage_commands(commands: argparse._SubParsersAction) -> None:
     serve_model.add_argument("--token-file", metavar="FILE", help="bearer token (default: $STEWARD_API_TOKEN)")
     serve_model.add_argument("--poll-seconds", type=float, default=2.0, metavar="S",
                              help="how often the alias is checked for a new version")
+    _form_option(serve_model)
     serve_model.set_defaults(handler=_lazy("steward.commands.serving", "serve_model"))
 
     serve = commands.add_parser("serve", help="serve the retraining and monitoring deployments on their schedules")

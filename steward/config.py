@@ -125,6 +125,23 @@ class MonitoringConfig(_Section):
         return self.reference if self.reference in REFERENCE_SPLITS else None
 
 
+class CompressionConfig(_Section):
+    """The compression stage after evaluation (`tasks/compress.py`): each method's form is evaluated on the test
+    set and served in place of the fp32 model only when it passes both thresholds."""
+
+    enabled: bool = True
+    methods: list[Literal["onnx-int8"]] = Field(default_factory=lambda: ["onnx-int8"])
+    max_metric_drop: float = Field(0.01, ge=0.0, le=1.0)  # of the primary metric, against the fp32 model
+    min_agreement: float = Field(0.98, ge=0.0, le=1.0)  # share of test predictions equal to the fp32 model's
+
+    @field_validator("methods")
+    @classmethod
+    def _each_once(cls, methods: list[str]) -> list[str]:
+        if len(set(methods)) < len(methods):
+            raise ValueError(f"lists a method twice: {methods}")
+        return methods
+
+
 class ServingConfig(_Section):
     """`steward serve-model`'s prediction log, and the window `--current served` reads from it."""
 
@@ -178,6 +195,7 @@ class StewardConfig(_Section):
     pretraining: PretrainingConfig = PretrainingConfig()
     finetuning: FinetuningConfig = FinetuningConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    compression: CompressionConfig = CompressionConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     serving: ServingConfig = ServingConfig()
     registry: RegistryConfig = RegistryConfig()

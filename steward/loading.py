@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from steward.errors import BadInputError
 
 if TYPE_CHECKING:
-    from governance.records import ModelVersionDetail
+    from governance.records import CompressedFormRecord, ModelVersionDetail
     from governance.registry import Registry
     from tasks.predict import Predictor
 
@@ -56,31 +56,60 @@ def resolve_version(registry: Registry, ref: ModelRef) -> ModelVersionDetail:
     return registry.get_version(ref.name, record.version)
 
 
-def predictor_for(detail: ModelVersionDetail, alias: str | None) -> Predictor:
-    """The version's files verified against the registry's sha256s, then loaded (refused on a mismatch)."""
+def served_form(detail: ModelVersionDetail, requested: str | None) -> CompressedFormRecord | None:
+    """The compressed form to serve, None for the fp32 model: `requested` when given (it must have passed the
+    compression gate), else the fastest form that passed, if it is faster than fp32."""
+    from steward.scores import FORMS, FP32
+
+    if requested == FP32:
+        return None
+    if requested is None:
+        passed = [form for form in detail.forms if form.passed]
+        fastest = max(passed, key=lambda form: form.metrics.get("throughput_per_s", 0.0), default=None)
+        fp32_speed = detail.metrics.get("throughput_per_s", 0.0)
+        return fastest if fastest and fastest.metrics.get("throughput_per_s", 0.0) > fp32_speed else None
+    if requested not in FORMS:
+        raise BadInputError(f"unknown form '{requested}' (use {', '.join(FORMS)})")
+    record = detail.form(requested)
+    subject = f"{detail.version.model_name}:{detail.version.version}"
+    if record is None:
+        raise BadInputError(f"{subject} has no {requested} form (compression did not make one)")
+    if not record.passed:
+        raise BadInputError(f"{subject}: its {requested} form was {record.status} by the compression gate "
+                            f"({'; '.join(record.reasons)})")
+    return record
+
+
+def predictor_for(detail: ModelVersionDetail, alias: str | None, form: str | None = None) -> Predictor:
+    """The version in the form `served_form` picks, its files verified against the registry's sha256s, then
+    loaded (refused on a mismatch)."""
     from tasks.modeling import verify_files
     from tasks.predict import ModelIdentity, load_predictor
 
-    model_dir = Path(detail.version.artifact_path)
-    verify_files(model_dir, detail.recorded_hashes)
-    identity = ModelIdentity(detail.version.model_name, detail.version.version, alias, str(model_dir),
-                             detail.recorded_hashes, dict(detail.metrics))
+    chosen = served_form(detail, form)
+    model_dir = Path(chosen.artifact_path if chosen and chosen.artifact_path else detail.version.artifact_path)
+    hashes = chosen.files if chosen else detail.recorded_hashes
+    verify_files(model_dir, hashes)
+    identity = ModelIdentity(detail.version.model_name, detail.version.version, alias, str(model_dir), hashes,
+                             dict(chosen.metrics if chosen else detail.metrics), chosen.form if chosen else "fp32")
     max_seq_length = detail.run.config.get("finetuning", {}).get("max_seq_length", DEFAULT_MAX_SEQ_LENGTH)
     return load_predictor(model_dir, int(max_seq_length), identity)
 
 
-def load_ref(ref: ModelRef, registry_url: str) -> Predictor:
-    """The version `ref` names now in the registry at `registry_url`, verified and loaded."""
+def load_ref(ref: ModelRef, registry_url: str, form: str | None = None) -> Predictor:
+    """The version `ref` names now in the registry at `registry_url`, verified and loaded (`form`: see
+    `served_form`)."""
     from governance.registry import Registry
 
     with Registry.open(registry_url) as registry:
         detail = resolve_version(registry, ref)
-    return predictor_for(detail, ref.alias)
+    return predictor_for(detail, ref.alias, form)
 
 
-def load_model(ref: str, registry: str | None = None) -> Predictor:
+def load_model(ref: str, registry: str | None = None, form: str | None = None) -> Predictor:
     """The version `ref` names ("NAME@ALIAS" or "NAME:VERSION") in the registry at URL `registry`
-    (default: STEWARD_REGISTRY_URL, else `sqlite:///./.steward/registry.db`), ready to `predict(texts)`."""
+    (default: STEWARD_REGISTRY_URL, else `sqlite:///./.steward/registry.db`), ready to `predict(texts)`; in
+    the fastest form that passed the compression gate, or `form` ("fp32", "int8", "student")."""
     from steward.config import resolve_registry_url
 
-    return load_ref(ModelRef.parse(ref), resolve_registry_url(registry, None))
+    return load_ref(ModelRef.parse(ref), resolve_registry_url(registry, None), form)

@@ -41,3 +41,13 @@ DRIFT_FINDINGS: tuple[str, ...] = get_args(DriftFindingName)
 # asked this champion for a retrain; that retrain gave no new champion), `not_needed` (no finding that retrains).
 RetrainDecisionName = Literal["requested", "cooldown", "same_episode", "not_needed"]
 RETRAIN_DECISIONS: tuple[str, ...] = get_args(RetrainDecisionName)
+
+# The forms a version can be served in: the fine-tuned PyTorch model, its ONNX Runtime dynamic-int8
+# quantization, and (with compression.distill) a smaller distilled student, quantized the same way.
+FormName = Literal["fp32", "int8", "student"]
+FORMS: tuple[str, ...] = get_args(FormName)
+FP32: FormName = "fp32"
+# What the compression gate made of a form: it met max_metric_drop and min_agreement (`passed`), it did not
+# (`refused`), or export, quantization or its evaluation raised (`failed`). Only a passed form is served.
+CompressionStatusName = Literal["passed", "refused", "failed"]
+COMPRESSION_STATUSES: tuple[str, ...] = get_args(CompressionStatusName)

@@ -68,6 +68,7 @@ class ServerSettings:
     log_url: str | None = None  # the prediction log's database; None: no prediction log
     log_text: bool = True
     log_retention: timedelta = timedelta(days=30)
+    form: str | None = None  # --format; None: the fastest form of each version that passed compression
 
 
 class RequestError(Exception):
@@ -153,7 +154,7 @@ class ServedModel:
             return
         detail = registry.get_version(ref.name, record.version)  # a registry error here is retried, not refused
         try:
-            candidate = predictor_for(detail, ref.alias)
+            candidate = predictor_for(detail, ref.alias, self.settings.form)
             candidate.predict([WARM_UP_TEXT])
         except MemoryError:
             raise
@@ -164,7 +165,8 @@ class ServedModel:
         self.metrics.swaps.inc()
         self.metrics.version.labels(ref.name).set(candidate.version)
         registry.audit.append(MODEL_SWAPPED_EVENT, f"{ref.name}:{candidate.version}",
-                              {"alias": ref.alias, "from_version": previous, "to_version": candidate.version})
+                              {"alias": ref.alias, "from_version": previous, "to_version": candidate.version,
+                               "form": candidate.identity.form})
         log.warning("steward serve-model: now serving %s v%d (was v%d)", ref.name, candidate.version, previous)
 
     def _refuse(self, registry, version: int, exc: Exception) -> None:
@@ -393,7 +395,7 @@ def create_app(settings: ServerSettings, predictor: Predictor, follow_alias: boo
         predictor = served.predictor  # one read: a swap meanwhile cannot mix two versions in the answer
         identity = predictor.identity
         return JSONResponse({"name": identity.name, "version": identity.version, "alias": identity.alias,
-                             "labels": predictor.labels, "sha256": identity.sha256,
+                             "form": identity.form, "labels": predictor.labels, "sha256": identity.sha256,
                              "metrics": identity.metrics})
 
     @app.get("/healthz")

@@ -17,7 +17,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 
@@ -100,8 +100,50 @@ class Classifier:
     temperature: float = 1.0
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """Calibrated class probabilities: softmax(logits / temperature)."""
-        return (logits.float() / self.temperature).softmax(dim=-1)
+        return calibrated(logits, self.temperature)
+
+
+def calibrated(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Calibrated class probabilities: softmax(logits / temperature)."""
+    return (logits.float() / temperature).softmax(dim=-1)
+
+
+class Scorer(Protocol):
+    """A saved classifier in one of its forms (`fp32` PyTorch, an ONNX Runtime `int8` or `student` form): what
+    evaluation, `load_model`, `steward predict` and the model server score texts with."""
+
+    form: str
+    labels: list[str]
+    temperature: float
+    max_length: int
+
+    def logits(self, texts: list[str], batch_size: int) -> torch.Tensor:
+        """Logits (before the temperature) of every text, in order."""
+        ...
+
+
+@dataclass
+class TorchScorer:
+    """The fine-tuned classifier itself, in PyTorch."""
+
+    classifier: Classifier
+    device: Device
+    form: str = "fp32"
+
+    @property
+    def labels(self) -> list[str]:
+        return self.classifier.labels
+
+    @property
+    def temperature(self) -> float:
+        return self.classifier.temperature
+
+    @property
+    def max_length(self) -> int:
+        return self.classifier.max_length
+
+    def logits(self, texts: list[str], batch_size: int) -> torch.Tensor:
+        return batched_logits(self.classifier, encode(self.classifier, texts), batch_size, self.device)[0]
 
 
 def new_classifier(model_dir: Path, labels: list[str], max_seq_length: int, device: Device) -> Classifier:

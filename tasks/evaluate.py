@@ -14,15 +14,14 @@ from prefect.cache_policies import NO_CACHE
 from steward.errors import BadInputError
 from steward.scores import ClassScore, ReliabilityBin
 from tasks.classifier import (
-    Classifier,
+    Scorer,
+    TorchScorer,
     accuracy_and_macro_f1,
-    batched_logits,
-    clip_text,
-    encode,
+    calibrated,
     load_saved_classifier,
     require_known_labels,
 )
-from tasks.modeling import Device, pick_device, quiet_transformers
+from tasks.modeling import pick_device, quiet_transformers
 
 if TYPE_CHECKING:
     import torch
@@ -30,7 +29,9 @@ if TYPE_CHECKING:
     from tasks.data import TextTable
 
 ECE_BINS = 15
-LATENCY_SAMPLE = 50
+LATENCY_SAMPLE = 50  # timed single-text forward passes
+LATENCY_BATCH, LATENCY_BATCHES = 32, 20  # and timed forward passes of 32 texts
+BATCH_SIZE = 64
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class EvaluationResult:
     temperature: float
     latency_p50_ms: float  # one example per forward pass
     latency_p95_ms: float
+    batch_latency_p50_ms: float  # 32 examples per forward pass
     throughput_per_s: float  # examples per second over the batched pass (tokenising included)
     predictions: list[str]
     reliability: list[ReliabilityBin] = field(default_factory=list)  # the non-empty ECE bins
@@ -60,45 +62,53 @@ class EvaluationResult:
             "temperature": self.temperature,
             "latency_p50_ms": self.latency_p50_ms,
             "latency_p95_ms": self.latency_p95_ms,
+            "batch_latency_p50_ms": self.batch_latency_p50_ms,
             "throughput_per_s": self.throughput_per_s,
         }
 
 
 @task(name="evaluate", retries=0, cache_policy=NO_CACHE)
 def evaluate_model(
-    model_dir: Path, test: TextTable, max_seq_length: int, batch_size: int = 64
+    model_dir: Path, test: TextTable, max_seq_length: int, batch_size: int = BATCH_SIZE
 ) -> EvaluationResult:
-    """Score the classifier saved in `model_dir` on the labelled rows of `test`."""
+    """Score the classifier saved in `model_dir` (PyTorch, fp32) on the labelled rows of `test`."""
     quiet_transformers()
     device = pick_device()
-    classifier = load_saved_classifier(Path(model_dir), max_seq_length, device)
+    scorer = TorchScorer(load_saved_classifier(Path(model_dir), max_seq_length, device), device)
+    return evaluate_scorer(scorer, test, batch_size)
+
+
+def evaluate_scorer(scorer: Scorer, test: TextTable, batch_size: int = BATCH_SIZE) -> EvaluationResult:
+    """Score any form of a classifier on the labelled rows of `test`: the one evaluation every form gets."""
     texts, labels = test.complete_rows()
     if not texts:
         raise BadInputError(f"{test.source}: the {test.role} set has no rows with both text and label")
-    require_known_labels(test, labels, classifier.labels)
-    class_ids = {label: index for index, label in enumerate(classifier.labels)}
+    require_known_labels(test, labels, scorer.labels)
+    class_ids = {label: index for index, label in enumerate(scorer.labels)}
     truth = [class_ids[label] for label in labels]
     started = time.perf_counter()
-    logits, _ = batched_logits(classifier, encode(classifier, texts), batch_size, device)
+    logits = scorer.logits(texts, batch_size)
     throughput = len(texts) / (time.perf_counter() - started)
-    probabilities = classifier.probabilities(logits)
+    probabilities = calibrated(logits, scorer.temperature)
     predicted = probabilities.argmax(dim=-1).tolist()
     accuracy, macro_f1 = accuracy_and_macro_f1(truth, predicted)
-    p50, p95 = single_example_latency_ms(classifier, texts[:LATENCY_SAMPLE], device)
+    p50, p95 = latency_ms(scorer, texts[:LATENCY_SAMPLE], 1)
+    batch_p50, _ = latency_ms(scorer, texts[: LATENCY_BATCHES * LATENCY_BATCH], LATENCY_BATCH)
     return EvaluationResult(
-        labels=classifier.labels,
+        labels=scorer.labels,
         examples=len(texts),
         accuracy=accuracy,
         macro_f1=macro_f1,
-        per_class=per_class_metrics(truth, predicted, classifier.labels),
-        confusion_matrix=confusion(truth, predicted, len(classifier.labels)),
+        per_class=per_class_metrics(truth, predicted, scorer.labels),
+        confusion_matrix=confusion(truth, predicted, len(scorer.labels)),
         ece=expected_calibration_error(probabilities, truth),
         ece_uncalibrated=expected_calibration_error(logits.softmax(dim=-1), truth),
-        temperature=classifier.temperature,
+        temperature=scorer.temperature,
         latency_p50_ms=p50,
         latency_p95_ms=p95,
+        batch_latency_p50_ms=batch_p50,
         throughput_per_s=throughput,
-        predictions=[classifier.labels[index] for index in predicted],
+        predictions=[scorer.labels[index] for index in predicted],
         reliability=reliability_bins(probabilities, truth),
     )
 
@@ -159,26 +169,15 @@ def reliability_bins(probabilities: torch.Tensor, truth: list[int], bins: int = 
     return found
 
 
-def single_example_latency_ms(
-    classifier: Classifier, texts: list[str], device: Device
-) -> tuple[float, float]:
-    """p50 and p95 of tokenise + forward for one example at a time (after one warm-up call)."""
-    import torch
-
-    model, tokenizer = classifier.model, classifier.tokenizer
-    model.eval()
+def latency_ms(scorer: Scorer, texts: list[str], batch_size: int) -> tuple[float, float]:
+    """p50 and p95 of tokenise + forward of `batch_size` texts at a time (after one warm-up call)."""
+    batches = [texts[start : start + batch_size] for start in range(0, len(texts), batch_size)]
     timings = []
-    with torch.no_grad():
-        for index, text in enumerate([texts[0], *texts]):
-            started = time.perf_counter()
-            clipped = clip_text(text, classifier.max_length)
-            batch = tokenizer(clipped, truncation=True, max_length=classifier.max_length, return_tensors="pt")
-            with device.autocast():
-                model(**batch.to(device.torch_device))
-            if device.torch_device.type == "cuda":
-                torch.cuda.synchronize()
-            if index > 0:
-                timings.append((time.perf_counter() - started) * 1000.0)
+    for index, batch in enumerate([batches[0], *batches]):
+        started = time.perf_counter()
+        scorer.logits(batch, batch_size)
+        if index > 0:
+            timings.append((time.perf_counter() - started) * 1000.0)
     return statistics.median(timings), _percentile(timings, 95)
 
 

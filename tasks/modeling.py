@@ -182,6 +182,12 @@ class Device:
             torch.cuda.synchronize(self.torch_device)
 
 
+def cpu_device() -> Device:
+    import torch
+
+    return Device(torch.device("cpu"), None)
+
+
 def pick_device(local_rank: int = 0) -> Device:
     """CUDA (the `local_rank`-th GPU of a multi-process run) with bf16 autocast where supported, else CPU."""
     import torch

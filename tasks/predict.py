@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from steward.errors import BadInputError
+from steward.scores import FP32
 from tasks.modeling import pick_device, quiet_transformers
 
 if TYPE_CHECKING:
-    from tasks.classifier import Classifier
+    from tasks.classifier import Scorer
     from tasks.data import TextTable
-    from tasks.modeling import Device
 
 PREDICT_BATCH_SIZE = 32
 
@@ -41,21 +41,21 @@ class ModelIdentity:
     alias: str | None  # the alias it was loaded through, if any
     artifact_path: str
     sha256: dict[str, str]  # relative path -> sha256, as the registry recorded them
-    metrics: dict[str, float]  # the version's test metrics
+    metrics: dict[str, float]  # the form's test metrics
+    form: str = FP32  # which form answers: the fine-tuned PyTorch model, or a compressed form of it
 
 
 class Predictor:
-    """One loaded model version; `predict(texts)` is thread-safe."""
+    """One loaded model version in one form; `predict(texts)` is thread-safe."""
 
-    def __init__(self, classifier: Classifier, device: Device, identity: ModelIdentity) -> None:
-        self.classifier = classifier
-        self.device = device
+    def __init__(self, scorer: Scorer, identity: ModelIdentity) -> None:
+        self.scorer = scorer
         self.identity = identity
         self._lock = threading.Lock()
 
     @property
     def labels(self) -> list[str]:
-        return list(self.classifier.labels)
+        return list(self.scorer.labels)
 
     @property
     def version(self) -> int:
@@ -63,16 +63,16 @@ class Predictor:
 
     def predict(self, texts: list[str], batch_size: int = PREDICT_BATCH_SIZE) -> list[Prediction]:
         """Calibrated predictions for `texts`, in order."""
-        from tasks.classifier import batched_logits, encode
+        from tasks.classifier import calibrated
 
         if isinstance(texts, str) or not all(isinstance(text, str) for text in texts):
             raise BadInputError("predict() takes a list of strings")
         if not texts:
             return []
         with self._lock:
-            logits, _ = batched_logits(self.classifier, encode(self.classifier, texts), batch_size, self.device)
-        probabilities = self.classifier.probabilities(logits).tolist()
-        labels = self.classifier.labels
+            logits = self.scorer.logits(texts, batch_size)
+        probabilities = calibrated(logits, self.scorer.temperature).tolist()
+        labels = self.scorer.labels
         return [_prediction(labels, row) for row in probabilities]
 
 
@@ -82,12 +82,16 @@ def _prediction(labels: list[str], row: list[float]) -> Prediction:
 
 
 def load_predictor(model_dir: Path, max_seq_length: int, identity: ModelIdentity) -> Predictor:
-    """A predictor on the classifier saved in `model_dir` (its files already verified by the caller)."""
-    from tasks.classifier import load_saved_classifier
+    """A predictor on the form `identity.form` saved in `model_dir` (its files already verified by the caller):
+    the PyTorch classifier for `fp32`, an ONNX Runtime session otherwise."""
+    from tasks.classifier import TorchScorer, load_saved_classifier
+    from tasks.compress import load_form
 
     quiet_transformers()
+    if identity.form != FP32:
+        return Predictor(load_form(model_dir, identity.form, max_seq_length), identity)
     device = pick_device()
-    return Predictor(load_saved_classifier(model_dir, max_seq_length, device), device, identity)
+    return Predictor(TorchScorer(load_saved_classifier(model_dir, max_seq_length, device), device), identity)
 
 
 PROGRESS_CHUNK = 256  # texts per progress-bar step

@@ -69,17 +69,19 @@ def test_a_bad_reference_is_a_one_line_error(trained: Path, ref: str, message: s
         load_model(ref, registry=registry_url(trained))
 
 
-def test_a_tampered_weight_file_is_refused_before_loading(trained: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("form", "relative_path"), [("fp32", "head.safetensors"), ("int8", "model.onnx")])
+def test_a_tampered_weight_file_is_refused_before_loading(trained: Path, form: str, relative_path: str) -> None:
     with registry_for(trained) as registry:
-        artifact = Path(registry.alias_version("tickets", "champion").artifact_path)
-    head = artifact / "head.safetensors"
-    original = head.read_bytes()
+        detail = registry.get_version("tickets", 1)
+    folder = Path(detail.form(form).artifact_path if form != "fp32" else detail.version.artifact_path)
+    weights = folder / relative_path
+    original = weights.read_bytes()
     try:
-        head.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+        weights.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
         with pytest.raises(CheckFailedError, match="sha256 mismatch"):
-            load_model("tickets@champion", registry=registry_url(trained))
+            load_model("tickets@champion", registry=registry_url(trained), form=form)
     finally:
-        head.write_bytes(original)
+        weights.write_bytes(original)
 
 
 def test_steward_predict_writes_every_row_with_probabilities_and_audits_the_batch(

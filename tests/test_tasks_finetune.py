@@ -160,12 +160,14 @@ def test_headline_metrics_are_plain_floats(evaluation: EvaluationResult) -> None
         "temperature",
         "latency_p50_ms",
         "latency_p95_ms",
+        "batch_latency_p50_ms",
         "throughput_per_s",
     }
     assert all(isinstance(value, float) for value in headline.values())
     assert 0.0 <= headline["ece"] <= 1.0
     assert 0.0 < headline["latency_p50_ms"] <= headline["latency_p95_ms"]
     assert headline["throughput_per_s"] > 0.0
+    assert headline["batch_latency_p50_ms"] > 0.0
 
 
 def test_expected_calibration_error_by_hand() -> None:

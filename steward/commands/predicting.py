@@ -31,12 +31,13 @@ def predict(args: argparse.Namespace) -> int:
         detail = resolve_version(registry, ref)
         table = load_table.fn(input_path, args.text_column, None, "input")  # a plain read: no flow, no Prefect run
         texts = texts_to_score(table)
-        predictor = predictor_for(detail, ref.alias)
+        predictor = predictor_for(detail, ref.alias, args.form)
         predictions = predict_all(predictor, texts, show_progress=not args.json)
         write_predictions(output_path, texts, predictions, predictor.identity, predictor.labels)
         summary = {
             "model": predictor.identity.name,
             "version": predictor.version,
+            "form": predictor.identity.form,
             "alias": ref.alias,
             "input": str(input_path.resolve()),
             "input_fingerprint": table.fingerprint,
@@ -48,5 +49,6 @@ def predict(args: argparse.Namespace) -> int:
     summary["seconds"] = round(time.perf_counter() - started, 3)
     emit(args, summary, lambda: console().print(
         f"scored {summary['rows']:,} rows of {input_path} with {summary['model']} v{summary['version']} "
+        f"({summary['form']}) "
         f"in {summary['seconds']:.1f}s → {summary['output']}"))
     return 0

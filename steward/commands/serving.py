@@ -68,10 +68,11 @@ def serve_model(args: argparse.Namespace) -> int:
     settings = ServerSettings(
         ref=ModelRef.parse(args.model), registry_url=registry_url, token=read_token(args.token_file),
         poll_seconds=args.poll_seconds, log_url=(serving.log_url or registry_url) if serving.log_predictions else None,
-        log_text=serving.log_text, log_retention=serving.log_retention,
+        log_text=serving.log_text, log_retention=serving.log_retention, form=args.form,
     )
-    predictor = load_ref(settings.ref, settings.registry_url)  # a bad reference or checksum fails here
-    sys.stderr.write(f"steward: serving {predictor.identity.name} v{predictor.version} ({settings.ref}) on "
+    predictor = load_ref(settings.ref, settings.registry_url, settings.form)  # a bad reference or checksum fails here
+    sys.stderr.write(f"steward: serving {predictor.identity.name} v{predictor.version} "
+                     f"({settings.ref}, {predictor.identity.form}) on "
                      f"http://{args.host}:{args.port}{' with a bearer token' if settings.token else ''}\n")
     uvicorn.run(create_app(settings, predictor), host=args.host, port=args.port, log_level="warning")
     return 0

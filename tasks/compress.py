@@ -1,0 +1,239 @@
+"""Compression: a fine-tuned classifier exported to ONNX, quantized to int8, re-evaluated, and judged.
+
+The recipe, per form (`compression.methods`):
+1. Export the very module Steward evaluates (encoder, the base's pooling, the head; logits out) with
+   `torch.onnx.export`, batch and sequence length dynamic.
+2. Dynamic int8 quantization with ONNX Runtime (`onnxruntime.quantization.quantize_dynamic`): weights of the
+   matrix multiplications stored as int8, activations quantized on the fly, nothing to calibrate.
+3. The same evaluation as the fp32 model (`tasks.evaluate.evaluate_scorer`) on the same test set, plus its
+   agreement with the fp32 model's predictions and the per-class F1 deltas.
+4. The gate: the form passes when its primary metric drops by at most `max_metric_drop` and it agrees with
+   the fp32 model on at least `min_agreement` of the test rows. Dynamic int8 has turned other models "next
+   to random" (onnxruntime#9599), so a form is never served on trust.
+
+Why `onnxruntime.quantization` directly and not `optimum`: Steward's classifier is its own module (mean or
+CLS pooling read from the base, a linear head, a temperature), which optimum's exporters, built around
+`AutoModelForSequenceClassification`, do not export as it is; optimum's dynamic quantization calls this same
+ONNX Runtime function underneath.
+
+A form folder (`<version folder>-int8`) is self-contained: `model.onnx`, the tokenizer and `label_map.json`,
+so serving it loads no PyTorch weights.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from steward.errors import BadInputError, exception_line
+from steward.scores import CompressionStatusName
+from tasks.classifier import LABEL_MAP_FILE, clip_text, load_saved_classifier
+from tasks.evaluate import EvaluationResult, evaluate_scorer
+from tasks.modeling import cpu_device, load_tokenizer, quiet_transformers, sha256_files
+
+if TYPE_CHECKING:
+    import onnxruntime
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+    from steward.config import CompressionConfig
+    from tasks.classifier import Classifier
+    from tasks.data import TextTable
+
+FORM_MODEL_FILE = "model.onnx"
+ONNX_OPSET = 17
+ONNX_INPUTS = ("input_ids", "attention_mask")
+METHOD_FORMS = {"onnx-int8": "int8"}  # compression.methods → the form it produces
+_UNSUPPORTED_OPERATOR = re.compile(r"operator '?([\w:.]+)'?", re.IGNORECASE)
+
+
+def form_dir(model_dir: Path, form: str) -> Path:
+    """Where a version's form lives: beside the version's folder, which its recorded sha256s close."""
+    return Path(f"{Path(model_dir)}-{form}")
+
+
+class OnnxScorer:
+    """A form in an ONNX Runtime session; texts are tokenised, sorted by length and padded per batch."""
+
+    def __init__(self, session: onnxruntime.InferenceSession, tokenizer: PreTrainedTokenizerBase,
+                 labels: list[str], temperature: float, max_length: int, form: str) -> None:
+        self.session, self.tokenizer = session, tokenizer
+        self.labels, self.temperature, self.max_length, self.form = labels, temperature, max_length, form
+
+    def logits(self, texts: list[str], batch_size: int) -> torch.Tensor:
+        import numpy as np
+        import torch
+
+        clipped = [clip_text(text, self.max_length) for text in texts]
+        encoded = self.tokenizer(clipped, truncation=True, max_length=self.max_length)["input_ids"]
+        order = sorted(range(len(texts)), key=lambda index: len(encoded[index]))
+        logits = np.empty((len(texts), len(self.labels)), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="np")
+            feed = {name: batch[name].astype(np.int64) for name in ONNX_INPUTS}
+            logits[rows] = self.session.run(None, feed)[0]
+        return torch.from_numpy(logits)
+
+
+def onnx_session(model_file: Path) -> onnxruntime.InferenceSession:
+    """A CPU session using as many threads as PyTorch does (OMP_NUM_THREADS and torch settings apply to both)."""
+    import onnxruntime
+    import torch
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.log_severity_level = 3  # errors only
+    return onnxruntime.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+
+
+def load_form(folder: Path, form: str, max_seq_length: int) -> OnnxScorer:
+    """The form saved in `folder` (its files already verified by the caller)."""
+    label_map_file = Path(folder) / LABEL_MAP_FILE
+    if not label_map_file.is_file() or not (Path(folder) / FORM_MODEL_FILE).is_file():
+        raise BadInputError(f"{folder}: not a Steward {form} form (no {FORM_MODEL_FILE} and {LABEL_MAP_FILE})")
+    label_map = json.loads(label_map_file.read_text())
+    tokenizer = load_tokenizer(folder)
+    max_length = min(max_seq_length, int(label_map.get("max_length", max_seq_length)))
+    return OnnxScorer(onnx_session(Path(folder) / FORM_MODEL_FILE), tokenizer, label_map["labels"],
+                      float(label_map["temperature"]), usable_max_length_of(tokenizer, max_length), form)
+
+
+def usable_max_length_of(tokenizer: PreTrainedTokenizerBase, wanted: int) -> int:
+    limit = tokenizer.model_max_length
+    return min(wanted, limit) if isinstance(limit, int) and limit < 1_000_000 else wanted
+
+
+def export_onnx(classifier: Classifier, model_id: str, output_file: Path) -> None:
+    """The classifier's logits as an ONNX graph; an architecture that does not export is bad input naming
+    the model and the operator."""
+    import torch
+
+    sample = classifier.tokenizer(["an example text", "a second, somewhat longer example text"],
+                                  padding=True, return_tensors="pt")
+    inputs = tuple(sample[name] for name in ONNX_INPUTS)
+    dynamic = {"batch": 0, "sequence": 1}
+    axes = {name: {index: axis for axis, index in dynamic.items()} for name in ONNX_INPUTS}
+    model = classifier.model.cpu().eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's notes on Python control flow it has fixed
+            torch.onnx.export(
+                model, inputs, str(output_file), input_names=list(ONNX_INPUTS), output_names=["logits"],
+                dynamic_axes={**axes, "logits": {0: "batch"}}, opset_version=ONNX_OPSET, dynamo=False,
+            )
+    except Exception as exc:
+        found = _UNSUPPORTED_OPERATOR.search(str(exc))
+        operator = f"operator {found.group(1)}" if found else "an operator"
+        raise BadInputError(f"{model_id}: cannot be exported to ONNX ({operator}): {exception_line(exc)}") from exc
+
+
+def quantize_int8(fp32_file: Path, int8_file: Path) -> None:
+    """Dynamic int8 quantization: int8 weights, activations quantized per batch at run time."""
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # its pre-processing hint
+    quantize_dynamic(str(fp32_file), str(int8_file), weight_type=QuantType.QInt8)
+
+
+def write_int8_form(model_dir: Path, model_id: str, target: Path, max_seq_length: int) -> None:
+    """Export, quantize, and save the self-contained form folder (written whole, then moved into place)."""
+    classifier = load_saved_classifier(Path(model_dir), max_seq_length, cpu_device())
+    partial = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    with tempfile.TemporaryDirectory(prefix="steward-onnx-") as scratch:
+        fp32_file = Path(scratch) / "fp32.onnx"
+        export_onnx(classifier, model_id, fp32_file)
+        quantize_int8(fp32_file, partial / FORM_MODEL_FILE)
+    classifier.tokenizer.save_pretrained(partial)
+    label_map = json.loads((Path(model_dir) / LABEL_MAP_FILE).read_text())
+    (partial / LABEL_MAP_FILE).write_text(json.dumps({**label_map, "max_length": classifier.max_length}, indent=2))
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+
+
+@dataclass(frozen=True)
+class FormResult:
+    """One compressed form, evaluated and judged: what the registry records."""
+
+    form: str
+    method: str
+    status: CompressionStatusName
+    reasons: list[str]
+    folder: Path | None = None
+    files: dict[str, str] = field(default_factory=dict)  # relative path → sha256
+    size_bytes: int | None = None
+    evaluation: EvaluationResult | None = None
+    agreement: float | None = None  # share of test rows predicted as the fp32 model predicts them
+    metric_drop: float | None = None  # fp32's primary metric minus the form's
+    per_class_f1_delta: dict[str, float] = field(default_factory=dict)  # the form's F1 minus fp32's, per class
+
+    def metrics(self) -> dict[str, float]:
+        """The form's test metrics, with its agreement and metric drop."""
+        extra = {"agreement": self.agreement, "metric_drop": self.metric_drop}
+        headline = self.evaluation.headline() if self.evaluation else {}
+        return {**headline, **{name: value for name, value in extra.items() if value is not None}}
+
+
+def judge(candidate: EvaluationResult, reference: EvaluationResult, primary_metric: str,
+          config: CompressionConfig) -> tuple[CompressionStatusName, list[str], float, float]:
+    """The compression gate: (status, reasons, agreement, metric drop)."""
+    agreement = sum(a == b for a, b in zip(candidate.predictions, reference.predictions, strict=True))
+    agreement /= max(len(reference.predictions), 1)
+    drop = getattr(reference, primary_metric) - getattr(candidate, primary_metric)
+    drop_ok, agreement_ok = drop <= config.max_metric_drop + 1e-12, agreement >= config.min_agreement
+    reasons = [
+        f"{primary_metric} {getattr(candidate, primary_metric):.4f} vs fp32 {getattr(reference, primary_metric):.4f}: "
+        f"drop {drop:.4f} {'≤' if drop_ok else '>'} max_metric_drop {config.max_metric_drop}",
+        f"agreement with fp32 {agreement:.4f} {'≥' if agreement_ok else '<'} min_agreement {config.min_agreement}",
+    ]
+    return ("passed" if drop_ok and agreement_ok else "refused"), reasons, agreement, drop
+
+
+def per_class_f1_delta(candidate: EvaluationResult, reference: EvaluationResult) -> dict[str, float]:
+    reference_f1 = {score.label: score.f1 for score in reference.per_class}
+    return {score.label: score.f1 - reference_f1[score.label] for score in candidate.per_class}
+
+
+def folder_size(folder: Path) -> int:
+    return sum(path.stat().st_size for path in Path(folder).rglob("*") if path.is_file())
+
+
+def compress_method(model_dir: Path, model_id: str, method: str, test: TextTable, reference: EvaluationResult,
+                    config: CompressionConfig, primary_metric: str, max_seq_length: int) -> FormResult:
+    """One method's form, written, evaluated and judged; whatever raises makes it `failed`, never the run."""
+    form = METHOD_FORMS[method]
+    target = form_dir(model_dir, form)
+    try:
+        write_int8_form(model_dir, model_id, target, max_seq_length)
+        evaluation = evaluate_scorer(load_form(target, form, max_seq_length), test)
+    except Exception as exc:
+        shutil.rmtree(target, ignore_errors=True)
+        return FormResult(form, method, "failed", [exception_line(exc)])
+    status, reasons, agreement, drop = judge(evaluation, reference, primary_metric, config)
+    return FormResult(
+        form, method, status, reasons, folder=target, files=sha256_files(target), size_bytes=folder_size(target),
+        evaluation=evaluation, agreement=agreement, metric_drop=drop,
+        per_class_f1_delta=per_class_f1_delta(evaluation, reference),
+    )
+
+
+@task(name="compress", retries=0, cache_policy=NO_CACHE)
+def compress_model(model_dir: Path, model_id: str, test: TextTable, reference: EvaluationResult,
+                   config: CompressionConfig, primary_metric: str, max_seq_length: int) -> list[FormResult]:
+    """Every configured form of the classifier in `model_dir`, judged against its fp32 evaluation `reference`."""
+    quiet_transformers()
+    return [compress_method(model_dir, model_id, method, test, reference, config, primary_metric, max_seq_length)
+            for method in config.methods]
