@@ -224,6 +224,15 @@ class ModelVersionDetail:
     def form(self, name: str) -> CompressedFormRecord | None:
         return next((form for form in self.forms if form.form == name), None)
 
+    def fastest_passed_form(self) -> CompressedFormRecord | None:
+        """The form served by default: the fastest that passed the compression gate, if it is faster than the
+        fp32 model (throughput on the test set); None means the fp32 model."""
+        passed = [form for form in self.forms if form.passed]
+        fastest = max(passed, key=lambda form: form.metrics.get("throughput_per_s", 0.0), default=None)
+        if fastest is None or fastest.metrics.get("throughput_per_s", 0.0) <= self.metrics.get("throughput_per_s", 0.0):
+            return None
+        return fastest
+
 
 @dataclass(frozen=True)
 class EvaluationDetailIn:

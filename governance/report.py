@@ -24,7 +24,7 @@ from governance.records import (
     ValidationResultRecord,
 )
 from governance.registry import CHAMPION, Registry
-from governance.report_plots import confusion_matrix_svg, curves_svg, reliability_svg
+from governance.report_plots import compression_svg, confusion_matrix_svg, curves_svg, reliability_svg
 from governance.report_render import (
     Badge,
     Bullets,
@@ -424,6 +424,63 @@ def _calibration(evidence: Evidence) -> Section:
     return Section("calibration", "Calibration", [*blocks, figure, bins])
 
 
+def _times(value: float | None, reference: float | None) -> str:
+    """`value / reference` as "2.41×"; a dash when either is missing."""
+    return f"{value / reference:.2f}×" if value and reference else "—"
+
+
+def _form_row(name: str, status: Cell, size: int | None, metrics: dict[str, float], fp32: dict[str, float],
+              fp32_size: int, primary: str) -> tuple[Cell, ...]:
+    single, batched, speed = (metrics.get(key) for key in ("latency_p50_ms", "batch_latency_p50_ms",
+                                                            "throughput_per_s"))
+    drop = metrics.get("metric_drop")
+    return (
+        name, status,
+        "—" if size is None else f"{size / 1e6:.1f} MB ({_times(size, fp32_size)})",
+        "—" if single is None else f"{single:.2f} ms ({_times(fp32.get('latency_p50_ms'), single)} as fast)",
+        "—" if batched is None else f"{batched:.1f} ms",
+        "—" if speed is None else f"{speed:.0f}/s ({_times(speed, fp32.get('throughput_per_s'))})",
+        _num(metrics.get(primary)) + ("" if drop is None else f" ({0.0 - drop + 0.0:+.4f})"),
+        _num(metrics.get("agreement")),
+    )
+
+
+def _compression(evidence: Evidence) -> Section:
+    detail, primary = evidence.detail, _primary_metric(evidence.detail)
+    forms = detail.forms
+    if not forms:
+        return Section("compression", "Compression", ["No compressed form was made for this version "
+                                                      "(compression.enabled was false, or it predates compression)."])
+    fp32, fp32_size = detail.metrics, sum(f.size_bytes or 0 for f in detail.files)
+    tones = {"passed": "ok", "refused": "wait", "failed": "bad"}
+    rows = [_form_row("fp32 (PyTorch)", "reference", fp32_size, {**fp32, "agreement": 1.0}, fp32, fp32_size, primary)]
+    rows += [_form_row(form.form, Styled(form.status, tones[form.status]), form.size_bytes, form.metrics, fp32,
+                       fp32_size, primary) for form in forms]
+    header = ("form", "gate", "size", "latency p50, 1 text", "latency p50, 32 texts", "throughput",
+              f"{primary} (vs fp32)", "agreement with fp32")
+    served = detail.fastest_passed_form()
+    blocks: list = [
+        "Each form was evaluated on the same test set as the fp32 model, by the same evaluation. A form is served "
+        "only when it passed the compression gate; `load_model`, `steward predict` and `steward serve-model` use "
+        f"the fastest that did: here {served.form if served else 'fp32'}. Sizes are the bytes of all its files.",
+        Table(header, rows),
+        Bullets([f"{form.form}: {'; '.join(form.reasons)}" for form in forms], "The gate's reasons"),
+    ]
+    measured = [f for f in forms if f.metrics.get("throughput_per_s") and f.size_bytes]
+    if measured and fp32.get("throughput_per_s") and fp32.get("latency_p50_ms"):
+        bars = [(f.form, f.metrics["throughput_per_s"] / fp32["throughput_per_s"],
+                 fp32["latency_p50_ms"] / f.metrics["latency_p50_ms"], f.size_bytes / fp32_size) for f in measured]
+        blocks.append(Figure("Speed and size of each form relative to the fp32 model (above 1: faster; size below 1: "
+                             "smaller)", lambda: compression_svg(bars)))
+    deltas = [f for f in forms if f.per_class_f1_delta]
+    if deltas:
+        labels = sorted({label for form in deltas for label in form.per_class_f1_delta})
+        blocks.append(Table(("class", *(f"{form.form} F1 − fp32 F1" for form in deltas)), [
+            (label, *(f"{form.per_class_f1_delta.get(label, 0.0):+.4f}" for form in deltas)) for label in labels
+        ], "Per-class F1 change"))
+    return Section("compression", "Compression", blocks)
+
+
 # -- training, validation, drift ---------------------------------------------------------------------
 
 
@@ -638,7 +695,7 @@ def document(evidence: Evidence) -> Document:
                 f" · registered {_when(detail.version.created_at)} · report generated {_when(datetime.now(UTC))}")
     sections = [
         _summary(evidence), _model_card(evidence), _metrics(evidence), _per_class(evidence),
-        _calibration(evidence), _training(evidence), _validation(evidence), _drift(evidence),
+        _calibration(evidence), _compression(evidence), _training(evidence), _validation(evidence), _drift(evidence),
         _lineage(evidence), _artifacts(evidence), _environment(evidence), _audit_trail(evidence),
     ]
     return Document(f"Audit report: {evidence.name} v{evidence.number}", subtitle, _badge(evidence), sections)

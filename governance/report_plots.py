@@ -107,3 +107,27 @@ def curves_svg(curves: Sequence[Curve]) -> str:
             axes.grid(alpha=0.3)
 
     return _svg(draw, (3.4 * len(curves) + 0.6, 3.0))
+
+
+def compression_svg(forms: Sequence[tuple[str, float, float, float]]) -> str:
+    """Per form (name, throughput ×, single-text speed ×, size ×, each relative to fp32): grouped bars, with
+    the fp32 level as a dashed line."""
+    names = [name for name, *_ in forms]
+    series = (("throughput at batch 32", 1, ACCENT), ("speed at batch 1", 2, WARM), ("size", 3, GRID))
+
+    def draw(figure: Figure) -> None:
+        axes = figure.subplots()
+        width = 0.8 / len(series)
+        for offset, (label, column, colour) in enumerate(series):
+            positions = [index + (offset - 1) * width for index in range(len(forms))]
+            values = [form[column] for form in forms]
+            bars = axes.bar(positions, values, width=width, color=colour, label=label)
+            axes.bar_label(bars, labels=[f"{value:.2f}×" for value in values], fontsize=8, padding=2)
+        axes.axhline(1.0, linestyle="--", color=INK, linewidth=0.8)
+        axes.set_xticks(range(len(forms)), names)
+        peak = max((max(form[1:]) for form in forms), default=1.0)
+        axes.set(ylabel="relative to fp32 PyTorch", title="Compressed forms against the fp32 model",
+                 ylim=(0, 1.18 * max(peak, 1.0)))
+        axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=len(series), frameon=False)
+
+    return _svg(draw, (2.2 + 1.8 * len(forms), 3.4))

@@ -64,10 +64,7 @@ def served_form(detail: ModelVersionDetail, requested: str | None) -> Compressed
     if requested == FP32:
         return None
     if requested is None:
-        passed = [form for form in detail.forms if form.passed]
-        fastest = max(passed, key=lambda form: form.metrics.get("throughput_per_s", 0.0), default=None)
-        fp32_speed = detail.metrics.get("throughput_per_s", 0.0)
-        return fastest if fastest and fastest.metrics.get("throughput_per_s", 0.0) > fp32_speed else None
+        return detail.fastest_passed_form()
     if requested not in FORMS:
         raise BadInputError(f"unknown form '{requested}' (use {', '.join(FORMS)})")
     record = detail.form(requested)
@@ -83,6 +80,7 @@ def served_form(detail: ModelVersionDetail, requested: str | None) -> Compressed
 def predictor_for(detail: ModelVersionDetail, alias: str | None, form: str | None = None) -> Predictor:
     """The version in the form `served_form` picks, its files verified against the registry's sha256s, then
     loaded (refused on a mismatch)."""
+    from steward.scores import FP32
     from tasks.modeling import verify_files
     from tasks.predict import ModelIdentity, load_predictor
 
@@ -91,7 +89,7 @@ def predictor_for(detail: ModelVersionDetail, alias: str | None, form: str | Non
     hashes = chosen.files if chosen else detail.recorded_hashes
     verify_files(model_dir, hashes)
     identity = ModelIdentity(detail.version.model_name, detail.version.version, alias, str(model_dir), hashes,
-                             dict(chosen.metrics if chosen else detail.metrics), chosen.form if chosen else "fp32")
+                             dict(chosen.metrics if chosen else detail.metrics), chosen.form if chosen else FP32)
     max_seq_length = detail.run.config.get("finetuning", {}).get("max_seq_length", DEFAULT_MAX_SEQ_LENGTH)
     return load_predictor(model_dir, int(max_seq_length), identity)
 
