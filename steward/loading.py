@@ -58,7 +58,7 @@ def resolve_version(registry: Registry, ref: ModelRef) -> ModelVersionDetail:
 
 def served_form(detail: ModelVersionDetail, requested: str | None) -> CompressedFormRecord | None:
     """The compressed form to serve, None for the fp32 model: `requested` when given (it must have passed the
-    compression gate), else the fastest form that passed, if it is faster than fp32."""
+    compression gate), else the fastest form that passed."""
     from steward.scores import FORMS, FP32
 
     if requested == FP32:
