@@ -22,7 +22,7 @@ from governance.registry import (
 )
 from steward.errors import CheckFailedError
 from tasks.baseline import BaselineResult, fit_classical_baseline
-from tasks.compress import FormResult, compress_model
+from tasks.compress import CompressionInputs, FormResult, compress_model
 from tasks.data import TextTable, load_corpus, load_table, make_table, split_validation
 from tasks.evaluate import EvaluationResult, evaluate_model
 from tasks.finetune import FineTuneResult, fine_tune
@@ -248,10 +248,11 @@ def compress_candidate(
     if not config.compression.enabled:
         return []
     with stage(context, "compression"):
-        results = compress_model(
-            Path(candidate.artifact_path), config.base_model, data.test, evaluation, config.compression,
-            config.evaluation.primary_metric, config.finetuning.max_seq_length,
+        inputs = CompressionInputs(
+            Path(candidate.artifact_path), config.base_model, evaluation, data.test, data.train, data.validation,
+            data.corpus, config.evaluation.primary_metric, config.finetuning.max_seq_length, config.seed,
         )
+        results = compress_model(inputs, config.compression)
         for result in results:
             context.registry.record_compressed_form(CompressedFormIn(
                 run_id=context.run.id, version_id=candidate.id, form=result.form, method=result.method,

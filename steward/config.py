@@ -125,12 +125,23 @@ class MonitoringConfig(_Section):
         return self.reference if self.reference in REFERENCE_SPLITS else None
 
 
+class DistillConfig(_Section):
+    """A smaller student of the fine-tuned model (`tasks/distill.py`), quantized and gated as the `student` form."""
+
+    layers: int = Field(3, ge=1)  # transformer layers the student keeps (evenly spaced, first and last)
+    epochs: int = Field(3, ge=1)  # passes over the training texts and the corpus sample
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(1.0e-4, gt=0)
+    max_corpus_rows: int = Field(5_000, ge=0)  # domain-corpus texts the teacher labels for the student
+
+
 class CompressionConfig(_Section):
     """The compression stage after evaluation (`tasks/compress.py`): each method's form is evaluated on the test
     set and served in place of the fp32 model only when it passes both thresholds."""
 
     enabled: bool = True
     methods: list[Literal["onnx-int8"]] = Field(default_factory=lambda: ["onnx-int8"])
+    distill: DistillConfig | None = None  # set: also a distilled student, quantized like the teacher
     max_metric_drop: float = Field(0.01, ge=0.0, le=1.0)  # of the primary metric, against the fp32 model
     min_agreement: float = Field(0.98, ge=0.0, le=1.0)  # share of test predictions equal to the fp32 model's
 

@@ -27,7 +27,9 @@ import re
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,7 +47,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
 
-    from steward.config import CompressionConfig
+    from steward.config import CompressionConfig, DistillConfig
     from tasks.classifier import Classifier
     from tasks.data import TextTable
 
@@ -53,6 +55,7 @@ FORM_MODEL_FILE = "model.onnx"
 ONNX_OPSET = 17
 ONNX_INPUTS = ("input_ids", "attention_mask")
 METHOD_FORMS = {"onnx-int8": "int8"}  # compression.methods → the form it produces
+STUDENT = "student"  # the form compression.distill produces
 _UNSUPPORTED_OPERATOR = re.compile(r"operator '?([\w:.]+)'?", re.IGNORECASE)
 
 
@@ -211,29 +214,72 @@ def folder_size(folder: Path) -> int:
     return sum(path.stat().st_size for path in Path(folder).rglob("*") if path.is_file())
 
 
-def compress_method(model_dir: Path, model_id: str, method: str, test: TextTable, reference: EvaluationResult,
-                    config: CompressionConfig, primary_metric: str, max_seq_length: int) -> FormResult:
-    """One method's form, written, evaluated and judged; whatever raises makes it `failed`, never the run."""
-    form = METHOD_FORMS[method]
-    target = form_dir(model_dir, form)
+@dataclass(frozen=True)
+class CompressionInputs:
+    """The registered fp32 model, its evaluation, and the data its forms are made and judged with."""
+
+    model_dir: Path
+    model_id: str  # the configured base model, for error messages
+    reference: EvaluationResult  # the fp32 model on `test`
+    test: TextTable
+    train: TextTable
+    validation: TextTable
+    corpus: TextTable | None
+    primary_metric: str
+    max_seq_length: int
+    seed: int
+
+
+def make_int8(inputs: CompressionInputs, target: Path) -> None:
+    write_int8_form(inputs.model_dir, inputs.model_id, target, inputs.max_seq_length)
+
+
+def make_student(inputs: CompressionInputs, target: Path, params: DistillConfig) -> None:
+    """Distil a student (`tasks.distill`), then quantize it like the teacher."""
+    from tasks.distill import DistillJob, distil, distillation_texts
+    from tasks.modeling import pick_device
+
+    teacher = load_saved_classifier(inputs.model_dir, inputs.max_seq_length, pick_device())
+    texts = distillation_texts(inputs.train, inputs.corpus, params.max_corpus_rows, inputs.seed)
+    work = Path(f"{inputs.model_dir}-student.checkpoints")  # kept by a killed run, which resumes from it
+    job = DistillJob(teacher, inputs.model_dir, texts, inputs.validation, params, inputs.seed, work)
+    with tempfile.TemporaryDirectory(prefix="steward-student-") as scratch:
+        student_dir = distil(job, Path(scratch) / "student")
+        write_int8_form(student_dir, inputs.model_id, target, inputs.max_seq_length)
+
+
+FormMaker = Callable[[CompressionInputs, Path], None]  # writes the form's folder
+
+
+def planned_forms(config: CompressionConfig) -> list[tuple[str, str, FormMaker]]:
+    """(form, method, maker) for each form the config asks for."""
+    forms = [(METHOD_FORMS[method], method, make_int8) for method in config.methods]
+    if config.distill is not None:
+        forms.append((STUDENT, f"distill-{config.distill.layers}-layers+onnx-int8",
+                      partial(make_student, params=config.distill)))
+    return forms
+
+
+def compress_form(inputs: CompressionInputs, form: str, method: str, make: FormMaker,
+                  config: CompressionConfig) -> FormResult:
+    """One form, made, evaluated and judged; whatever raises makes it `failed`, never the run."""
+    target = form_dir(inputs.model_dir, form)
     try:
-        write_int8_form(model_dir, model_id, target, max_seq_length)
-        evaluation = evaluate_scorer(load_form(target, form, max_seq_length), test)
+        make(inputs, target)
+        evaluation = evaluate_scorer(load_form(target, form, inputs.max_seq_length), inputs.test)
     except Exception as exc:
         shutil.rmtree(target, ignore_errors=True)
         return FormResult(form, method, "failed", [exception_line(exc)])
-    status, reasons, agreement, drop = judge(evaluation, reference, primary_metric, config)
+    status, reasons, agreement, drop = judge(evaluation, inputs.reference, inputs.primary_metric, config)
     return FormResult(
         form, method, status, reasons, folder=target, files=sha256_files(target), size_bytes=folder_size(target),
         evaluation=evaluation, agreement=agreement, metric_drop=drop,
-        per_class_f1_delta=per_class_f1_delta(evaluation, reference),
+        per_class_f1_delta=per_class_f1_delta(evaluation, inputs.reference),
     )
 
 
 @task(name="compress", retries=0, cache_policy=NO_CACHE)
-def compress_model(model_dir: Path, model_id: str, test: TextTable, reference: EvaluationResult,
-                   config: CompressionConfig, primary_metric: str, max_seq_length: int) -> list[FormResult]:
-    """Every configured form of the classifier in `model_dir`, judged against its fp32 evaluation `reference`."""
+def compress_model(inputs: CompressionInputs, config: CompressionConfig) -> list[FormResult]:
+    """Every form the config asks for, judged against the fp32 model's evaluation."""
     quiet_transformers()
-    return [compress_method(model_dir, model_id, method, test, reference, config, primary_metric, max_seq_length)
-            for method in config.methods]
+    return [compress_form(inputs, form, method, make, config) for form, method, make in planned_forms(config)]

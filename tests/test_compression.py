@@ -123,3 +123,38 @@ def test_compression_off_makes_no_form(project: Path, steward_env: dict[str, str
     with registry_for(config) as registry:
         assert registry.get_version("tickets", 1).forms == []
     assert load_model("tickets@champion", registry=registry_url(config)).identity.form == "fp32"
+
+
+def test_a_distilled_student_is_made_quantized_and_judged_like_the_teacher(
+    project: Path, steward_env: dict[str, str], capsys: pytest.CaptureFixture[str], tiny_model_dir: Path,
+) -> None:
+    import json
+
+    config = write_project(project.parent, tiny_model_dir, pretraining={"enabled": False},
+                           compression={"distill": {"layers": 1, "epochs": 3, "learning_rate": 5.0e-3}})
+    assert run_json(capsys, "run", "--config", str(config))[0] == 0
+
+    with registry_for(config) as registry:
+        detail = registry.get_version("tickets", 1)
+    student, int8 = detail.form("student"), detail.form("int8")
+    assert student.status in ("passed", "refused"), student.reasons
+    assert student.method == "distill-1-layers+onnx-int8"
+    assert student.size_bytes < int8.size_bytes  # one transformer layer of two
+    assert json.loads((Path(student.artifact_path) / "label_map.json").read_text())["temperature"] > 0
+    assert 0.0 <= student.metrics["agreement"] <= 1.0 and "macro_f1" in student.metrics
+    assert not Path(f"{detail.version.artifact_path}-student.checkpoints").exists()
+    if student.passed:
+        predictions = load_model("tickets:1", registry=registry_url(config), form="student").predict(TEXTS)
+        assert len(predictions) == len(TEXTS)
+
+
+def test_a_student_as_deep_as_its_teacher_fails_naming_the_key(
+    project: Path, steward_env: dict[str, str], capsys: pytest.CaptureFixture[str], tiny_model_dir: Path,
+) -> None:
+    config = write_project(project.parent, tiny_model_dir, pretraining={"enabled": False},
+                           compression={"distill": {"layers": 2}})
+    assert run_json(capsys, "run", "--config", str(config))[0] == 0
+    with registry_for(config) as registry:
+        student = registry.get_version("tickets", 1).form("student")
+    assert student.status == "failed"
+    assert "compression.distill.layers must be from 1 to 1 (the teacher has 2 layers), got 2" in student.reasons[0]
