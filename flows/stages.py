@@ -29,6 +29,7 @@ from tasks.finetune import FineTuneResult, fine_tune
 from tasks.gate import GateOutcome, decide_promotion
 from tasks.modeling import resolve_base_model, sha256_files, verify_files
 from tasks.pretrain import PretrainResult, continue_pretraining
+from tasks.self_training import self_train
 from tasks.validation import ValidationReport, validate_table
 
 VALIDATION_SPLIT_FRACTION = 0.1
@@ -181,6 +182,8 @@ def train_classifier(context: RunContext, data: LoadedData, start_dir: Path, npr
                 start_dir, data.train, data.validation, config.finetuning, config.seed,
                 output_dir=work_dir, primary_metric=config.evaluation.primary_metric, nproc=nproc,
             )
+            if config.finetuning.self_training.enabled and data.corpus is not None:
+                result = self_training_round(context, data, start_dir, result, nproc)
             final_dir = context.workspace.model_dir(config.name, context.run.id)
             final_dir.parent.mkdir(parents=True, exist_ok=True)
             result = replace(result, model_dir=Path(shutil.move(result.model_dir, final_dir)))
@@ -189,6 +192,27 @@ def train_classifier(context: RunContext, data: LoadedData, start_dir: Path, npr
             run_id=context.run.id, key=f"validation_{config.evaluation.primary_metric}", points=validation_curve,
         )
         context.registry.log_curve(run_id=context.run.id, key="finetune_loss", points=result.loss_curve)
+    return result
+
+
+def self_training_round(context: RunContext, data: LoadedData, start_dir: Path, first: FineTuneResult,
+                        nproc: int) -> FineTuneResult:
+    """Fine-tune again with pseudo-labelled corpus rows; record what it added and which model it kept."""
+    config = context.config
+    with context.workspace.claimed_work_dir("self-training", context.run.id) as work_dir:
+        outcome = self_train(first, start_dir, data.train, data.validation, data.corpus, config.finetuning,
+                             config.seed, work_dir, config.evaluation.primary_metric, nproc)
+        result = outcome.result
+        if outcome.kept_second:  # out of the work folder before it is released; the first model is not needed
+            held = work_dir.with_name(f"{work_dir.name}-{context.run.id}.kept")
+            result = replace(result, model_dir=Path(shutil.move(result.model_dir, held)))
+            shutil.rmtree(first.model_dir, ignore_errors=True)
+    context.registry.log_metrics(run_id=context.run.id, dataset_id=data.dataset_ids["validation"], metrics={
+        "self_training_pseudo_labels": float(outcome.pseudo_labels),
+        "self_training_validation_before": outcome.first_score,
+        "self_training_validation_after": outcome.second_score,
+        "self_training_kept": float(outcome.kept_second),
+    })
     return result
 
 

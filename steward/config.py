@@ -58,12 +58,23 @@ class PretrainingConfig(_Section):
     save_steps: int = Field(50, ge=1)
 
 
+class SelfTrainingConfig(_Section):
+    """Pseudo-labels from the domain corpus for a second fine-tuning (`tasks/self_training.py`); runs when the
+    config names a domain corpus."""
+
+    enabled: bool = True
+    ratio: float = Field(2.0, gt=0)  # pseudo-labelled rows per class, per labelled training row of that class
+    min_confidence: float = Field(0.8, ge=0.0, le=1.0)  # calibrated probability a pseudo-label needs
+    max_corpus_rows: int = Field(20_000, ge=1)  # corpus texts scored (a seeded sample of a larger corpus)
+
+
 class FinetuningConfig(_Section):
     epochs: int = Field(6, ge=1)  # a ceiling: early stopping on validation picks the best epoch
     batch_size: int = Field(16, ge=1)
     max_seq_length: int = Field(128, ge=8)
     learning_rate: float = Field(5.0e-5, gt=0)
     early_stopping_patience: int = Field(2, ge=1)
+    self_training: SelfTrainingConfig = SelfTrainingConfig()
 
 
 class EvaluationConfig(_Section):

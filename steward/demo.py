@@ -916,6 +916,12 @@ evaluation:
   min_score: baseline            # the floor: TF-IDF + logistic regression on the same split (or a number)
   min_improvement: 0.0
   require_approval: false
+compression:                     # after evaluation: forms served in place of fp32 only if they pass
+  enabled: true
+  methods: [onnx-int8]           # ONNX Runtime dynamic int8
+  distill: null                  # e.g. {layers: 3, epochs: 3}: also a distilled 3-layer student
+  max_metric_drop: 0.01          # of the primary metric, against the fp32 model
+  min_agreement: 0.98            # share of test predictions equal to the fp32 model's
 monitoring:
   drift_share_threshold: 0.3     # drifted when at least this share of the input signals drift
   current: data/current.csv      # checked hourly by `steward serve` (try data/drifted.csv, or `served`)

@@ -123,7 +123,7 @@ def predict_all(predictor: Predictor, texts: list[str], show_progress: bool = Tr
 
 def write_predictions(path: Path, texts: list[str], predictions: list[Prediction], identity: ModelIdentity,
                       labels: list[str]) -> Path:
-    """One row per text: text, label, score, model, version and `probability_<class>` per class, as CSV,
+    """One row per text: text, label, score, model, version, form and `probability_<class>` per class, as CSV,
     Parquet or JSON lines by the suffix; written to a temporary name first, so the file is whole or absent."""
     import pandas as pd
 
@@ -136,6 +136,7 @@ def write_predictions(path: Path, texts: list[str], predictions: list[Prediction
         "score": [p.score for p in predictions],
         "model": identity.name,
         "version": identity.version,
+        "form": identity.form,
         **{f"probability_{label}": [p.probabilities[label] for p in predictions] for label in labels},
     })
     path.parent.mkdir(parents=True, exist_ok=True)

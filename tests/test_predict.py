@@ -96,7 +96,7 @@ def test_steward_predict_writes_every_row_with_probabilities_and_audits_the_batc
     assert code == 0 and summary["rows"] == 30 and summary["version"] == 1 and summary["output"] == str(output)
     frame = pd.read_parquet(output)
     assert frame["text"].tolist() == texts
-    assert set(frame["version"]) == {1} and set(frame["model"]) == {"tickets"}
+    assert set(frame["version"]) == {1} and set(frame["model"]) == {"tickets"} and set(frame["form"]) == {"int8"}
     probability_columns = [column for column in frame.columns if column.startswith("probability_")]
     assert len(probability_columns) == 3
     assert frame[probability_columns].sum(axis=1).round(5).eq(1.0).all()

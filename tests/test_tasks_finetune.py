@@ -237,3 +237,23 @@ def test_calibration_lowers_ece_of_an_overconfident_model(trained: FineTuneResul
     result = evaluate_model.fn(tmp_path / "calibrated", with_wrong_labels(tickets("test", 300, 8), 3), 32)
     assert classifier.temperature > 2.0 and result.temperature == classifier.temperature
     assert result.ece < result.ece_uncalibrated
+
+
+def test_pseudo_labels_are_confident_class_balanced_and_new(trained: FineTuneResult) -> None:
+    from steward.config import SelfTrainingConfig
+    from tasks.self_training import pseudo_labelled
+
+    lopsided = tickets("corpus", 300, 21, labels=["billing"] * 4 + ["login", "praise"])  # mostly billing
+    corpus = make_table("corpus", Path("corpus.txt"), [*lopsided.texts, *TRAIN.texts[:10]], None, {})
+    params = SelfTrainingConfig(ratio=0.5, min_confidence=0.6)
+    pseudo = pseudo_labelled(trained.model_dir, TRAIN, corpus, params, 32, SEED)
+
+    counts = {label: pseudo.labels.count(label) for label in trained.labels}
+    assert all(0 < count <= 25 for count in counts.values()), counts  # 0.5 × 50 labelled rows per class
+    assert not set(pseudo.texts) & set(TRAIN.texts)  # training texts are not labelled again
+    truth = dict(zip(lopsided.texts, lopsided.labels, strict=True))
+    correct = sum(truth[text] == label for text, label in zip(pseudo.texts, pseudo.labels, strict=True))
+    assert correct / pseudo.rows > 0.9  # the confident ones are right
+    strict = pseudo_labelled(trained.model_dir, TRAIN, corpus, SelfTrainingConfig(ratio=0.5, min_confidence=1.0),
+                             32, SEED)
+    assert strict.rows < pseudo.rows

@@ -82,6 +82,10 @@ def _print_summary(out: Console, detail: ModelVersionDetail) -> None:
                   f"vs champion {champion}) {gate.reasons}")
 
 
+def _figure(metrics: dict[str, float], key: str) -> str:
+    return f"{metrics[key]:.4f}" if key in metrics else "—"
+
+
 def _print_evidence(out: Console, detail: ModelVersionDetail) -> None:
     from rich.table import Table
 
@@ -92,6 +96,9 @@ def _print_evidence(out: Console, detail: ModelVersionDetail) -> None:
         "metrics": (("metric", "value"), [(k, f"{v:.4f}") for k, v in sorted(detail.metrics.items())]),
         "files": (("file", "sha256", "bytes"),
                   [(f.relative_path, f.sha256, str(f.size_bytes or "")) for f in detail.files]),
+        "compressed forms": (("form", "method", "gate", "bytes", "agreement", "metric drop", "reasons"),
+                             [(f.form, f.method, f.status, str(f.size_bytes or "—"), _figure(f.metrics, "agreement"),
+                               _figure(f.metrics, "metric_drop"), "; ".join(f.reasons)) for f in detail.forms]),
     }
     for title, (columns, rows) in sections.items():
         table = Table(*columns, title=title)
