@@ -106,14 +106,9 @@ def load_form(folder: Path, form: str, max_seq_length: int) -> OnnxScorer:
         raise BadInputError(f"{folder}: not a Steward {form} form (no {FORM_MODEL_FILE} and {LABEL_MAP_FILE})")
     label_map = json.loads(label_map_file.read_text())
     tokenizer = load_tokenizer(folder)
-    max_length = min(max_seq_length, int(label_map.get("max_length", max_seq_length)))
+    max_length = min(max_seq_length, int(label_map["max_length"]))  # the exported model's own limit, at most
     return OnnxScorer(onnx_session(Path(folder) / FORM_MODEL_FILE), tokenizer, label_map["labels"],
-                      float(label_map["temperature"]), usable_max_length_of(tokenizer, max_length), form)
-
-
-def usable_max_length_of(tokenizer: PreTrainedTokenizerBase, wanted: int) -> int:
-    limit = tokenizer.model_max_length
-    return min(wanted, limit) if isinstance(limit, int) and limit < 1_000_000 else wanted
+                      float(label_map["temperature"]), max_length, form)
 
 
 def export_onnx(classifier: Classifier, model_id: str, output_file: Path) -> None:

@@ -10,7 +10,7 @@ from governance.db import create_registry_engine, migrate
 from governance.models import Base
 from governance.registry import Registry
 
-NEW_TABLES = {"validation_results", "gate_decisions", "drift_reports"}
+NEW_TABLES = {"validation_results", "gate_decisions", "drift_reports", "compressed_forms"}
 
 
 def test_database_at_0001_upgrades_in_place(registry_url: str) -> None:
@@ -33,7 +33,7 @@ def test_database_at_0001_upgrades_in_place(registry_url: str) -> None:
     try:
         assert set(inspect(engine).get_table_names()) >= NEW_TABLES
         with engine.connect() as conn:
-            assert MigrationContext.configure(conn).get_current_revision() == "0006"
+            assert MigrationContext.configure(conn).get_current_revision() == "0007"
     finally:
         engine.dispose()
 
