@@ -202,10 +202,9 @@ def self_training_round(context: RunContext, data: LoadedData, start_dir: Path, 
     with context.workspace.claimed_work_dir("self-training", context.run.id) as work_dir:
         outcome = self_train(first, start_dir, data.train, data.validation, data.corpus, config.finetuning,
                              config.seed, work_dir, config.evaluation.primary_metric, nproc)
-        # an interrupted first fine-tuning that was resumed stays reported, whichever model is kept
-        resumed = first.resumed_from_epoch
-        result = replace(outcome.result, resumed_from_epoch=outcome.result.resumed_from_epoch if resumed is None
-                         else resumed)
+        result = outcome.result
+        if first.resumed_from_epoch is not None:  # a resumed first fine-tuning stays reported, whichever is kept
+            result = replace(result, resumed_from_epoch=first.resumed_from_epoch)
         if outcome.kept_second:  # out of the work folder before it is released; the first model is not needed
             held = work_dir.with_name(f"{work_dir.name}-{context.run.id}.kept")
             result = replace(result, model_dir=Path(shutil.move(result.model_dir, held)))
