@@ -25,7 +25,7 @@ from governance.registry import Registry
 
 MODEL = "bench-model"
 SHA = "0" * 64
-DEFAULT_PG_URL = os.environ.get("STEWARD_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+DEFAULT_PG_URL = os.environ.get("STEWARD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 GOALS = {"append_per_s": 2_000, "list_versions_ms": 100, "verify_s": 20}
 
 
@@ -72,7 +72,7 @@ def fill_versions(registry: Registry, count: int) -> float:
 def bulk_events(count: int) -> Iterator[EventIn]:
     for i in range(count):
         payload = {"run_id": f"run-{i // 100}", "stage": "finetune", "step": i, "loss": 0.25}
-        yield EventIn("stage_completed", f"{MODEL}:{i % 1000}", payload, actor="bench")
+        yield EventIn("stage_completed", f"{MODEL}:{i % 1000}", payload)
 
 
 def measure(url: str, versions: int, events: int, appends: int) -> dict[str, float | int]:

@@ -330,9 +330,9 @@ def apply_gate(
     alias it calls for."""
     config, registry = context.config, context.registry
     with stage(context, "promotion gate"):
-        outcome = decide_promotion(
-            metrics, champion.metrics if champion else None, config.evaluation, classical.metrics,
-        )
+        # The registry's policy outranks the config: a model once made to need approval keeps needing it.
+        policy = config.evaluation.model_copy(update={"require_approval": registry.requires_approval(config.name)})
+        outcome = decide_promotion(metrics, champion.metrics if champion else None, policy, classical.metrics)
         registry.record_gate_decision(GateDecisionIn(
             run_id=context.run.id,
             candidate_version_id=candidate.id,

@@ -8,11 +8,8 @@ or a link, and ``verify`` names the first event where that happens. Appends hold
 
 from __future__ import annotations
 
-import functools
-import getpass
 import hashlib
 import json
-import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,7 +17,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, insert, or_, select
 
-from governance.db import PG_WRITE_LOCK_KEY, reachable, read_only
+from governance.db import lock_for_write, reachable, read_only
+from governance.identity import Identity, identity_of
 from governance.models import AuditEvent
 from governance.redact import redact
 
@@ -37,10 +35,6 @@ _COLUMNS = (
     _TABLE.c.hash,
 )
 _HEAD = select(_TABLE.c.seq, _TABLE.c.hash).order_by(_TABLE.c.seq.desc()).limit(1)
-# Two statements in one round trip: the SELECT gets its own snapshot, taken after the lock is granted.
-_PG_LOCKED_HEAD = (
-    f"SELECT pg_advisory_xact_lock({PG_WRITE_LOCK_KEY}); SELECT seq, hash FROM {_TABLE.name} ORDER BY seq DESC LIMIT 1"
-)
 _INSERT = insert(_TABLE)
 _VERIFY_BATCH = 20_000
 
@@ -48,19 +42,6 @@ _VERIFY_BATCH = 20_000
 def canonical_json(value: Any) -> str:
     """The one JSON spelling that is hashed: sorted keys, no spaces, UTF-8 kept, odd objects as str."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
-def default_actor() -> str:
-    """Who is acting: ``STEWARD_ACTOR`` if set, else the OS user."""
-    return os.environ.get("STEWARD_ACTOR", "").strip() or _os_user()
-
-
-@functools.cache
-def _os_user() -> str:
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):  # no login name and no passwd entry (some containers)
-        return "unknown"
 
 
 def event_hash(
@@ -81,12 +62,11 @@ def event_hash(
 
 @dataclass(frozen=True)
 class EventIn:
-    """An event to append; ``actor`` None means ``default_actor()``."""
+    """An event to append. Its actor is the registry's identity (``AuditLog.identity``), never the caller's word."""
 
     event_type: str
     subject: str
     payload: Mapping[str, Any] = field(default_factory=dict)
-    actor: str | None = None
 
 
 @dataclass(frozen=True)
@@ -115,42 +95,40 @@ class AuditLog:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._read_engine = read_only(engine)
+        self._identity: Identity | None = None
 
-    def append(
-        self,
-        event_type: str,
-        subject: str,
-        payload: Mapping[str, Any] | None = None,
-        *,
-        actor: str | None = None,
-    ) -> AuditEventRecord:
+    @property
+    def identity(self) -> Identity:
+        """Who this process acts as: the database login (asked once), or the declared identity (asked each
+        time, so a changed ``STEWARD_ACTOR`` counts)."""
+        if self._identity is None or not self._identity.authenticated:
+            with reachable(self._engine):
+                self._identity = identity_of(self._engine)
+        return self._identity
+
+    def append(self, event_type: str, subject: str, payload: Mapping[str, Any] | None = None) -> AuditEventRecord:
         """Append one event in its own transaction."""
         with reachable(self._engine), self._engine.begin() as conn:
-            return self.append_in(conn, event_type, subject, payload, actor=actor)
+            return self.append_in(conn, event_type, subject, payload)
 
     def append_in(
-        self,
-        conn: Connection,
-        event_type: str,
-        subject: str,
-        payload: Mapping[str, Any] | None = None,
-        *,
-        actor: str | None = None,
+        self, conn: Connection, event_type: str, subject: str, payload: Mapping[str, Any] | None = None
     ) -> AuditEventRecord:
         """Append inside the caller's write transaction on a registry engine (``db.create_registry_engine``).
 
         The event then commits or rolls back together with the caller's other writes.
         """
-        (row,) = _chain(_locked_head(conn), [EventIn(event_type, subject, payload or {}, actor)])
+        (row,) = _chain(_locked_head(conn), [EventIn(event_type, subject, payload or {})], self.identity)
         conn.execute(_INSERT, row)
         return _record(row)
 
     def append_many(self, events: Iterable[EventIn], *, batch_size: int = 5_000) -> int:
         """Append events in transactions of ``batch_size`` (bulk loads); returns how many were appended."""
         total = 0
+        identity = self.identity
         for batch in _batches(events, batch_size):
             with reachable(self._engine), self._engine.begin() as conn:
-                conn.execute(_INSERT, _chain(_locked_head(conn), batch))
+                conn.execute(_INSERT, _chain(_locked_head(conn), batch, identity))
             total += len(batch)
         return total
 
@@ -185,19 +163,18 @@ class AuditLog:
 def _locked_head(conn: Connection) -> tuple[int, str]:
     """The last (seq, hash), read under the registry write lock.
 
-    SQLite transactions on a registry engine start with BEGIN IMMEDIATE, so they hold the lock already.
-    On PostgreSQL the advisory lock is taken here (again, if the caller has it: it is re-entrant) in
-    the same round trip as the read, which keeps single appends fast.
+    SQLite transactions on a registry engine start with BEGIN IMMEDIATE, so they hold the lock already. On
+    PostgreSQL the advisory lock is taken first (again, if the caller has it: it is re-entrant), and the head
+    is read by a later statement, whose snapshot sees every append committed before the lock was granted.
     """
-    if conn.dialect.name == "postgresql":
-        head = conn.exec_driver_sql(_PG_LOCKED_HEAD).first()
-    else:
-        head = conn.execute(_HEAD).first()
+    lock_for_write(conn)
+    head = conn.execute(_HEAD).first()
     return (0, GENESIS_HASH) if head is None else (head[0], head[1])
 
 
-def _chain(head: tuple[int, str], events: Iterable[EventIn]) -> list[dict[str, Any]]:
-    """Rows for ``events``, linked onto ``head`` (the last stored seq and hash)."""
+def _chain(head: tuple[int, str], events: Iterable[EventIn], identity: Identity) -> list[dict[str, Any]]:
+    """Rows for ``events`` by ``identity``, linked onto ``head`` (the last stored seq and hash). Each payload
+    says how the actor was established (``actor_source``: a database login, or a declared name)."""
     seq, prev_hash = head
     rows = []
     for item in events:
@@ -205,10 +182,10 @@ def _chain(head: tuple[int, str], events: Iterable[EventIn]) -> list[dict[str, A
         row = {
             "seq": seq,
             "created_at": datetime.now(UTC).isoformat(timespec="microseconds"),
-            "actor": item.actor or default_actor(),
+            "actor": identity.name,
             "event_type": item.event_type,
             "subject": item.subject,
-            "payload": canonical_json(redact(dict(item.payload))),
+            "payload": canonical_json(redact({**item.payload, "actor_source": identity.source})),
             "prev_hash": prev_hash,
         }
         prev_hash = row["hash"] = event_hash(**row)

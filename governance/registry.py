@@ -24,8 +24,9 @@ from sqlalchemy import Engine, Result, Select, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, aliased
 
-from governance.audit import AuditLog, ChainVerification, canonical_json, default_actor
+from governance.audit import AuditLog, ChainVerification, canonical_json
 from governance.db import lock_for_write, open_migrated, reachable, read_only
+from governance.identity import Identity
 from governance.models import (
     Alias,
     AliasHistory,
@@ -66,6 +67,7 @@ from governance.records import (
     ValidationResultRecord,
 )
 from governance.redact import mask_url, redact, redact_text
+from governance.roles import RoleGrant, init_roles
 from steward.errors import BadInputError, CheckFailedError, RegistryUnavailableError
 from steward.scores import COMPRESSION_STATUSES, DRIFT_FINDINGS, FORMS, GATE_OUTCOMES, RETRAIN_DECISIONS
 
@@ -92,7 +94,6 @@ __all__ = [
     "RunRecord",
     "ValidationResultIn",
     "ValidationResultRecord",
-    "default_actor",
     "mask_url",
 ]
 
@@ -239,6 +240,11 @@ class Registry:
     def audit(self) -> AuditLog:
         return self._audit
 
+    @property
+    def identity(self) -> Identity:
+        """Who acts through this handle: the database login on PostgreSQL, the declared name on SQLite."""
+        return self._audit.identity
+
     # -- transactions and lookups ------------------------------------------------------------------
 
     @contextmanager
@@ -253,16 +259,9 @@ class Registry:
         with reachable(self._engine), Session(self._read_engine) as session:
             yield session
 
-    def _event(
-        self,
-        session: Session,
-        event_type: str,
-        subject: str,
-        payload: dict[str, Any],
-        actor: str | None = None,
-    ) -> None:
+    def _event(self, session: Session, event_type: str, subject: str, payload: dict[str, Any]) -> None:
         session.flush()
-        self._audit.append_in(session.connection(), event_type, subject, payload, actor=actor)
+        self._audit.append_in(session.connection(), event_type, subject, payload)
 
     @staticmethod
     def _find_model(session: Session, name: str) -> RegisteredModel | None:
@@ -328,11 +327,10 @@ class Registry:
         seed: int,
         code_version: str,
         package_versions: dict[str, str],
-        author: str | None = None,
         flow_run_id: str | None = None,
     ) -> RunRecord:
-        """A new run in status 'running'. URL passwords in ``config`` are masked before storing."""
-        author = author or default_actor()
+        """A new run in status 'running', authored by this handle's identity. URL passwords in ``config`` are
+        masked before storing."""
         snapshot = json.loads(json_dumps(redact(config)))  # exactly what the JSON column stores
         run = Run(
             id=str(uuid.uuid4()),
@@ -344,7 +342,7 @@ class Registry:
             code_version=code_version,
             package_versions=dict(package_versions),
             seed=seed,
-            author=author,
+            author=self.identity.name,
             started_at=utcnow(),
             host=this_host(),
             pid=os.getpid(),
@@ -361,7 +359,7 @@ class Registry:
                 "pid": run.pid,
                 "config_sha256": hashlib.sha256(canonical_json(snapshot).encode()).hexdigest(),
             }
-            self._event(session, "run_started", model_name, payload, actor=author)
+            self._event(session, "run_started", model_name, payload)
             return _to_record(RunRecord, run)
 
     def finish_run(self, run_id: str, *, status: str, error: str | None = None) -> RunRecord:
@@ -452,7 +450,7 @@ class Registry:
                 base_model=base_model,
                 parent_version_id=parent.id if parent else None,
                 run_id=run_id,
-                created_by=default_actor(),
+                created_by=self.identity.name,
             )
             session.add(version)
             session.flush()
@@ -469,7 +467,7 @@ class Registry:
                 "parent_version": parent_version,
                 "files": files,
                 "datasets": {role: row.fingerprint for role, row in dataset_rows.items()},
-                "require_approval": require_approval,
+                "require_approval": model.require_approval,
             }
             self._event(session, "version_registered", _subject(model_name, version.version), payload)
             return self._version_by_id(session, version.id)
@@ -480,7 +478,9 @@ class Registry:
             model = RegisteredModel(name=name, require_approval=require_approval, created_at=utcnow())
             session.add(model)
             self._event(session, "model_created", name, {"require_approval": require_approval})
-        model.require_approval = require_approval
+        # A registration can make promotion need approval, never lift it: a trainer's config must not
+        # switch off the four-eyes rule (lifting it is an approver's UPDATE, see `steward registry init-roles`).
+        model.require_approval = model.require_approval or require_approval
         return model
 
     @staticmethod
@@ -526,6 +526,12 @@ class Registry:
             )
             for model, latest, count in rows
         ]
+
+    def requires_approval(self, model_name: str) -> bool:
+        """Whether promoting the model's champion needs an approver who is not the author (False if unknown)."""
+        with self._read() as session:
+            model = self._find_model(session, model_name)
+            return model is not None and model.require_approval
 
     def list_versions(self, model_name: str, limit: int | None = None) -> list[ModelVersionRecord]:
         """Versions of a model, newest first."""
@@ -792,56 +798,52 @@ class Registry:
 
     # -- aliases -----------------------------------------------------------------------------------
 
-    def set_alias(
-        self, model_name: str, version: int, alias: str, *, actor: str | None = None, reason: str = ""
-    ) -> AliasMove:
+    def set_alias(self, model_name: str, version: int, alias: str, *, reason: str = "") -> AliasMove:
         """Point any alias at a version, except the champion of a model that requires approval."""
-        actor = actor or default_actor()
         with self._write() as session:
             model, row = self._version(session, model_name, version)
             if alias == CHAMPION and model.require_approval:
                 raise CheckFailedError(
                     f"{model_name!r} requires approval: make {model_name}:{version} {CHAMPION} with "
-                    "`steward registry promote --approver`"
+                    "`steward registry promote`, as an approver who did not train it"
                 )
-            move = self._move_alias(session, model, row, alias, "set", actor, reason)
-            self._event(session, "alias_set", _subject(model_name, version), _move_payload(move), actor=actor)
+            move = self._move_alias(session, model, row, alias, "set", reason)
+            self._event(session, "alias_set", _subject(model_name, version), _move_payload(move))
             return move
 
     def promote(
-        self, model_name: str, version: int, *, alias: str = CHAMPION, approver: str, reason: str = ""
+        self, model_name: str, version: int, *, alias: str = CHAMPION, approver: str | None = None, reason: str = ""
     ) -> AliasMove:
-        """Point ``alias`` at the version. Models that require approval refuse an approver who is the
-        author of the version's training run (the refusal itself is audited)."""
-        approver = approver.strip()
-        if not approver:
-            raise BadInputError("promotion needs an approver")
+        """Point ``alias`` at the version, approved by this handle's identity.
+
+        ``approver``, when given, is a claim checked against that identity: a different name is bad input,
+        never recorded as the approver. A model that requires approval refuses an approval by the author
+        of the version's training run (the refusal itself is audited).
+        """
+        identity = self.identity
+        claimed = (approver or "").strip()
+        if claimed and claimed != identity.name:
+            raise BadInputError(
+                f"--approver {claimed!r} is not who is acting: this registry knows you as {identity.name!r} "
+                f"({identity.source}); an approval is recorded as the identity that makes it"
+            )
         with self._write() as session:
             model, row = self._version(session, model_name, version)
             author = self._run(session, row.run_id).author
-            if not (model.require_approval and approver == author):
-                move = self._move_alias(session, model, row, alias, "promote", approver, reason)
-                who = {"approver": approver, "author": author, "performed_by": default_actor()}
-                payload = {**_move_payload(move), **who}
-                self._event(session, "model_promoted", _subject(model_name, version), payload, actor=approver)
+            who = {"approver": identity.name, "author": author}
+            if not (model.require_approval and identity.name == author):
+                move = self._move_alias(session, model, row, alias, "promote", reason)
+                self._event(session, "model_promoted", _subject(model_name, version), {**_move_payload(move), **who})
                 return move
-            payload = {
-                "alias": alias,
-                "version": version,
-                "approver": approver,
-                "author": author,
-                "reason": reason,
-                "performed_by": default_actor(),
-            }
-            self._event(session, "promotion_refused", _subject(model_name, version), payload, actor=approver)
+            payload = {"alias": alias, "version": version, "reason": reason, **who}
+            self._event(session, "promotion_refused", _subject(model_name, version), payload)
         raise CheckFailedError(
             f"promotion of {model_name}:{version} refused: {model_name!r} requires approval by someone other "
             f"than the run's author ({author})"
         )
 
-    def rollback(self, model_name: str, *, actor: str | None = None, reason: str = "") -> AliasMove:
+    def rollback(self, model_name: str, *, reason: str = "") -> AliasMove:
         """Move the champion back to the version that held it before the current one was given it."""
-        actor = actor or default_actor()
         with self._write() as session:
             model = self._model(session, model_name)
             current = session.get(Alias, (model.id, CHAMPION))
@@ -862,10 +864,16 @@ class Registry:
                 version = session.get_one(ModelVersion, current.version_id).version
                 raise CheckFailedError(f"model {model_name!r} had no {CHAMPION} before version {version}")
             target = session.get_one(ModelVersion, previous_id)
-            move = self._move_alias(session, model, target, CHAMPION, "rollback", actor, reason)
-            subject = _subject(model_name, target.version)
-            self._event(session, "champion_rolled_back", subject, _move_payload(move), actor=actor)
+            move = self._move_alias(session, model, target, CHAMPION, "rollback", reason)
+            self._event(session, "champion_rolled_back", _subject(model_name, target.version), _move_payload(move))
             return move
+
+    def init_roles(self) -> list[RoleGrant]:
+        """PostgreSQL: the reader, trainer and approver roles and their grants (``governance.roles``)."""
+        with self._write() as session:
+            roles = init_roles(session.connection())
+            self._event(session, "roles_initialised", "registry", {"roles": [role.name for role in roles]})
+            return roles
 
     def alias_history(self, model_name: str) -> list[AliasMove]:
         """Every alias move of the model, oldest first: who pointed which alias where, and why."""
@@ -903,20 +911,14 @@ class Registry:
             ).first()
         return None if row is None else ModelVersionRecord(*row)
 
-    @staticmethod
     def _move_alias(
-        session: Session,
-        model: RegisteredModel,
-        target: ModelVersion,
-        alias: str,
-        action: str,
-        actor: str,
-        reason: str,
+        self, session: Session, model: RegisteredModel, target: ModelVersion, alias: str, action: str, reason: str
     ) -> AliasMove:
         if not alias or len(alias) > 100:
             raise BadInputError(f"alias must be 1-100 characters, got {alias!r}")
         current = session.get(Alias, (model.id, alias))
         previous_id = None if current is None else current.version_id
+        actor = self.identity.name
         if current is None:
             session.add(Alias(model_id=model.id, alias=alias, version_id=target.id))
         else:

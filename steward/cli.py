@@ -164,7 +164,8 @@ def _add_registry_commands(commands: argparse._SubParsersAction) -> None:
     promote = actions.add_parser("promote", help="point an alias at a version")
     promote.add_argument("ref", metavar="NAME:VERSION")
     promote.add_argument("--alias", default="champion")
-    promote.add_argument("--approver", required=True, metavar="WHO")
+    promote.add_argument("--approver", metavar="WHO",
+                         help="optional check: must be who you are (the database login on PostgreSQL)")
     promote.add_argument("--reason", default="")
     _common(promote)
     promote.set_defaults(handler=_lazy(module, "promote"))
@@ -174,6 +175,10 @@ def _add_registry_commands(commands: argparse._SubParsersAction) -> None:
     rollback.add_argument("--reason", default="", help="why (recorded with who did it in the audit log)")
     _common(rollback)
     rollback.set_defaults(handler=_lazy(module, "rollback"))
+
+    roles = actions.add_parser("init-roles", help="PostgreSQL: roles steward_reader, _trainer, _approver, their grants")
+    _common(roles)
+    roles.set_defaults(handler=_lazy(module, "init_roles"))
 
 
 def _add_audit_commands(commands: argparse._SubParsersAction) -> None:

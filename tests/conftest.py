@@ -4,15 +4,18 @@ model, and one Prefect test server for the session."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from governance.db import scratch_database
 from governance.registry import Registry
+from governance.roles import APPROVER, READER, TRAINER
 from steward.cli import QUIET_THIRD_PARTY_DEFAULTS
 from tests.tiny_model import tiny_model_dir  # noqa: F401 - shared fixture
 
@@ -20,7 +23,7 @@ from tests.tiny_model import tiny_model_dir  # noqa: F401 - shared fixture
 for _key, _value in QUIET_THIRD_PARTY_DEFAULTS.items():
     os.environ.setdefault(_key, _value)
 
-DEFAULT_PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 @pytest.fixture(scope="session")
@@ -87,3 +90,78 @@ def steward_env(prefect_api_url: str) -> dict[str, str]:
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     env.pop("STEWARD_REGISTRY_URL", None)
     return env
+
+
+def tamper(url: str, *statements: str, **params: object) -> None:
+    """Raw SQL in one transaction, past the registry API and past the audit table's append-only triggers,
+    as someone who owns the database could: SQLite loses the triggers, PostgreSQL's superuser disables them."""
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("ALTER TABLE audit_events DISABLE TRIGGER USER"))
+            else:
+                triggers = "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit_events'"
+                for name in conn.scalars(text(triggers)).all():
+                    conn.execute(text(f'DROP TRIGGER "{name}"'))
+            for statement in statements:
+                conn.execute(text(statement), params)
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("ALTER TABLE audit_events ENABLE TRIGGER USER"))
+    finally:
+        engine.dispose()
+
+
+ActAs = Callable[..., AbstractContextManager[Registry]]
+
+
+@pytest.fixture
+def act_as(registry_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[ActAs]:
+    """``with act_as("alice") as registry:`` a registry handle acting as alice: on PostgreSQL a real login
+    (created here, a member of ``roles``: by default trainer and approver), on SQLite the declared
+    STEWARD_ACTOR. Logins made here are dropped after the test."""
+    logins: list[str] = []
+    if make_url(registry_url).get_backend_name() == "postgresql":
+        with Registry.open(registry_url) as owner:
+            owner.init_roles()
+
+    @contextmanager
+    def acting(name: str, roles: tuple[str, ...] = (TRAINER.name, APPROVER.name)) -> Iterator[Registry]:
+        url = registry_url
+        if make_url(registry_url).get_backend_name() == "postgresql":
+            url = login(registry_url, name, roles)
+            logins.append(name)
+        with monkeypatch.context() as env:
+            env.setenv("STEWARD_ACTOR", name)
+            with Registry.open(url) as registry:
+                yield registry
+
+    yield acting
+    drop_logins(registry_url, logins)
+
+
+def login(url: str, name: str, roles: tuple[str, ...]) -> str:
+    """A LOGIN role ``name`` (trust authentication here) in exactly ``roles``; its URL on ``url``'s database."""
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            if not conn.scalar(text("SELECT 1 FROM pg_roles WHERE rolname = :name"), {"name": name}):
+                conn.execute(text(f'CREATE ROLE "{name}" LOGIN'))
+            for role in (READER, TRAINER, APPROVER):
+                verb = "GRANT {} TO" if role.name in roles else "REVOKE {} FROM"
+                conn.execute(text(f'{verb.format(role.name)} "{name}"'))
+    finally:
+        engine.dispose()
+    return make_url(url).set(username=name).render_as_string(hide_password=False)
+
+
+def drop_logins(url: str, names: list[str]) -> None:
+    if not names:
+        return
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            for name in dict.fromkeys(names):
+                conn.execute(text(f'DROP ROLE IF EXISTS "{name}"'))
+    finally:
+        engine.dispose()

@@ -45,7 +45,9 @@ def test_promotion_needs_another_person_and_rollback_records_who_and_why(
         for number in (1, 2):
             _register_copy_of(tiny_model_dir, registry, tmp_path / f"v{number}", require_approval=True)
 
-    assert main(["registry", "promote", "tickets:1", "--approver", "alice", "--registry", sqlite_url]) == 1
+    assert main(["registry", "promote", "tickets:1", "--approver", "bob", "--registry", sqlite_url]) == 2
+    assert "'bob' is not who is acting" in one_error_line(capsys.readouterr().err)
+    assert main(["registry", "promote", "tickets:1", "--registry", sqlite_url]) == 1
     assert "refused" in one_error_line(capsys.readouterr().err)
     monkeypatch.setenv("STEWARD_ACTOR", "bob")
     for version in ("tickets:1", "tickets:2"):
@@ -60,8 +62,9 @@ def test_promotion_needs_another_person_and_rollback_records_who_and_why(
     refused, _, second, rolled_back = (
         e for e in events if e.event_type in ("promotion_refused", "model_promoted", "champion_rolled_back")
     )
-    assert (refused.actor, refused.payload["author"], refused.payload["performed_by"]) == ("alice", "alice", "alice")
-    assert (second.actor, second.payload["approver"], second.payload["performed_by"]) == ("bob", "bob", "bob")
+    assert (refused.actor, refused.payload["author"], refused.payload["actor_source"]) == (
+        "alice", "alice", "STEWARD_ACTOR")
+    assert (second.actor, second.payload["approver"], second.payload["author"]) == ("bob", "bob", "alice")
     assert (rolled_back.actor, rolled_back.payload["reason"]) == ("carol", "v2 mislabels refunds")
     assert (rolled_back.payload["version"], rolled_back.payload["previous_version"]) == (1, 2)
 

@@ -10,26 +10,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError
 
-from governance.audit import GENESIS_HASH, EventIn, canonical_json, default_actor, event_hash
+from governance.audit import GENESIS_HASH, EventIn, canonical_json, event_hash
 from governance.registry import Registry
+from tests.conftest import tamper
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(), children, max_size=3),
     max_leaves=10,
 )
-
-
-def execute(url: str, *statements: str, **params: object) -> None:
-    """Raw SQL in one transaction, past the registry API (as a tamperer would)."""
-    engine = create_engine(url)
-    try:
-        with engine.begin() as conn:
-            for statement in statements:
-                conn.execute(text(statement), params)
-    finally:
-        engine.dispose()
 
 
 def fill(registry: Registry, count: int) -> None:
@@ -47,7 +38,9 @@ def test_events_link_into_a_chain(registry: Registry) -> None:
         assert event.hash == event_hash(
             event.seq, event.created_at, event.actor, event.event_type, event.subject, body, event.prev_hash
         )
-    assert events[2].payload == {"i": 2, "text": "naïve ✓"} and events[2].created_at.endswith("+00:00")
+    source = registry.identity.source
+    assert events[2].payload == {"i": 2, "text": "naïve ✓", "actor_source": source}
+    assert events[2].created_at.endswith("+00:00")
     assert registry.audit.verify().ok
 
 
@@ -79,7 +72,7 @@ TAMPERING = {
 def test_verify_names_first_tampered_event(registry: Registry, registry_url: str, case: str) -> None:
     statements, broken_seq, reason = TAMPERING[case]
     fill(registry, 10)
-    execute(registry_url, *statements)
+    tamper(registry_url, *statements)
     result = registry.audit.verify()
     assert (result.ok, result.first_broken_seq, result.events_checked) == (False, broken_seq, broken_seq - 1)
     assert reason in result.reason and str(broken_seq) in result.reason
@@ -92,7 +85,7 @@ def test_rehashed_edit_breaks_the_next_link(registry: Registry, registry_url: st
     new_hash = event_hash(
         2, forged.created_at, forged.actor, forged.event_type, forged.subject, payload, forged.prev_hash
     )
-    execute(registry_url, "UPDATE audit_events SET payload = :p, hash = :h WHERE seq = 2", p=payload, h=new_hash)
+    tamper(registry_url, "UPDATE audit_events SET payload = :p, hash = :h WHERE seq = 2", p=payload, h=new_hash)
     result = registry.audit.verify()
     assert (result.ok, result.first_broken_seq) == (False, 3) and "does not link" in result.reason
 
@@ -110,11 +103,35 @@ def test_empty_log_verifies(registry: Registry) -> None:
     assert (result.ok, result.events_checked) == (True, 0)
 
 
-def test_actor_comes_from_environment_then_os_user(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_actor_is_the_login_where_the_database_authenticates(
+    registry: Registry, registry_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL: the login, whatever STEWARD_ACTOR says. SQLite: STEWARD_ACTOR, else the OS user, and
+    each event says which."""
     monkeypatch.setenv("STEWARD_ACTOR", "alice")
-    assert default_actor() == "alice"
+    registry.audit.append("test_event", "m")
     monkeypatch.delenv("STEWARD_ACTOR")
-    assert default_actor() == getpass.getuser()
+    registry.audit.append("test_event", "m")
+    first, second = [(e.actor, e.payload["actor_source"]) for e in registry.audit.events()]
+    if registry_url.startswith("postgresql"):
+        assert first == second == ("postgres", "database_login")
+    else:
+        assert (first, second) == (("alice", "STEWARD_ACTOR"), (getpass.getuser(), "os_user"))
+
+
+def test_the_database_refuses_to_change_audit_events(registry: Registry, registry_url: str) -> None:
+    fill(registry, 3)
+    engine = create_engine(registry_url)
+    statements = ["UPDATE audit_events SET payload = '{}' WHERE seq = 2", "DELETE FROM audit_events WHERE seq = 3"]
+    if registry_url.startswith("postgresql"):
+        statements.append("TRUNCATE audit_events")
+    try:
+        for statement in statements:
+            with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
+                conn.execute(text(statement))
+    finally:
+        engine.dispose()
+    assert registry.audit.verify() == registry.audit.verify().__class__(True, 3, None, None)
 
 
 @given(payload=st.dictionaries(st.text(), json_values, max_size=5))

@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from governance.registry import Registry
 from steward.cli import main
+from tests.conftest import tamper
 from tests.test_registry import register
 
 
@@ -35,7 +35,7 @@ def test_versions_show_promote_rollback(registry_url: str, capsys: pytest.Captur
 
     for version in (1, 2, 3):
         code, move = steward_json(capsys, registry_url, "registry", "promote", f"tickets:{version}",
-                                  "--approver", "carol", "--reason", "release")
+                                  "--reason", "release")
         assert code == 0 and move["version"] == version
     code, listing = steward_json(capsys, registry_url, "registry", "versions", "tickets")
     assert [v["version"] for v in listing["versions"]] == [3, 2, 1]
@@ -64,10 +64,7 @@ def test_tampered_payload_fails_verify_naming_the_event(
     with Registry.open(registry_url) as registry:
         register(registry, "tickets")
         register(registry, "tickets")
-    engine = create_engine(registry_url)
-    with engine.begin() as conn:
-        conn.execute(text("UPDATE audit_events SET payload = :forged WHERE seq = 3"), {"forged": '{"forged": 1}'})
-    engine.dispose()
+    tamper(registry_url, "UPDATE audit_events SET payload = :forged WHERE seq = 3", forged='{"forged": 1}')
 
     code, verified = steward_json(capsys, registry_url, "audit", "verify")
     assert code == 1

@@ -246,8 +246,9 @@ def test_approval_needs_someone_other_than_the_author(
     assert (code, payload["decision"], payload["promoted"]) == (0, "challenger", False)
     registry_url = f"sqlite:///{tmp_path / '.steward' / 'registry.db'}"
 
-    code = main(["registry", "promote", "tickets:1", "--approver", "alice", "--registry", registry_url])
+    code = main(["registry", "promote", "tickets:1", "--registry", registry_url])
     assert code == 1
+    monkeypatch.setenv("STEWARD_ACTOR", "bob")
     code = main(["registry", "promote", "tickets:1", "--approver", "bob", "--registry", registry_url])
     assert code == 0
     with registry_for(config) as registry:

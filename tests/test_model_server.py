@@ -55,7 +55,7 @@ def three_versions(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Pat
             assert main(["run", "--config", str(config)]) == 0
     with registry_for(config) as registry:
         if registry.alias_version("tickets", "champion").version != 1:
-            registry.promote("tickets", 1, approver="test-setup", reason="start the server on v1")
+            registry.promote("tickets", 1, reason="start the server on v1")
     return config
 
 
@@ -227,7 +227,7 @@ def test_promotion_and_rollback_swap_versions_under_load_without_a_failed_reques
     try:
         time.sleep(PHASE_SECONDS)
         with registry_for(server.config) as registry:
-            registry.promote("tickets", 2, approver="release-manager", reason="v2 is better")
+            registry.promote("tickets", 2, reason="v2 is better")
         _wait_for_version(server, 2)
         time.sleep(PHASE_SECONDS)
         with registry_for(server.config) as registry:
@@ -269,7 +269,7 @@ def test_a_tampered_version_is_refused_and_the_old_one_keeps_serving(server: Ser
         head.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
         try:
             serving = httpx.get(f"{server.url}/readyz").json()["version"]
-            registry.promote("tickets", 3, approver="release-manager", reason="try v3")
+            registry.promote("tickets", 3, reason="try v3")
             deadline = time.monotonic() + 30
             while not [e for e in registry.audit.events("tickets:3") if e.event_type == "model_swap_refused"]:
                 assert time.monotonic() < deadline, "no model_swap_refused event"

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
+import subprocess
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from governance.records import (
     DriftReportIn,
@@ -18,6 +22,7 @@ from governance.records import (
 )
 from governance.registry import Registry, mask_url
 from steward.errors import BadInputError, CheckFailedError
+from tests.conftest import ActAs
 
 MODEL = "support-tickets"
 SHA_A = "a" * 64
@@ -158,14 +163,16 @@ def test_run_lifecycle_and_stale_runs(registry: Registry) -> None:
     assert event_types(registry, MODEL) == ["run_started", "run_completed", "run_started", "run_failed"]
 
 
-def test_promote_and_roll_back_twice(registry: Registry) -> None:
+def test_promote_and_roll_back_twice(registry: Registry, act_as: ActAs) -> None:
     for _ in range(3):
         register(registry)
-    for version in (1, 2, 3):
-        move = registry.promote(MODEL, version, approver="bob", reason=f"v{version} wins")
+    with act_as("bob") as bob:
+        for version in (1, 2, 3):
+            move = bob.promote(MODEL, version, reason=f"v{version} wins")
     assert (move.version, move.previous_version, move.action, move.actor) == (3, 2, "promote", "bob")
-    first = registry.rollback(MODEL, actor="carol", reason="regression")
-    second = registry.rollback(MODEL, actor="carol")
+    with act_as("carol") as carol:
+        first = carol.rollback(MODEL, reason="regression")
+        second = carol.rollback(MODEL)
     assert [(m.previous_version, m.version, m.action) for m in (first, second)] == [
         (3, 2, "rollback"),
         (2, 1, "rollback"),
@@ -173,7 +180,8 @@ def test_promote_and_roll_back_twice(registry: Registry) -> None:
     assert registry.alias_version(MODEL, "champion").version == 1
     with pytest.raises(CheckFailedError, match="no champion before version 1"):
         registry.rollback(MODEL)
-    registry.set_alias(MODEL, 2, "staging", actor="dave")
+    with act_as("dave") as dave:
+        dave.set_alias(MODEL, 2, "staging")
     assert registry.list_models()[0].aliases == {"champion": 1, "staging": 2}
     assert registry.get_version(MODEL, 2).aliases == ["staging"]
     assert registry.alias_version(MODEL, "absent") is None
@@ -195,24 +203,23 @@ def test_rollback_without_champion_fails(registry: Registry) -> None:
         registry.rollback(MODEL)
 
 
-def test_author_cannot_approve_own_version(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("STEWARD_ACTOR", "alice")
-    register(registry, require_approval=True)
-    assert registry.get_version(MODEL, 1).run.author == "alice"
-    with pytest.raises(CheckFailedError, match="refused"):
-        registry.promote(MODEL, 1, approver="alice")
-    assert registry.alias_version(MODEL, "champion") is None
-    refused = registry.audit.events(MODEL)[-1]
-    assert (refused.event_type, refused.actor, refused.payload["author"]) == (
-        "promotion_refused",
-        "alice",
-        "alice",
-    )
-    move = registry.promote(MODEL, 1, approver="bob")
+def test_author_cannot_approve_own_version(act_as: ActAs) -> None:
+    with act_as("alice") as alice:
+        register(alice, require_approval=True)
+        assert alice.get_version(MODEL, 1).run.author == "alice"
+        with pytest.raises(CheckFailedError, match="refused"):
+            alice.promote(MODEL, 1)
+        with pytest.raises(BadInputError, match="'bob' is not who is acting: this registry knows you as 'alice'"):
+            alice.promote(MODEL, 1, approver="bob")
+        assert alice.alias_version(MODEL, "champion") is None
+        refused = alice.audit.events(MODEL)[-1]
+    assert (refused.event_type, refused.actor, refused.payload["author"]) == ("promotion_refused", "alice", "alice")
+    with act_as("bob") as bob:
+        move = bob.promote(MODEL, 1, approver="bob")
+        promoted = bob.audit.events(MODEL)[-1]
+        assert bob.audit.verify().ok
     assert (move.version, move.actor) == (1, "bob")
-    promoted = registry.audit.events(MODEL)[-1]
-    assert (promoted.event_type, promoted.payload["approver"]) == ("model_promoted", "bob")
-    assert registry.audit.verify().ok
+    assert (promoted.event_type, promoted.actor, promoted.payload["approver"]) == ("model_promoted", "bob", "bob")
 
 
 def test_approval_cannot_be_bypassed_with_set_alias(registry: Registry) -> None:
@@ -223,10 +230,17 @@ def test_approval_cannot_be_bypassed_with_set_alias(registry: Registry) -> None:
     assert registry.alias_version(MODEL, "champion") is None
 
 
-def test_author_may_promote_when_approval_not_required(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("STEWARD_ACTOR", "alice")
-    register(registry)
-    assert registry.promote(MODEL, 1, approver="alice").version == 1
+def test_author_may_promote_when_approval_not_required(act_as: ActAs) -> None:
+    with act_as("alice") as alice:
+        register(alice)
+        assert alice.promote(MODEL, 1).version == 1
+
+
+def test_a_registration_never_lifts_the_approval_rule(registry: Registry) -> None:
+    register(registry, require_approval=True)
+    register(registry, require_approval=False)
+    assert registry.requires_approval(MODEL)
+    assert registry.audit.events(MODEL)[-1].payload["require_approval"] is True
 
 
 def test_validation_gate_and_drift_records(registry: Registry) -> None:
@@ -334,3 +348,25 @@ def test_curve_is_stored_in_step_order_with_one_audit_event(registry: Registry) 
     assert event_types(registry).count("metric_curve_logged") == 1
     with pytest.raises(BadInputError):
         registry.log_curve(run_id=run.id, key="finetune_loss", points=[(4, float("nan"))])
+
+
+@pytest.mark.postgres
+def test_plain_postgresql_url_uses_psycopg3_and_psycopg2_url_still_works(pg_url: str) -> None:
+    """`postgresql://` (SQLAlchemy's default driver, psycopg 3) and `postgresql+psycopg2://` open the same
+    registry: each writes a version the other reads, the audit chain stays whole, and the CLI takes the plain form."""
+    plain = make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    psycopg2 = make_url(pg_url).set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+    assert (make_url(plain).get_dialect().driver, make_url(psycopg2).get_dialect().driver) == ("psycopg", "psycopg2")
+    with Registry.open(plain) as reg:
+        assert register(reg).version == 1
+    with Registry.open(psycopg2) as reg:
+        assert [v.version for v in reg.list_versions(MODEL)] == [1]
+        assert register(reg).version == 2
+    with Registry.open(plain) as reg:
+        assert [v.version for v in reg.list_versions(MODEL)] == [2, 1]
+        assert reg.audit.verify().ok
+    result = subprocess.run([sys.executable, "-m", "steward.cli", "registry", "models", "--registry", plain, "--json"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    (model,) = json.loads(result.stdout)["models"]
+    assert (model["name"], model["latest_version"], model["version_count"]) == (MODEL, 2, 2)

@@ -138,13 +138,16 @@ def test_rejected_version_reads_as_rejected(project: Path, tmp_path: Path) -> No
     assert "- **Approver:** none: the gate rejected it" in markdown
 
 
-def test_challenger_awaits_approval_then_names_its_approver(project: Path, tmp_path: Path) -> None:
+def test_challenger_awaits_approval_then_names_its_approver(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     page = _visible_text(_report(project, 3).read_text(encoding="utf-8"))
     assert "CHALLENGER · AWAITING APPROVAL" in page
     assert "awaiting approval by someone other than alice" in page
     assert "approval required: registered as challenger" in page
 
     registry_url = f"sqlite:///{project.parent / '.steward' / 'registry.db'}"
+    monkeypatch.setenv("STEWARD_ACTOR", "bob")
     assert main(["registry", "promote", "tickets:3", "--approver", "bob", "--reason", "looks fine",
                  "--registry", registry_url]) == 0
     markdown = _markdown(project, 3, tmp_path)

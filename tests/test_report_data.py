@@ -14,6 +14,7 @@ from governance.report import write_report
 from steward.config import parse_config
 from steward.errors import BadInputError
 from tasks.evaluate import expected_calibration_error, reliability_bins
+from tests.conftest import ActAs
 from tests.test_registry import MODEL, SHA_A, event_types, register, start_run
 
 
@@ -80,11 +81,14 @@ def test_bad_evaluation_details_are_refused(registry: Registry, overrides: dict,
     assert "evaluation_recorded" not in event_types(registry)
 
 
-def test_alias_history_and_run_metrics(registry: Registry) -> None:
+def test_alias_history_and_run_metrics(registry: Registry, act_as: ActAs) -> None:
     first, second = register(registry), register(registry)
-    registry.promote(MODEL, 1, approver="carol", reason="first")
-    registry.promote(MODEL, 2, approver="dave")
-    registry.rollback(MODEL, actor="erin", reason="regression")
+    with act_as("carol") as carol:
+        carol.promote(MODEL, 1, reason="first")
+    with act_as("dave") as dave:
+        dave.promote(MODEL, 2)
+    with act_as("erin") as erin:
+        erin.rollback(MODEL, reason="regression")
     moves = registry.alias_history(MODEL)
     assert [(m.version, m.previous_version, m.action, m.actor, m.reason) for m in moves] == [
         (1, None, "promote", "carol", "first"),

@@ -1,4 +1,4 @@
-"""`steward registry models | versions | show | promote | rollback`."""
+"""`steward registry models | versions | show | promote | rollback | init-roles`."""
 
 from __future__ import annotations
 
@@ -128,7 +128,7 @@ def promote(args: argparse.Namespace) -> int:
     announce_alias_move(move)
     previous = f" (was v{move.previous_version})" if move.previous_version else ""
     emit(args, move, lambda: console().print(
-        f"{name}: {move.alias} → v{move.version}{previous}, approved by {args.approver}"))
+        f"{name}: {move.alias} → v{move.version}{previous}, approved by {move.actor}"))
     return 0
 
 
@@ -138,4 +138,12 @@ def rollback(args: argparse.Namespace) -> int:
     announce_alias_move(move)
     emit(args, move, lambda: console().print(
         f"{args.name}: champion rolled back v{move.previous_version} → v{move.version} by {move.actor}"))
+    return 0
+
+
+def init_roles(args: argparse.Namespace) -> int:
+    with open_registry(args) as registry:
+        roles = registry.init_roles()
+    emit(args, {"roles": roles}, lambda: console().print(
+        "Roles ready: " + ", ".join(f"{role.name} ({role.grants})" for role in roles)))
     return 0
