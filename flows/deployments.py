@@ -1,7 +1,7 @@
 """The deployments `steward serve` keeps running: retraining on its cron schedule and on drift events,
-monitoring on its cron schedule.
+monitoring on its cron schedule, and signed anchors of the audit chain on theirs (when configured).
 
-Both deployments allow one run at a time. A run that would overlap a running one is cancelled rather
+Every deployment allows one run at a time. A run that would overlap a running one is cancelled rather
 than queued, so an hourly monitor that keeps reporting drift cannot pile up retrains behind a slow one.
 Cron strings are evaluated in UTC.
 """
@@ -19,9 +19,11 @@ from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.events import DeploymentEventTrigger
 from prefect.schedules import Cron, Schedule
 
+from flows.anchor import anchor_audit
 from flows.events import DRIFT_EVENT, model_resource_id
 from flows.monitor import monitor
 from flows.retrain import retrain
+from governance.anchors import load_private_key
 from steward.config import SERVED, StewardConfig
 from steward.errors import BadInputError
 
@@ -30,13 +32,15 @@ ONE_RUN_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=Concurren
 
 @dataclass(frozen=True)
 class ServedDeployments:
-    """What `steward serve` serves; `monitor` is None when the config names no `monitoring.current`."""
+    """What `steward serve` serves; `monitor` is None when the config names no `monitoring.current`, `anchor`
+    when it sets no `audit.anchor_cron`."""
 
     retrain: RunnerDeployment
     monitor: RunnerDeployment | None
+    anchor: RunnerDeployment | None
 
     def all(self) -> list[RunnerDeployment]:
-        return [self.retrain] if self.monitor is None else [self.retrain, self.monitor]
+        return [deployment for deployment in (self.retrain, self.monitor, self.anchor) if deployment is not None]
 
 
 def cron_schedule(key: str, cron: str) -> Schedule:
@@ -62,7 +66,7 @@ def retrain_on_drift(model_name: str, parameters: dict[str, Any]) -> DeploymentE
 
 
 def build_deployments(config: StewardConfig, config_path: Path, registry_url: str | None = None) -> ServedDeployments:
-    """The retrain and monitor deployments of one config (nothing is sent to Prefect here)."""
+    """The retrain, monitor and anchor deployments of one config (nothing is sent to Prefect here)."""
     name = config.name
     retrain_schedule = cron_schedule("schedule.retrain_cron", config.schedule.retrain_cron)
     monitor_schedule = cron_schedule("schedule.monitor_cron", config.schedule.monitor_cron)
@@ -78,7 +82,22 @@ def build_deployments(config: StewardConfig, config_path: Path, registry_url: st
             monitor, f"{name}-monitor", f"Check {name}'s current batch for drift on schedule.monitor_cron",
             monitor_schedule, {**parameters, "current_path": current}, name,
         )
-    return ServedDeployments(retraining, monitoring)
+    return ServedDeployments(retraining, monitoring, _anchor_deployment(config, parameters))
+
+
+def _anchor_deployment(config: StewardConfig, parameters: dict[str, Any]) -> RunnerDeployment | None:
+    """Signed anchors on `audit.anchor_cron`; the key is loaded here so a bad one fails at start-up, not hours
+    later in a scheduled run."""
+    audit = config.audit
+    if audit.anchor_cron is None or audit.anchor_key is None:
+        return None
+    schedule = cron_schedule("audit.anchor_cron", audit.anchor_cron)
+    load_private_key(config.resolve(audit.anchor_key))
+    return _deployment(
+        anchor_audit, f"{config.name}-audit-anchor",
+        f"Sign a digest of the audit chain head of {config.name}'s registry on audit.anchor_cron",
+        schedule, parameters, config.name,
+    )
 
 
 def _deployment(

@@ -192,7 +192,9 @@ def _add_audit_commands(commands: argparse._SubParsersAction) -> None:
     _common(log)
     log.set_defaults(handler=_lazy(module, "log"))
 
-    verify = actions.add_parser("verify", help="recompute the hash chain")
+    verify = actions.add_parser("verify", help="recompute the hash chain (and check its signed anchors)")
+    verify.add_argument("--anchors", metavar="DIR", help="also check the signed digests in DIR against the chain")
+    verify.add_argument("--public-key", metavar="FILE", help="with --anchors: the anchor key's public half")
     _common(verify)
     verify.set_defaults(handler=_lazy(module, "verify"))
 
@@ -202,6 +204,18 @@ def _add_audit_commands(commands: argparse._SubParsersAction) -> None:
     report.add_argument("--out", metavar="PATH")
     _common(report)
     report.set_defaults(handler=_lazy(module, "report"))
+
+    keygen = actions.add_parser("keygen", help="an Ed25519 key pair for signing anchors of the chain")
+    keygen.add_argument("--out", required=True, metavar="DIR",
+                        help="writes DIR/anchor-private.pem (mode 0600) and DIR/anchor-public.pem; never overwrites")
+    keygen.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    keygen.set_defaults(handler=_lazy(module, "keygen"))
+
+    anchor = actions.add_parser("anchor", help="write a signed digest of the verified chain head")
+    anchor.add_argument("--key", required=True, metavar="FILE", help="the private key from `steward audit keygen`")
+    anchor.add_argument("--out", required=True, metavar="DIR", help="the anchor directory (off the database host)")
+    _common(anchor)
+    anchor.set_defaults(handler=_lazy(module, "anchor"))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -195,6 +195,25 @@ class ScheduleConfig(_Section):
     monitor_cron: str = "0 * * * *"
 
 
+class AuditConfig(_Section):
+    """Signed anchors of the audit chain (`governance/anchors.py`), written by `steward serve` on `anchor_cron`.
+
+    Paths are relative to the config's folder. The key is the private half from `steward audit keygen`; keep
+    it, and the anchor directory, off the database host, or whoever can rewrite the chain can re-sign it too.
+    """
+
+    anchor_cron: str | None = None  # None: no scheduled anchors
+    anchor_dir: Path | None = None
+    anchor_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _cron_needs_paths(self) -> AuditConfig:
+        missing = [key for key in ("anchor_dir", "anchor_key") if getattr(self, key) is None]
+        if self.anchor_cron is not None and missing:
+            raise ValueError(f"anchor_cron needs {' and '.join(missing)} too")
+        return self
+
+
 class CardConfig(_Section):
     """The model card's words that the registry cannot know (shown in the audit report)."""
 
@@ -222,6 +241,7 @@ class StewardConfig(_Section):
     serving: ServingConfig = ServingConfig()
     registry: RegistryConfig = RegistryConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    audit: AuditConfig = AuditConfig()
     card: CardConfig = CardConfig()
     workdir: Path = Path(".")
 

@@ -1,4 +1,4 @@
-"""`steward audit log | verify | report`."""
+"""`steward audit log | verify | report | keygen | anchor`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from steward.commands.common import console, emit, open_registry, parse_ref
+from steward.commands.common import config_from_args, console, emit, open_registry, parse_ref
+from steward.errors import BadInputError
 
 
 def log(args: argparse.Namespace) -> int:
@@ -30,6 +31,8 @@ def log(args: argparse.Namespace) -> int:
 
 
 def verify(args: argparse.Namespace) -> int:
+    if args.anchors is not None or args.public_key is not None:
+        return _verify_anchored(args)
     with open_registry(args) as registry:
         result = registry.audit.verify()
 
@@ -44,6 +47,54 @@ def verify(args: argparse.Namespace) -> int:
         return 0
     sys.stderr.write(f"steward: error: audit chain broken at event {result.first_broken_seq}: {result.reason}\n")
     return 1
+
+
+def _verify_anchored(args: argparse.Namespace) -> int:
+    from governance.anchors import load_public_key, registry_engine, verify_anchored
+    from steward.config import resolve_registry_url
+
+    if args.anchors is None or args.public_key is None:
+        raise BadInputError("--anchors DIR and --public-key FILE go together")
+    public_key = load_public_key(Path(args.public_key))
+    with registry_engine(resolve_registry_url(args.registry, config_from_args(args))) as engine:
+        result = verify_anchored(engine, Path(args.anchors), public_key)
+
+    def render() -> None:
+        anchors = result.anchors
+        if result.ok:
+            console().print(f"[green]Audit chain intact and anchored[/]: {result.chain.events_checked} events, "
+                            f"{anchors.digests_checked} digests verified (newest {anchors.newest_digest})")
+        else:
+            console().print(f"[red]Audit chain check failed[/]: {result.reason}")
+
+    emit(args, result, render)
+    if result.ok:
+        return 0
+    sys.stderr.write(f"steward: error: {result.reason}\n")
+    return 1
+
+
+def keygen(args: argparse.Namespace) -> int:
+    from governance.anchors import write_key_pair
+
+    keys = write_key_pair(Path(args.out))
+    emit(args, keys, lambda: console().print(
+        f"Anchor key pair written: {keys.private_key} (private, mode 0600: keep it off the database host) and "
+        f"{keys.public_key}, fingerprint {keys.fingerprint}"
+    ))
+    return 0
+
+
+def anchor(args: argparse.Namespace) -> int:
+    from governance.anchors import anchor_registry
+    from steward.config import resolve_registry_url
+
+    url = resolve_registry_url(args.registry, config_from_args(args))
+    written = anchor_registry(url, Path(args.key), Path(args.out))
+    emit(args, written, lambda: console().print(
+        f"Anchored the audit chain at event {written.digest.head_seq}: {written.path}"
+    ))
+    return 0
 
 
 def report(args: argparse.Namespace) -> int:
