@@ -21,6 +21,7 @@ from pathlib import Path
 
 from governance.audit import EventIn
 from governance.db import scratch_database
+from governance.events import StageCompleted, StageStarted
 from governance.registry import Registry
 
 MODEL = "bench-model"
@@ -71,8 +72,7 @@ def fill_versions(registry: Registry, count: int) -> float:
 
 def bulk_events(count: int) -> Iterator[EventIn]:
     for i in range(count):
-        payload = {"run_id": f"run-{i // 100}", "stage": "finetune", "step": i, "loss": 0.25}
-        yield EventIn("stage_completed", f"{MODEL}:{i % 1000}", payload)
+        yield EventIn(f"{MODEL}:{i % 1000}", StageCompleted(f"run-{i // 100}", f"finetune step {i}", 0.25))
 
 
 def measure(url: str, versions: int, events: int, appends: int) -> dict[str, float | int]:
@@ -83,7 +83,8 @@ def measure(url: str, versions: int, events: int, appends: int) -> dict[str, flo
         progress(f"  bulk-appending {bulk:,} events")
         bulk_rate = bulk / timed(lambda: registry.audit.append_many(bulk_events(bulk), batch_size=10_000))
         progress(f"  {appends:,} single appends")
-        append_rate = appends / timed(lambda: [registry.audit.append("bench", MODEL, {"i": i}) for i in range(appends)])
+        appended = (StageStarted("bench", f"append {i}") for i in range(appends))
+        append_rate = appends / timed(lambda: [registry.audit.append(MODEL, payload) for payload in appended])
         latencies = [timed(lambda: registry.list_versions(MODEL)) for _ in range(20)]
         progress("  verifying the chain")
         started = time.perf_counter()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from governance.events import StageCompleted, StageFailed, StageResumed, StageStarted
 from governance.registry import STALE_RUN_ERROR, Registry, RunRecord
 from steward.config import StewardConfig, load_config, resolve_registry_url
 
@@ -130,19 +131,18 @@ def _progress(message: str) -> None:
 @contextmanager
 def stage(context: RunContext, name: str) -> Iterator[None]:
     """Audit events stage_started / stage_completed / stage_failed around one stage of a run."""
-    audit = context.registry.audit
-    run = {"run_id": context.run.id, "stage": name}
-    audit.append("stage_started", context.subject, run)
+    audit, run_id = context.registry.audit, context.run.id
+    audit.append(context.subject, StageStarted(run_id, name))
     _progress(f"▶ {name}")
     started = time.perf_counter()
     try:
         yield
     except BaseException as exc:
-        audit.append("stage_failed", context.subject, {**run, "error": str(exc) or type(exc).__name__})
+        audit.append(context.subject, StageFailed(run_id, name, str(exc) or type(exc).__name__))
         _progress(f"✗ {name} failed after {time.perf_counter() - started:.1f}s")
         raise
     seconds = round(time.perf_counter() - started, 3)
-    audit.append("stage_completed", context.subject, {**run, "seconds": seconds})
+    audit.append(context.subject, StageCompleted(run_id, name, seconds))
     _progress(f"✓ {name} ({seconds:.1f}s)")
 
 
@@ -151,8 +151,8 @@ def audit_resumptions(context: RunContext, positions: dict[str, tuple[str, int |
     (`positions`: stage → (unit, where it resumed), None when it started from scratch)."""
     for name, (unit, position) in positions.items():
         if position is not None:
-            payload = {"run_id": context.run.id, "stage": name, f"resumed_from_{unit}": position}
-            context.registry.audit.append("stage_resumed", context.subject, payload)
+            payload = StageResumed(context.run.id, name, **{f"resumed_from_{unit}": position})
+            context.registry.audit.append(context.subject, payload)
 
 
 @contextmanager

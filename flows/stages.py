@@ -13,6 +13,7 @@ from pathlib import Path
 from flows.artifacts import publish_validation
 from flows.context import RunContext, stage
 from flows.events import announce_alias_move
+from governance.events import DomainAdapted, ValidationFailed
 from governance.registry import (
     CompressedFormIn,
     EvaluationDetailIn,
@@ -98,10 +99,7 @@ def validate_data(context: RunContext, data: LoadedData) -> list[ValidationRepor
             )
         failures = failed_expectations(reports)
         if failures:
-            context.registry.audit.append(
-                "validation_failed", context.subject,
-                {"run_id": context.run.id, "failed_expectations": failures},
-            )
+            context.registry.audit.append(context.subject, ValidationFailed(context.run.id, failures))
     return reports
 
 
@@ -162,10 +160,10 @@ def adapt_to_domain(context: RunContext, data: LoadedData, base_model_dir: Path,
             metrics=metrics,
         )
         context.registry.log_curve(run_id=context.run.id, key="pretrain_loss", points=result.loss_curve)
-        context.registry.audit.append("domain_adapted", context.subject, {
-            "run_id": context.run.id, "objective": result.objective, "steps": result.steps,
-            "cache_key": result.cache_key, "cache_hit": result.cache_hit, "corpus_rows": corpus.rows,
-        })
+        context.registry.audit.append(context.subject, DomainAdapted(
+            run_id=context.run.id, objective=result.objective, steps=result.steps,
+            cache_key=result.cache_key, cache_hit=result.cache_hit, corpus_rows=corpus.rows,
+        ))
     return result
 
 

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Literal
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -35,7 +35,7 @@ from sqlalchemy import Engine, func, select
 
 from governance.audit import GENESIS_HASH, AuditLog, ChainVerification, canonical_json
 from governance.db import open_migrated, reachable, read_only
-from governance.events import EventPayload, EventType
+from governance.events import AuditAnchored
 from governance.models import AuditEvent
 from governance.redact import mask_url
 from steward.errors import BadInputError, CheckFailedError
@@ -124,17 +124,6 @@ class AnchoredVerification:
     reason: str | None
     chain: ChainVerification
     anchors: AnchorReport
-
-
-@dataclass(frozen=True)
-class AuditAnchored(EventPayload):
-    """The audit event of an anchor: the head it vouches for is the one before this event."""
-
-    TYPE: ClassVar[EventType] = EventType.AUDIT_ANCHORED
-    head_seq: int
-    head_hash: str
-    digest: str  # file name in the anchor directory
-    key_fingerprint: str
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, insert, or_, select
 
 from governance.db import lock_for_write, reachable, read_only
+from governance.events import EventPayload
 from governance.identity import Identity, identity_of
 from governance.models import AuditEvent
 from governance.redact import redact
@@ -64,9 +65,8 @@ def event_hash(
 class EventIn:
     """An event to append. Its actor is the registry's identity (``AuditLog.identity``), never the caller's word."""
 
-    event_type: str
     subject: str
-    payload: Mapping[str, Any] = field(default_factory=dict)
+    payload: EventPayload
 
 
 @dataclass(frozen=True)
@@ -106,19 +106,17 @@ class AuditLog:
                 self._identity = identity_of(self._engine)
         return self._identity
 
-    def append(self, event_type: str, subject: str, payload: Mapping[str, Any] | None = None) -> AuditEventRecord:
+    def append(self, subject: str, payload: EventPayload) -> AuditEventRecord:
         """Append one event in its own transaction."""
         with reachable(self._engine), self._engine.begin() as conn:
-            return self.append_in(conn, event_type, subject, payload)
+            return self.append_in(conn, subject, payload)
 
-    def append_in(
-        self, conn: Connection, event_type: str, subject: str, payload: Mapping[str, Any] | None = None
-    ) -> AuditEventRecord:
+    def append_in(self, conn: Connection, subject: str, payload: EventPayload) -> AuditEventRecord:
         """Append inside the caller's write transaction on a registry engine (``db.create_registry_engine``).
 
         The event then commits or rolls back together with the caller's other writes.
         """
-        (row,) = _chain(_locked_head(conn), [EventIn(event_type, subject, payload or {})], self.identity)
+        (row,) = _chain(_locked_head(conn), [EventIn(subject, payload)], self.identity)
         conn.execute(_INSERT, row)
         return _record(row)
 
@@ -183,9 +181,9 @@ def _chain(head: tuple[int, str], events: Iterable[EventIn], identity: Identity)
             "seq": seq,
             "created_at": datetime.now(UTC).isoformat(timespec="microseconds"),
             "actor": identity.name,
-            "event_type": item.event_type,
+            "event_type": str(item.payload.event_type),
             "subject": item.subject,
-            "payload": canonical_json(redact({**item.payload, "actor_source": identity.source})),
+            "payload": canonical_json(redact({**item.payload.body(), "actor_source": identity.source})),
             "prev_hash": prev_hash,
         }
         prev_hash = row["hash"] = event_hash(**row)

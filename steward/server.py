@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from governance.events import ModelSwapped, ModelSwapRefused
 from steward.errors import exception_line
 from steward.loading import ModelRef, predictor_for
 
@@ -50,8 +51,6 @@ if TYPE_CHECKING:
     from tasks.predict import Prediction, Predictor
 
 log = logging.getLogger("steward.server")
-SWAP_REFUSED_EVENT = "model_swap_refused"
-MODEL_SWAPPED_EVENT = "model_swapped"
 WARM_UP_TEXT = "warm-up"
 
 
@@ -164,18 +163,16 @@ class ServedModel:
         previous, self.predictor = self.predictor.version, candidate
         self.metrics.swaps.inc()
         self.metrics.version.labels(ref.name).set(candidate.version)
-        registry.audit.append(MODEL_SWAPPED_EVENT, f"{ref.name}:{candidate.version}",
-                              {"alias": ref.alias, "from_version": previous, "to_version": candidate.version,
-                               "form": candidate.identity.form})
+        registry.audit.append(f"{ref.name}:{candidate.version}",
+                              ModelSwapped(ref.alias, previous, candidate.version, candidate.identity.form))
         log.warning("steward serve-model: now serving %s v%d (was v%d)", ref.name, candidate.version, previous)
 
     def _refuse(self, registry, version: int, exc: Exception) -> None:
         reason = exception_line(exc)
         self.refused.add(version)
         self.metrics.refusals.inc()
-        registry.audit.append(SWAP_REFUSED_EVENT, f"{self.settings.ref.name}:{version}",
-                              {"alias": self.settings.ref.alias, "serving_version": self.predictor.version,
-                               "reason": reason})
+        registry.audit.append(f"{self.settings.ref.name}:{version}",
+                              ModelSwapRefused(self.settings.ref.alias, self.predictor.version, reason))
         log.warning("steward serve-model: refused %s v%d, still serving v%d: %s", self.settings.ref.name, version,
                     self.predictor.version, reason)
 

@@ -4,7 +4,7 @@ model, and one Prefect test server for the session."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
@@ -92,9 +92,13 @@ def steward_env(prefect_api_url: str) -> dict[str, str]:
     return env
 
 
-def tamper(url: str, *statements: str, **params: object) -> None:
+Params = Mapping[str, object] | Sequence[Mapping[str, object]] | None
+
+
+def tamper(url: str, *statements: str, params: Params = None) -> None:
     """Raw SQL in one transaction, past the registry API and past the audit table's append-only triggers,
-    as someone who owns the database could: SQLite loses the triggers, PostgreSQL's superuser disables them."""
+    as someone who owns the database could: SQLite loses the triggers, PostgreSQL's superuser disables them.
+    ``params`` binds every statement (a list: once per row)."""
     engine = create_engine(url)
     try:
         with engine.begin() as conn:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import stat
-from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -34,28 +33,7 @@ from governance.registry import Registry
 from steward.cli import main
 from steward.config import load_config
 from steward.errors import BadInputError, ConfigError
-
-Params = Mapping[str, object] | Sequence[Mapping[str, object]] | None
-
-
-def tamper(url: str, sql: str, params: Params = None) -> None:
-    """Raw SQL in one transaction past the registry and past any append-only triggers on the audit table, as
-    whoever owns the database could: SQLite's triggers are dropped, PostgreSQL's disabled by the superuser."""
-    engine = create_engine(url)
-    try:
-        with engine.begin() as conn:
-            postgres = conn.dialect.name == "postgresql"
-            if postgres:
-                conn.execute(text("ALTER TABLE audit_events DISABLE TRIGGER USER"))
-            else:
-                triggers = "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit_events'"
-                for name in conn.scalars(text(triggers)).all():
-                    conn.execute(text(f'DROP TRIGGER "{name}"'))
-            conn.execute(text(sql), params)
-            if postgres:
-                conn.execute(text("ALTER TABLE audit_events ENABLE TRIGGER USER"))
-    finally:
-        engine.dispose()
+from tests.conftest import tamper
 
 
 def rewrite_chain(url: str) -> None:
@@ -73,7 +51,7 @@ def rewrite_chain(url: str) -> None:
         prev_hash = event["hash"] = event_hash(**event)
         updates.append(event)
     tamper(url, "UPDATE audit_events SET actor = :actor, prev_hash = :prev_hash, hash = :hash WHERE seq = :seq",
-           updates)
+           params=updates)
 
 
 def fill(url: str, count: int) -> None:

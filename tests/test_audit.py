@@ -13,6 +13,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
 from governance.audit import GENESIS_HASH, EventIn, canonical_json, event_hash
+from governance.events import StageStarted
 from governance.registry import Registry
 from tests.conftest import tamper
 
@@ -23,9 +24,14 @@ json_values = st.recursive(
 )
 
 
+def step(i: int, stage: str = "naïve ✓") -> StageStarted:
+    """An event body to append (any typed payload serves)."""
+    return StageStarted(run_id=str(i), stage=stage)
+
+
 def fill(registry: Registry, count: int) -> None:
     for i in range(count):
-        registry.audit.append("test_event", f"m:{i}", {"i": i, "text": "naïve ✓"})
+        registry.audit.append(f"m:{i}", step(i))
 
 
 def test_events_link_into_a_chain(registry: Registry) -> None:
@@ -39,14 +45,15 @@ def test_events_link_into_a_chain(registry: Registry) -> None:
             event.seq, event.created_at, event.actor, event.event_type, event.subject, body, event.prev_hash
         )
     source = registry.identity.source
-    assert events[2].payload == {"i": 2, "text": "naïve ✓", "actor_source": source}
+    assert events[2].payload == {"run_id": "2", "stage": "naïve ✓", "actor_source": source}
+    assert events[2].event_type == "stage_started"
     assert events[2].created_at.endswith("+00:00")
     assert registry.audit.verify().ok
 
 
 def test_events_filter_by_model_name(registry: Registry) -> None:
     for subject in ("a", "a:1", "ab:1", "a_b:1", "axb:1", "b:a"):
-        registry.audit.append("test_event", subject)
+        registry.audit.append(subject, step(0))
     assert [e.subject for e in registry.audit.events("a")] == ["a", "a:1"]
     assert [e.subject for e in registry.audit.events("a_b")] == ["a_b:1"]
     assert [e.seq for e in registry.audit.events(limit=2)] == [5, 6]
@@ -85,14 +92,15 @@ def test_rehashed_edit_breaks_the_next_link(registry: Registry, registry_url: st
     new_hash = event_hash(
         2, forged.created_at, forged.actor, forged.event_type, forged.subject, payload, forged.prev_hash
     )
-    tamper(registry_url, "UPDATE audit_events SET payload = :p, hash = :h WHERE seq = 2", p=payload, h=new_hash)
+    forge = "UPDATE audit_events SET payload = :p, hash = :h WHERE seq = 2"
+    tamper(registry_url, forge, params={"p": payload, "h": new_hash})
     result = registry.audit.verify()
     assert (result.ok, result.first_broken_seq) == (False, 3) and "does not link" in result.reason
 
 
 def test_append_many_continues_the_chain(registry: Registry) -> None:
     fill(registry, 2)
-    added = registry.audit.append_many((EventIn("bulk", "m", {"i": i}) for i in range(20)), batch_size=7)
+    added = registry.audit.append_many((EventIn("m", step(i)) for i in range(20)), batch_size=7)
     events = registry.audit.events()
     assert added == 20 and [e.seq for e in events] == list(range(1, 23))
     assert registry.audit.verify() == registry.audit.verify().__class__(True, 22, None, None)
@@ -109,9 +117,9 @@ def test_the_actor_is_the_login_where_the_database_authenticates(
     """PostgreSQL: the login, whatever STEWARD_ACTOR says. SQLite: STEWARD_ACTOR, else the OS user, and
     each event says which."""
     monkeypatch.setenv("STEWARD_ACTOR", "alice")
-    registry.audit.append("test_event", "m")
+    registry.audit.append("m", step(1))
     monkeypatch.delenv("STEWARD_ACTOR")
-    registry.audit.append("test_event", "m")
+    registry.audit.append("m", step(2))
     first, second = [(e.actor, e.payload["actor_source"]) for e in registry.audit.events()]
     if registry_url.startswith("postgresql"):
         assert first == second == ("postgres", "database_login")
@@ -150,7 +158,7 @@ def test_hash_covers_every_field(field: int, change: str) -> None:
 def _append_worker(url: str, worker: int, count: int) -> None:
     with Registry.open(url) as reg:
         for i in range(count):
-            reg.audit.append("load_test", f"worker-{worker}", {"i": i})
+            reg.audit.append(f"worker-{worker}", step(i))
 
 
 def test_concurrent_processes_never_fork_the_chain(registry_url: str) -> None:
@@ -162,5 +170,5 @@ def test_concurrent_processes_never_fork_the_chain(registry_url: str) -> None:
     with Registry.open(registry_url) as reg:
         events = reg.audit.events()
         assert [e.seq for e in events] == list(range(1, 2001))
-        assert sorted(e.payload["i"] for e in events if e.subject == "worker-3") == list(range(250))
+        assert sorted(int(e.payload["run_id"]) for e in events if e.subject == "worker-3") == list(range(250))
         assert reg.audit.verify() == reg.audit.verify().__class__(True, 2000, None, None)

@@ -210,6 +210,7 @@ def test_a_rejected_config_is_audited_where_its_registry_resolves(
     with Registry.open(registry_url) as registry:
         (event,) = registry.audit.events("tickets")
     assert (event.event_type, event.payload) == (
-        "input_rejected", {"command": "validate", "config": str(config), "error": message, "exit_code": 2},
+        "input_rejected",
+        {"command": "validate", "config": str(config), "error": message, "exit_code": 2, "actor_source": "os_user"},
     )
     assert not (tmp_path / ".steward").exists() and not ignored.exists()

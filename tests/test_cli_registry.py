@@ -64,7 +64,7 @@ def test_tampered_payload_fails_verify_naming_the_event(
     with Registry.open(registry_url) as registry:
         register(registry, "tickets")
         register(registry, "tickets")
-    tamper(registry_url, "UPDATE audit_events SET payload = :forged WHERE seq = 3", forged='{"forged": 1}')
+    tamper(registry_url, "UPDATE audit_events SET payload = :forged WHERE seq = 3", params={"forged": '{"forged": 1}'})
 
     code, verified = steward_json(capsys, registry_url, "audit", "verify")
     assert code == 1

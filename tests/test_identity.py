@@ -124,9 +124,9 @@ def test_no_application_role_can_change_audit_events(logins: dict[str, str], per
 def test_a_login_cannot_record_someone_else_as_the_actor(logins: dict[str, str]) -> None:
     forged = ("INSERT INTO audit_events (seq, created_at, actor, event_type, subject, payload, prev_hash, hash) "
               "SELECT max(seq) + 1, 'now', 'bob', 'model_promoted', 'm', '{}', 'x', 'x' FROM audit_events")
-    with pytest.raises(DBAPIError, match="audit_events.actor must be the login that writes it"):
+    with pytest.raises(DBAPIError, match=r"audit_events\.actor must be the login that writes it"):
         raw(logins["alice"], forged)
-    with pytest.raises(DBAPIError, match="runs.author cannot be changed"):
+    with pytest.raises(DBAPIError, match=r"runs\.author cannot be changed"):
         raw(logins["alice"], "UPDATE runs SET author = 'carol'")
 
 

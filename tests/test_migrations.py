@@ -7,6 +7,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
 from governance.db import create_registry_engine, migrate
+from governance.events import ModelCreated
 from governance.models import Base
 from governance.registry import Registry
 
@@ -48,6 +49,6 @@ def test_migrated_schema_matches_models(registry: Registry, registry_url: str) -
 
 
 def test_reopening_is_a_no_op(registry: Registry, registry_url: str) -> None:
-    registry.audit.append("test_event", "m")
+    registry.audit.append("m", ModelCreated(require_approval=False))
     with Registry.open(registry_url) as again:
         assert [e.seq for e in again.audit.events()] == [1] and again.audit.verify().ok

@@ -55,20 +55,21 @@ def rejection_registry_url(override: str | None, error: ConfigError) -> str | No
 def record_rejected_config(args: argparse.Namespace, error: ConfigError) -> None:
     """Append an `input_rejected` audit event with the one-line error; silent when the registry
     itself cannot be reached (the error the user sees already says what was wrong)."""
+    from governance.events import InputRejected
     from governance.registry import Registry
 
     url = rejection_registry_url(getattr(args, "registry", None), error)
     if url is None:
         return
-    payload = {
-        "command": " ".join(part for part in (args.command, getattr(args, "action", None)) if part),
-        "config": str(error.path) if error.path is not None else None,
-        "error": one_line(str(error)),
-        "exit_code": error.exit_code,
-    }
+    payload = InputRejected(
+        command=" ".join(part for part in (args.command, getattr(args, "action", None)) if part),
+        config=str(error.path) if error.path is not None else None,
+        error=one_line(str(error)),
+        exit_code=error.exit_code,
+    )
     try:
         with Registry.open(url) as registry:
-            registry.audit.append("input_rejected", error.model_name or "config", payload)
+            registry.audit.append(error.model_name or "config", payload)
     except StewardError:
         return
 

@@ -9,8 +9,6 @@ from pathlib import Path
 
 from steward.commands.common import console, emit, open_registry
 
-BATCH_SCORED_EVENT = "batch_scored"
-
 
 def default_output(input_path: Path) -> Path:
     """`tickets.csv` -> `tickets.predictions.csv` beside it (Parquet input keeps Parquet)."""
@@ -19,6 +17,7 @@ def default_output(input_path: Path) -> Path:
 
 
 def predict(args: argparse.Namespace) -> int:
+    from governance.events import BatchScored
     from steward.loading import ModelRef, predictor_for, resolve_version
     from tasks.data import load_table
     from tasks.predict import predict_all, texts_to_score, write_predictions
@@ -34,19 +33,19 @@ def predict(args: argparse.Namespace) -> int:
         predictor = predictor_for(detail, ref.alias, args.form)
         predictions = predict_all(predictor, texts, show_progress=not args.json)
         write_predictions(output_path, texts, predictions, predictor.identity, predictor.labels)
-        summary = {
-            "model": predictor.identity.name,
-            "version": predictor.version,
-            "form": predictor.identity.form,
-            "alias": ref.alias,
-            "input": str(input_path.resolve()),
-            "input_fingerprint": table.fingerprint,
-            "rows": len(predictions),
-            "output": str(output_path.resolve()),
-            "label_counts": dict(sorted(Counter(p.label for p in predictions).items())),
-        }
-        registry.audit.append(BATCH_SCORED_EVENT, f"{predictor.identity.name}:{predictor.version}", summary)
-    summary["seconds"] = round(time.perf_counter() - started, 3)
+        scored = BatchScored(
+            model=predictor.identity.name,
+            version=predictor.version,
+            form=predictor.identity.form,
+            alias=ref.alias,
+            input=str(input_path.resolve()),
+            input_fingerprint=table.fingerprint,
+            rows=len(predictions),
+            output=str(output_path.resolve()),
+            label_counts=dict(sorted(Counter(p.label for p in predictions).items())),
+        )
+        registry.audit.append(f"{predictor.identity.name}:{predictor.version}", scored)
+    summary = {**scored.body(), "seconds": round(time.perf_counter() - started, 3)}
     emit(args, summary, lambda: console().print(
         f"scored {summary['rows']:,} rows of {input_path} with {summary['model']} v{summary['version']} "
         f"({summary['form']}) "

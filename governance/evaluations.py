@@ -1,0 +1,226 @@
+"""Metrics and curves, evaluation details, validation results and the gate's decisions."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, fields
+from typing import Any
+
+from sqlalchemy import select
+
+from governance.audit import canonical_json
+from governance.events import (
+    EvaluationRecorded,
+    GateDecided,
+    MetricCurveLogged,
+    MetricsLogged,
+    ValidationRecorded,
+)
+from governance.models import EvaluationDetail, GateDecision, Metric, RegisteredModel, ValidationResult, utcnow
+from governance.records import (
+    ClassScore,
+    EvaluationDetailIn,
+    EvaluationDetailRecord,
+    GateDecisionIn,
+    GateDecisionRecord,
+    ReliabilityBin,
+    ValidationResultIn,
+    ValidationResultRecord,
+)
+from governance.store import _SHA256, RegistryStore, core, finite_metrics, gate_query, subject_of, to_record
+from steward.errors import BadInputError
+from steward.scores import GATE_OUTCOMES
+
+
+class EvaluationStore(RegistryStore):
+    def log_metrics(
+        self,
+        *,
+        run_id: str,
+        metrics: dict[str, float],
+        version_id: int | None = None,
+        dataset_id: int | None = None,
+        step: int | None = None,
+    ) -> None:
+        values = finite_metrics(metrics)
+        with self._write() as session:
+            run = self._run(session, run_id)
+            subject = run.model_name
+            if version_id is not None:
+                record = self._version_by_id(session, version_id)
+                subject = subject_of(record.model_name, record.version)
+            if dataset_id is not None:
+                self._dataset(session, dataset_id)
+            session.add_all(
+                Metric(run_id=run_id, version_id=version_id, dataset_id=dataset_id, key=k, value=v, step=step)
+                for k, v in values.items()
+            )
+            self._event(session, subject, MetricsLogged(run_id, dataset_id, step, values))
+
+    def log_curve(self, *, run_id: str, key: str, points: list[tuple[int, float]]) -> None:
+        """A per-step series (a loss curve) in one transaction and one audit event.
+
+        The event carries the series' sha256 rather than every point, so the chain still covers it.
+        """
+        values = [(int(step), value) for step, value in points]
+        finite_metrics({f"{key}@{step}": value for step, value in values})
+        with self._write() as session:
+            run = self._run(session, run_id)
+            session.add_all(Metric(run_id=run_id, key=key, value=value, step=step) for step, value in values)
+            payload = MetricCurveLogged(
+                run_id=run_id,
+                key=key,
+                points=len(values),
+                last=values[-1][1] if values else None,
+                sha256=hashlib.sha256(canonical_json(values).encode()).hexdigest(),
+            )
+            self._event(session, run.model_name, payload)
+
+    def curve(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """A series logged with `log_curve`, in step order."""
+        with self._read() as session:
+            rows = session.execute(
+                select(Metric.step, Metric.value)
+                .where(Metric.run_id == run_id, Metric.key == key, Metric.step.is_not(None))
+                .order_by(Metric.step)
+            ).all()
+        return [(int(step), float(value)) for step, value in rows]
+
+    def metrics_for_version(self, version_id: int) -> dict[str, float]:
+        """The latest value of each metric logged against the version."""
+        with self._read() as session:
+            return self._metrics(session, version_id)
+
+    def run_metrics(self, run_id: str) -> dict[str, float]:
+        """The latest value of each scalar logged against the run itself (no version, not a curve)."""
+        with self._read() as session:
+            rows = session.execute(
+                select(Metric.key, Metric.value)
+                .where(Metric.run_id == run_id, Metric.version_id.is_(None), Metric.step.is_(None))
+                .order_by(Metric.id)
+            )
+            return dict(rows.tuples().all())
+
+    def record_evaluation(self, detail: EvaluationDetailIn) -> EvaluationDetailRecord:
+        """Store a version's per-class scores, confusion matrix and reliability bins (one audit event).
+
+        The event carries the sha256 of the whole record, so the chain covers every number in it.
+        """
+        _check_evaluation(detail)
+        with self._write() as session:
+            self._run(session, detail.run_id)
+            version = self._version_by_id(session, detail.version_id)
+            if detail.dataset_id is not None:
+                self._dataset(session, detail.dataset_id)
+            row = EvaluationDetail(**_evaluation_columns(detail), created_at=utcnow())
+            session.add(row)
+            session.flush()
+            payload = EvaluationRecorded(
+                run_id=detail.run_id,
+                version_id=detail.version_id,
+                dataset_id=detail.dataset_id,
+                labels=list(detail.labels),
+                examples=sum(score.support for score in detail.per_class),
+                adapted_checkpoint_key=detail.adapted_checkpoint_key,
+                sha256=hashlib.sha256(canonical_json(_evaluation_columns(detail)).encode()).hexdigest(),
+            )
+            self._event(session, subject_of(version.model_name, version.version), payload)
+            return _evaluation_record(row)
+
+    def evaluation(self, version_id: int) -> EvaluationDetailRecord | None:
+        """The latest evaluation detail recorded for the version; None when there is none."""
+        with self._read() as session:
+            row = session.scalars(
+                select(EvaluationDetail)
+                .where(EvaluationDetail.version_id == version_id)
+                .order_by(EvaluationDetail.id.desc())
+                .limit(1)
+            ).first()
+            return None if row is None else _evaluation_record(row)
+
+    def record_validation(self, *, run_id: str, dataset_id: int | None, results: list[ValidationResultIn]) -> None:
+        with self._write() as session:
+            run = self._run(session, run_id)
+            if dataset_id is not None:
+                self._dataset(session, dataset_id)
+            session.add_all(
+                ValidationResult(
+                    run_id=run_id,
+                    dataset_id=dataset_id,
+                    expectation=r.expectation,
+                    column_name=r.column,
+                    success=r.success,
+                    observed=r.observed,
+                    details=r.details,
+                )
+                for r in results
+            )
+            failed = [f"{r.expectation}({r.column})" if r.column else r.expectation for r in results if not r.success]
+            self._event(session, run.model_name, ValidationRecorded(run_id, dataset_id, len(results), failed))
+
+    def validation_results(self, run_id: str) -> list[ValidationResultRecord]:
+        with self._read() as session:
+            rows = session.scalars(
+                select(ValidationResult).where(ValidationResult.run_id == run_id).order_by(ValidationResult.id)
+            )
+            return [to_record(ValidationResultRecord, r, column=r.column_name) for r in rows]
+
+    def record_gate_decision(self, decision: GateDecisionIn) -> GateDecisionRecord:
+        if decision.outcome not in GATE_OUTCOMES:
+            raise BadInputError(f"gate outcome must be one of {', '.join(GATE_OUTCOMES)}, not {decision.outcome!r}")
+        with self._write() as session:
+            self._run(session, decision.run_id)
+            candidate = self._version_by_id(session, decision.candidate_version_id)
+            if decision.champion_version_id is not None:
+                self._version_by_id(session, decision.champion_version_id)
+            row = GateDecision(**asdict(decision), created_at=utcnow())
+            session.add(row)
+            session.flush()
+            record = GateDecisionRecord(*core(session, gate_query().where(GateDecision.id == row.id)).one())
+            payload = GateDecided(**{f.name: getattr(record, f.name) for f in fields(GateDecided)})
+            self._event(session, subject_of(candidate.model_name, candidate.version), payload)
+            return record
+
+    def gate_decisions(self, model_name: str) -> list[GateDecisionRecord]:
+        with self._read() as session:
+            rows = core(
+                session, gate_query().where(RegisteredModel.name == model_name).order_by(GateDecision.id)
+            ).all()
+        return [GateDecisionRecord(*row) for row in rows]
+
+
+def _check_evaluation(detail: EvaluationDetailIn) -> None:
+    labels = list(detail.labels)
+    if not labels or len(set(labels)) != len(labels):
+        raise BadInputError(f"evaluation labels must be distinct and non-empty, got {labels}")
+    if [score.label for score in detail.per_class] != labels:
+        raise BadInputError("evaluation per-class scores must follow the labels' order")
+    matrix = detail.confusion_matrix
+    if len(matrix) != len(labels) or any(len(row) != len(labels) or min(row) < 0 for row in matrix):
+        raise BadInputError(f"confusion matrix must be {len(labels)}x{len(labels)} non-negative counts")
+    if detail.adapted_checkpoint_key is not None and not _SHA256.fullmatch(detail.adapted_checkpoint_key):
+        raise BadInputError(f"adapted checkpoint key must be a sha256, got {detail.adapted_checkpoint_key!r}")
+    scores = {f"{s.label}.{name}": getattr(s, name) for s in detail.per_class for name in ("precision", "recall", "f1")}
+    bins = {f"bin{i}.{name}": getattr(b, name) for i, b in enumerate(detail.reliability)
+            for name in ("lower", "upper", "mean_confidence", "accuracy")}
+    finite_metrics({**scores, **bins})
+
+def _evaluation_columns(detail: EvaluationDetailIn) -> dict[str, Any]:
+    """The record as the row's columns (plain JSON data)."""
+    return {
+        **asdict(detail),
+        "labels": list(detail.labels),
+        "per_class": [asdict(score) for score in detail.per_class],
+        "confusion_matrix": [list(row) for row in detail.confusion_matrix],
+        "reliability": [asdict(b) for b in detail.reliability],
+    }
+
+def _evaluation_record(row: EvaluationDetail) -> EvaluationDetailRecord:
+    return to_record(
+        EvaluationDetailRecord,
+        row,
+        labels=tuple(row.labels),
+        per_class=tuple(ClassScore(**score) for score in row.per_class),
+        confusion_matrix=tuple(tuple(counts) for counts in row.confusion_matrix),
+        reliability=tuple(ReliabilityBin(**b) for b in row.reliability),
+    )
