@@ -39,6 +39,10 @@ NULL_MARK = "\\N"  # how a null cell enters the fingerprint (distinct from an em
 # judges it) but named in a warning, since training reads only its first max_seq_length tokens.
 LONG_TEXT_CHARS = 100_000
 LONG_ROWS_NAMED = 3
+# `csv` refuses longer fields (128 KiB by default, process-wide); a long text is validation's to judge.
+_CSV_FIELD_LIMIT = 2**31 - 1
+_LINE_END = r"(?:\r\n|\n|\r|\Z)"
+_LINE = re.compile(r"[^\r\n]*+(?:\r\n|\n|\r)?")  # one line and its end, as `csv` and pandas split lines
 
 
 @dataclass(frozen=True)
@@ -215,8 +219,9 @@ def _read_delimited(path: Path, text: str, separator: str) -> pd.DataFrame:
 
     # TSV is read without quoting (the IANA format has none): a review that starts with `"` stays intact.
     quoting = csv.QUOTE_NONE if separator == "\t" else csv.QUOTE_MINIMAL
+    _refuse_malformed_rows(path, text, separator, quoting)
     try:
-        frame = pd.read_csv(
+        return pd.read_csv(
             io.StringIO(text),
             sep=separator,
             quoting=quoting,
@@ -224,37 +229,79 @@ def _read_delimited(path: Path, text: str, separator: str) -> pd.DataFrame:
             keep_default_na=False,
             na_values=[""],
         )
-    except pd.errors.ParserError as exc:
-        raise BadInputError(f"{path}: {_describe_parser_error(str(exc))}") from None
-    _refuse_cut_off_last_row(path, text, separator, quoting, frame)
-    return frame
+    except pd.errors.ParserError as exc:  # only where pandas disagrees with the strict pass above
+        raise BadInputError(f"{path}: malformed table: {' '.join(str(exc).split())}") from None
 
 
-def _refuse_cut_off_last_row(path: Path, text: str, separator: str, quoting: int, frame: pd.DataFrame) -> None:
-    """A file that ends without a newline in a row with fewer fields than the header was cut off
-    (an interrupted copy or download); pandas would quietly read the missing fields as nulls."""
-    if text.endswith(("\n", "\r")) or frame.empty or not frame.iloc[-1].isna().iloc[-1]:
-        return
-    last_line = text.splitlines()[-1]
-    fields = next(csv.reader([last_line], delimiter=separator, quoting=quoting), [])
-    if len(fields) < len(frame.columns):
-        line = len(text.splitlines())
-        raise BadInputError(
-            f"{path}: line {line}: the file ends in the middle of a row ({len(fields)} of "
-            f"{len(frame.columns)} fields; truncated?)"
-        )
+def _refuse_malformed_rows(path: Path, text: str, separator: str, quoting: int) -> None:
+    """Refuse the first row an RFC 4180 reading rejects, as one line naming the file and the line.
+
+    pandas reads such rows leniently: too few fields become nulls, text after a closing quote is glued on,
+    and a quote inside an unquoted field is kept as data, so a cut-off `office product"unterminated,quote`
+    becomes a row with a new label. One regular-expression pass checks every record against the grammar and
+    the header's field count; only a record that fails is read again, to say what is wrong with it.
+    Whitespace-only lines are skipped, as pandas skips them.
+    """
+    csv.field_size_limit(_CSV_FIELD_LIMIT)
+    field, blank = _field_and_blank(separator, quoting)
+    header_lines = (line.group() for line in _LINE.finditer(text, re.match(f"(?:{blank})*+", text).end()))
+    width = len(next(csv.reader(header_lines, delimiter=separator, quoting=quoting)))
+    record = rf"{field}(?:{re.escape(separator)}{field}){{{width - 1}}}+{_LINE_END}"  # `width` fields
+    end = re.match(f"(?:{record}|{blank})*+", text).end()
+    if end < len(text):
+        raise _malformed_record(path, text, end, separator, quoting, width)
 
 
-def _describe_parser_error(message: str) -> str:
-    """pandas' C-parser message as a one-line `line N: ...` (its `row` in EOF errors is 0-based)."""
-    unterminated = re.search(r"EOF inside string starting at row (\d+)", message)
-    if unterminated:
-        return f"line {int(unterminated.group(1)) + 1}: unterminated quoted field (the quote never closes)"
-    wrong_width = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", message)
-    if wrong_width:
-        expected, line, seen = wrong_width.groups()
-        return f"line {line}: expected {expected} fields, saw {seen} (truncated or malformed row)"
-    return "malformed table: " + " ".join(message.split())
+def _field_and_blank(separator: str, quoting: int) -> tuple[str, str]:
+    """Regular expressions for one field and for a whitespace-only line of a delimited file."""
+    sep = re.escape(separator)
+    # Quoted (with "" for a quote inside) or free of quotes; in TSV (QUOTE_NONE) a quote is data.
+    quoted_or_plain = rf'(?:"(?:[^"]++|"")*+"|[^"{sep}\r\n]*+)'
+    field = rf"[^{sep}\r\n]*+" if quoting == csv.QUOTE_NONE else quoted_or_plain
+    return field, rf"[^\S\r\n{sep}]*+{_LINE_END}"
+
+
+def _malformed_record(path: Path, text: str, offset: int, separator: str, quoting: int, width: int) -> BadInputError:
+    """What is wrong with the record at `offset`, which the grammar refused: `csv` in strict mode names an
+    unterminated quoted field or text after a closing quote; else its field count is off, or, since `csv`
+    takes that as data, a quote sits inside an unquoted field."""
+    line, _ = _line_and_column(text, offset)
+    stream = io.StringIO(text[offset:], newline="")
+    reader = csv.reader(stream, delimiter=separator, quoting=quoting, strict=True)
+    try:
+        count = len(next(reader))
+    except csv.Error as exc:
+        return BadInputError(f"{path}: {_describe_csv_error(str(exc), line, line + reader.line_num - 1)}")
+    if count < width and not stream.read() and not text.endswith(("\n", "\r")):
+        return BadInputError(f"{path}: line {line}: the file ends in the middle of a row ({count} of {width} "
+                             "fields; truncated?)")
+    if count != width:
+        return BadInputError(f"{path}: line {line}: expected {width} fields, saw {count} (truncated or malformed row)")
+    return _stray_quote(path, text, offset, separator, quoting)
+
+
+def _stray_quote(path: Path, text: str, offset: int, separator: str, quoting: int) -> BadInputError:
+    """The record at `offset` keeps to the grammar up to a quote inside an unquoted field: name where it is."""
+    field, _ = _field_and_blank(separator, quoting)
+    valid = re.compile(f"{field}(?:{re.escape(separator)}{field})*+").match(text, offset).end()
+    line, column = _line_and_column(text, valid)
+    return BadInputError(f"{path}: line {line}, column {column}: a quote inside an unquoted field "
+                         '(quote the whole field and double each quote in it: "say ""hi""")')
+
+
+def _line_and_column(text: str, offset: int) -> tuple[int, int]:
+    """1-based line and column of `offset`; a line ends at \\n, \\r\\n or \\r, as `csv` and pandas end them."""
+    line_start = max(text.rfind("\n", 0, offset), text.rfind("\r", 0, offset)) + 1
+    return len(re.findall(r"\r\n?|\n", text[:offset])) + 1, offset - line_start + 1
+
+
+def _describe_csv_error(message: str, first: int, current: int) -> str:
+    """A strict `csv` error as `line N: ...`: the record's first line if it never ends, else the line read."""
+    if message == "unexpected end of data":
+        return f"line {first}: unterminated quoted field (the quote never closes)"
+    if message.endswith("expected after '\"'"):
+        return f"line {current}: characters after the closing quote of a field (quote the whole field)"
+    return f"line {current}: malformed row ({message})"
 
 
 def _read_jsonl(path: Path, text: str) -> pd.DataFrame:

@@ -120,6 +120,9 @@ CASES = {
     "truncated-last-row": Case(_append("data/train.csv", b"good great serv"), 2,
                                rf"data/train\.csv: line {TRAIN_ROWS + 2}: the file ends in the middle of a row",
                                "run_failed"),
+    "stray-quote-in-cut-off-last-row": Case(_append("data/train.csv", b'office product"unterminated,quote'), 2,
+                                            rf"data/train\.csv: line {TRAIN_ROWS + 2}, column 15: a quote inside an "
+                                            r"unquoted field", "run_failed"),
     "null-text": Case(_append("data/train.csv", b",praise\n"), 1,
                       r"^validation failed: train: text nulls at most 0\.0% — 1 null row", "run_failed"),
     "null-label": Case(_append("data/train.csv", b"good great film,\n"), 1,
@@ -185,6 +188,23 @@ def test_ten_megabyte_row_is_named_in_a_warning_and_cut_for_training(
     assert f"steward: warning: {tmp_path}/data/{CASES['ten-megabyte-row'].warning}" in err
     with default_registry(tmp_path) as registry:
         assert [v.version for v in registry.list_versions("tickets")] == [1]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize("command", ["validate", "finetune"])
+def test_a_stray_quote_in_a_cut_off_last_row_stops_each_stage_command(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str], command: str,
+) -> None:
+    config = write_project(tmp_path, tiny_model_dir)
+    CASES["stray-quote-in-cut-off-last-row"].mutate(tmp_path)
+
+    code = main([command, "--config", str(config)])
+
+    message = one_error_line(capsys.readouterr().err)
+    assert code == 2
+    assert re.search(CASES["stray-quote-in-cut-off-last-row"].message, message), message
+    with default_registry(tmp_path) as registry:
+        assert registry.list_models() == []
 
 
 @pytest.mark.parametrize("where", ["flag", "environment", "config"])

@@ -107,6 +107,34 @@ def test_tsv_keeps_quotes_inside_text(tmp_path: Path) -> None:
     assert table.texts == ['"Great" movie, really', 'no "quotes" here']
 
 
+def test_rfc4180_quoting_loads_as_written(tmp_path: Path) -> None:
+    texts = ['a, b and c', 'she said "never again"', "two\nlines", "crlf\r\ninside", "", "plain"]
+    path = tmp_path / "quoted.csv"
+    path.write_bytes(
+        b'text,label\r\n"a, b and c",1\r\n"she said ""never again""",0\r\n"two\nlines",1\r\n'
+        b'"crlf\r\ninside","0"\r\n"",1\r\nplain,"1"'
+    )
+    table = load_table.fn(path, "text", "label", "train")
+    assert table.texts == [*texts[:4], None, "plain"]
+    assert table.labels == ["1", "0", "1", "0", "1", "1"]
+    assert table.fingerprint == fingerprint_rows(table.texts, table.labels)
+    written = tmp_path / "written.csv"  # what pandas itself writes loads back the same
+    pd.DataFrame({"text": texts[:4] + texts[5:], "label": [1, 0, 1, 0, 1]}).to_csv(written, index=False)
+    assert load_table.fn(written, "text", "label", "train").texts == texts[:4] + texts[5:]
+
+
+def test_kotzias_tsv_with_quotes_still_loads(tmp_path: Path) -> None:
+    source = Path(__file__).resolve().parents[2] / "shared" / "data" / "sentiment_labelled_sentences"
+    if not source.is_dir():
+        pytest.skip(f"no {source}")
+    for name in ("amazon_cells_labelled", "imdb_labelled", "yelp_labelled"):
+        path = tmp_path / f"{name}.tsv"
+        path.write_bytes((source / f"{name}.txt").read_bytes())
+        table = load_table.fn(path, "sentence", "score", "train")
+        assert table.rows == 1000 and set(table.labels) == {"0", "1"}
+        assert any('"' in text for text in table.texts)
+
+
 def test_datasets_dict_picks_the_split_by_role_and_maps_class_labels(tmp_path: Path) -> None:
     import datasets
 
@@ -159,6 +187,36 @@ def write_bytes(path: Path, data: bytes) -> Path:
             "cut.jsonl",
             b'{"text": "a", "label": 1}\n{"text": "b", "lab',
             r"cut\.jsonl: line 2, column \d+: invalid JSON",
+        ),
+        (
+            "cut.csv",  # the last line cut off inside a text with a stray quote: not a new label "quote"
+            b'text,label\nfine,1\noffice product"unterminated,quote',
+            r"cut\.csv: line 3, column 15: a quote inside an unquoted field",
+        ),
+        (
+            "middle.csv",
+            b'text,label\nfine,1\nshe said "no",0\nmore,1\n',
+            r"middle\.csv: line 3, column 10: a quote inside an unquoted field",
+        ),
+        (
+            "last.csv",
+            b'text,label\nfine,1\n"never closed,0',
+            r"last\.csv: line 3: unterminated quoted field",
+        ),
+        (
+            "after.csv",
+            b'text,label\nfine,1\n"multi\nline" tail,0\n',
+            r"after\.csv: line 4: characters after the closing quote of a field",
+        ),
+        (
+            "short.csv",  # pandas would fill the missing label with a null
+            b"text,label\nfine,1\nno label here\nmore,1\n",
+            r"short\.csv: line 3: expected 2 fields, saw 1",
+        ),
+        (
+            "short.tsv",
+            b'sentence\tscore\n"fine"\t1\nno score\nmore\t1\n',
+            r"short\.tsv: line 3: expected 2 fields, saw 1",
         ),
         ("list.jsonl", b'["text", "label"]\n', r"list\.jsonl: line 1: expected a JSON object, got list"),
         ("broken.parquet", b"PAR1 not really", r"broken\.parquet: not a readable Parquet file"),
