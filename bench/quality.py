@@ -26,8 +26,8 @@ the Steward methods are whole `steward` processes, Prefect's temporary server in
 - `setfit`: the `setfit` library (the `bench` extra) with its defaults, except `num_iterations` (`--setfit-iterations`:
   its default pairs every two training rows, far too many steps for a CPU) and the body's max length; no validation.
 - `steward-finetune`: `steward finetune --json` with pretraining disabled, Steward's defaults otherwise.
-- `steward-run`: `steward run --json` with the domain corpus and Steward's defaults (continued pretraining and
-  self-training on), the gate's `min_score` at 0 so it never matters here.
+- `steward-run`: `steward run --json` with the domain corpus and Steward's defaults (self-training on; continued
+  pretraining as `auto` picks it, none for MiniLM), the gate's `min_score` at 0 so it never matters here.
 All but TF-IDF start from the packaged all-MiniLM-L6-v2 (offline) and cut texts at `--max-seq-length` tokens.
 `--steward-set KEY=VALUE` (dotted key, YAML value; repeatable) changes both Steward methods' configs.
 

@@ -123,7 +123,7 @@ def start_run_context(config: StewardConfig, registry: Registry, kind: str) -> R
     return RunContext(config, registry, run, Workspace.for_config(config))
 
 
-def _progress(message: str) -> None:
+def progress(message: str) -> None:
     sys.stderr.write(message + "\n")
     sys.stderr.flush()
 
@@ -133,17 +133,17 @@ def stage(context: RunContext, name: str) -> Iterator[None]:
     """Audit events stage_started / stage_completed / stage_failed around one stage of a run."""
     audit, run_id = context.registry.audit, context.run.id
     audit.append(context.subject, StageStarted(run_id, name))
-    _progress(f"▶ {name}")
+    progress(f"▶ {name}")
     started = time.perf_counter()
     try:
         yield
     except BaseException as exc:
         audit.append(context.subject, StageFailed(run_id, name, str(exc) or type(exc).__name__))
-        _progress(f"✗ {name} failed after {time.perf_counter() - started:.1f}s")
+        progress(f"✗ {name} failed after {time.perf_counter() - started:.1f}s")
         raise
     seconds = round(time.perf_counter() - started, 3)
     audit.append(context.subject, StageCompleted(run_id, name, seconds))
-    _progress(f"✓ {name} ({seconds:.1f}s)")
+    progress(f"✓ {name} ({seconds:.1f}s)")
 
 
 def audit_resumptions(context: RunContext, positions: dict[str, tuple[str, int | None]]) -> None:

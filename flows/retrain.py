@@ -10,7 +10,7 @@ from prefect import flow
 from flows.artifacts import publish_gate_decision, publish_metrics, publish_report
 from flows.context import RunContext, Workspace, audit_resumptions, opened_registry, tracked_run
 from flows.stages import (
-    adapt_to_domain,
+    adapt_if_configured,
     apply_gate,
     base_model_dir,
     compress_candidate,
@@ -50,7 +50,7 @@ def retrain_once(context: RunContext) -> RetrainOutcome:
     config = context.config
     start_dir = base_model_dir(context)
     data = load_valid_data(context)
-    pretrained = adapt_to_domain(context, data, start_dir) if config.pretraining.enabled else None
+    pretrained = adapt_if_configured(context, data, start_dir)
     finetuned = train_classifier(context, data, pretrained.model_dir if pretrained else start_dir)
     resumed_step = pretrained.resumed_from_step if pretrained else None
     audit_resumptions(context, {"continued pretraining": ("step", resumed_step),

@@ -10,6 +10,7 @@ from prefect import flow
 from flows.artifacts import publish_validation
 from flows.context import flow_run, stage
 from flows.stages import (
+    adapt_if_configured,
     adapt_to_domain,
     base_model_dir,
     compress_candidate,
@@ -87,7 +88,7 @@ def finetune_only(config_path: str, registry_url: str | None = None, nproc: int 
     with flow_run(config_path, registry_url, "finetune") as context:
         start_dir = base_model_dir(context)
         data = load_valid_data(context)
-        adapted = adapt_to_domain(context, data, start_dir, nproc) if context.config.pretraining.enabled else None
+        adapted = adapt_if_configured(context, data, start_dir, nproc)
         finetuned = train_classifier(context, data, adapted.model_dir if adapted else start_dir, nproc)
         evaluation = evaluate_candidate(context, data, finetuned.model_dir)
         classical = fit_baseline(context, data)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from flows.artifacts import publish_validation
-from flows.context import RunContext, stage
+from flows.context import RunContext, progress, stage
 from flows.events import announce_alias_move
 from governance.events import DomainAdapted, ValidationFailed
 from governance.registry import (
@@ -29,7 +29,7 @@ from tasks.evaluate import EvaluationResult, evaluate_model
 from tasks.finetune import FineTuneResult, fine_tune
 from tasks.gate import GateOutcome, decide_promotion
 from tasks.modeling import resolve_base_model, sha256_files, verify_files
-from tasks.pretrain import PretrainResult, continue_pretraining
+from tasks.pretrain import PretrainResult, continue_pretraining, resolve_objective
 from tasks.self_training import self_train
 from tasks.validation import ValidationReport, validate_table
 
@@ -131,6 +131,20 @@ def adaptation_corpus(data: LoadedData) -> TextTable:
         return data.train
     texts = data.corpus.texts + data.train.texts
     return make_table(data.corpus.role, data.corpus.source, texts, None, data.corpus.schema)
+
+
+def adapt_if_configured(context: RunContext, data: LoadedData, base_model_dir: Path,
+                        nproc: int = 1) -> PretrainResult | None:
+    """Continued pretraining when it is enabled and its objective (what `auto` picks for this base) is one:
+    `auto` picks none for a sentence encoder, whose domain corpus feeds self-training instead."""
+    pretraining = context.config.pretraining
+    if not pretraining.enabled:
+        return None
+    if resolve_objective(pretraining.objective, base_model_dir) is None:
+        progress("· continued pretraining: none for a sentence encoder (pretraining.objective auto); "
+                 "the domain corpus feeds self-training")
+        return None
+    return adapt_to_domain(context, data, base_model_dir, nproc)
 
 
 def adapt_to_domain(context: RunContext, data: LoadedData, base_model_dir: Path, nproc: int = 1) -> PretrainResult:

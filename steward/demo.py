@@ -901,7 +901,7 @@ validation:
   min_examples_per_label: 5      # training rows each label needs
 pretraining:
   enabled: true
-  objective: auto                # MiniLM is a sentence encoder: SimCSE on corpus + training texts
+  objective: auto                # none for a sentence encoder like MiniLM (the corpus feeds self-training)
   max_steps: 40
   max_epochs: 1.0                # passes over corpus + training texts, if that is fewer steps
   batch_size: 16

@@ -12,8 +12,11 @@ labelled training texts: task-adaptive pretraining, Gururangan et al., "Don't St
   way the base pools; the pair is pulled together against the other sentences of the batch (InfoNCE,
   temperature 0.05). Made for sentence encoders: nothing new to learn first, and it trains the very
   pooled vector the classifier reads.
-- `auto` (the default) — `clm` for decoders, `simcse` for a sentence encoder (a base that ships a
-  sentence-transformers pooling config, like the packaged MiniLM), `mlm` otherwise.
+- `auto` (the default) — `clm` for decoders, `mlm` for other encoders, and none for a sentence encoder (a
+  base that ships a sentence-transformers pooling config, like the packaged MiniLM). Such a base was trained
+  contrastively on a billion sentence pairs; in `bench/quality.py` SimCSE on the domain corpus lowered its
+  macro-F1 (Kotzias and fortunes), while self-training on the same corpus (`tasks.self_training`) raised it,
+  so for these bases the corpus goes there. `simcse` and `tsdae` stay one config key away.
 
 Checkpoints in `output_dir` let an interrupted run resume; the finished model is cached under
 `cache_root/<key>/`, the key hashing every input that shapes it. A step's batch (and its masks) depend on
@@ -84,7 +87,7 @@ class PretrainResult:
     model_dir: Path
     cache_hit: bool
     cache_key: str
-    objective: str  # "mlm", "clm" or "simcse" (what `auto` chose, if it was asked)
+    objective: str  # "mlm", "clm", "simcse" or "tsdae" (what `auto` chose, if it was asked)
     steps: int  # optimizer steps in all: head warm-up + full phase (max_steps, or max_epochs passes if fewer)
     head_warmup_steps: int  # 0 when the base checkpoint already had a trained LM head, or for simcse
     heldout_loss_before: float
@@ -191,6 +194,7 @@ def continue_pretraining(
     process, so only with `nproc` 1). `nproc` > 1 trains in that many torchrun workers."""
     started = time.perf_counter()
     job = PretrainJob(Path(base_model_dir), corpus, params, seed, Path(output_dir), Path(cache_root))
+    required_objective(params.objective, job.base_model_dir)  # before any worker starts
     cached_dir = job.cache_root / cache_key(job.base_model_dir, corpus, params, seed)
     if (cached_dir / RESULT_FILE).is_file():
         return _cached_result(cached_dir, time.perf_counter() - started)
@@ -209,19 +213,34 @@ def run_job(job: dict[str, Any], ranks: Ranks) -> dict[str, Any]:
     return result_to_json(run_pretraining(PretrainJob.from_json(job), ranks))
 
 
-def resolve_objective(objective: str, base_model_dir: Path) -> str:
-    """`auto` → `clm` for a decoder, `simcse` for a sentence encoder (it ships a sentence-transformers
-    pooling config), `mlm` otherwise; an explicit objective is kept, after checking it fits the base."""
+def resolve_objective(objective: str, base_model_dir: Path) -> str | None:
+    """`auto` → `clm` for a decoder, None (no continued pretraining) for a sentence encoder (it ships a
+    sentence-transformers pooling config), `mlm` otherwise; an explicit objective is kept, after checking it
+    fits the base."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(str(base_model_dir), local_files_only=True, trust_remote_code=False)
     causal = is_causal_lm(config)
     if objective == "auto":
-        return "clm" if causal else "simcse" if (base_model_dir / POOLING_DIR).is_dir() else "mlm"
+        return "clm" if causal else None if is_sentence_encoder(base_model_dir) else "mlm"
     if (objective == "clm") != causal:
         kind = "a decoder (causal LM)" if causal else "an encoder"
         raise BadInputError(f"pretraining.objective '{objective}' does not fit {base_model_dir}: it is {kind}")
     return objective
+
+
+def is_sentence_encoder(base_model_dir: Path) -> bool:
+    return (Path(base_model_dir) / POOLING_DIR).is_dir()
+
+
+def required_objective(objective: str, base_model_dir: Path) -> str:
+    """The objective to train; bad input when `auto` chooses none for this base."""
+    resolved = resolve_objective(objective, base_model_dir)
+    if resolved is None:
+        raise BadInputError(f"pretraining.objective 'auto' runs no continued pretraining for the sentence encoder "
+                            f"{base_model_dir} (its domain corpus feeds self-training); name one "
+                            f"(simcse, tsdae, mlm) to adapt it anyway")
+    return resolved
 
 
 def run_pretraining(job: PretrainJob, ranks: Ranks, on_step: StepCallback | None = None) -> PretrainResult:
@@ -230,7 +249,7 @@ def run_pretraining(job: PretrainJob, ranks: Ranks, on_step: StepCallback | None
     key = cache_key(job.base_model_dir, job.corpus, job.params, job.seed)
     quiet_transformers()
     device = pick_device(ranks.local_rank)
-    objective = resolve_objective(job.params.objective, job.base_model_dir)
+    objective = required_objective(job.params.objective, job.base_model_dir)
     with deterministic(job.seed):
         recipe = RECIPES[objective](job, key, device, ranks)
         loop = training.train(recipe, ranks, device, f"pretrain ({objective})", on_step=on_step)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -280,3 +281,29 @@ def test_single_stages_pretrain_finetune_evaluate(project: Path, capsys: pytest.
     code, refused = run_json(capsys, "evaluate", "--config", str(project), "--model", "tickets:1")
     assert code == 1
     assert "model.safetensors: sha256 mismatch" in refused["error"]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_auto_gives_a_sentence_encoders_corpus_to_self_training(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A base that ships a sentence-transformers pooling config gets no continued pretraining from `auto`
+    (it lowered MiniLM's macro-F1 in bench/quality.py): fine-tuning starts from the base and the domain
+    corpus feeds self-training. `steward pretrain` on it says so in one line naming the key."""
+    encoder = tmp_path / "sentence-encoder"
+    shutil.copytree(tiny_model_dir, encoder)
+    (encoder / "1_Pooling").mkdir()
+    (encoder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    project = write_project(tmp_path / "project", encoder)
+
+    code, finetuned = run_json(capsys, "finetune", "--config", str(project))
+    assert code == 0
+    with registry_for(project) as registry:
+        recorded = registry.run_metrics(finetuned["run_id"])
+        assert "pretrain_steps" not in recorded and recorded["self_training_pseudo_labels"] > 0
+        types = [event.event_type for event in registry.audit.events("tickets")]
+        assert "domain_adapted" not in types
+
+    code, refused = run_json(capsys, "pretrain", "--config", str(project))
+    assert code == 2
+    assert "pretraining.objective 'auto' runs no continued pretraining for the sentence encoder" in refused["error"]

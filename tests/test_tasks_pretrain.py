@@ -16,7 +16,7 @@ import pytest
 from steward.config import PretrainingConfig
 from steward.errors import BadInputError
 from tasks.data import TextTable, make_table
-from tasks.pretrain import cache_key, continue_pretraining, group_texts
+from tasks.pretrain import cache_key, continue_pretraining, group_texts, resolve_objective
 from tests.tiny_model import build_tiny_bert, tiny_vocab
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -194,15 +194,22 @@ def test_minilm_gets_its_missing_mlm_head_warmed_up(tmp_path: Path) -> None:
 
 
 @pytest.mark.minilm
-def test_auto_adapts_a_sentence_encoder_with_simcse(tmp_path: Path) -> None:
-    """The packaged MiniLM ships a sentence-transformers pooling config: `auto` picks SimCSE, which trains
-    no new head and lowers the held-out contrastive loss; the adapted checkpoint keeps the pooling config."""
+def test_simcse_adapts_a_sentence_encoder_and_auto_leaves_it_alone(tmp_path: Path) -> None:
+    """The packaged MiniLM ships a sentence-transformers pooling config: `auto` runs no continued pretraining
+    on it (one line naming the key), while an explicit `simcse` trains no new head and lowers the held-out
+    contrastive loss; the adapted checkpoint keeps the pooling config."""
     from tasks.modeling import resolve_base_model
 
+    minilm = resolve_base_model("minilm")
     params = PretrainingConfig(max_steps=6, max_epochs=1_000, batch_size=8, max_seq_length=48, save_steps=50)
     distinct = sorted({f"{first} {second}" for first in SUPPORT_SENTENCES for second in SUPPORT_SENTENCES})
     corpus = make_table("corpus", Path("support.txt"), distinct, None, {})
-    result = continue_pretraining.fn(resolve_base_model("minilm"), corpus, params, 0, tmp_path / "o", tmp_path / "c")
+    assert resolve_objective("auto", minilm) is None
+    with pytest.raises(BadInputError, match=r"pretraining.objective 'auto' runs no continued pretraining for the "
+                                            r"sentence encoder .*name one \(simcse, tsdae, mlm\)"):
+        continue_pretraining.fn(minilm, corpus, params, 0, tmp_path / "auto", tmp_path / "c")
+    simcse = params.model_copy(update={"objective": "simcse"})
+    result = continue_pretraining.fn(minilm, corpus, simcse, 0, tmp_path / "o", tmp_path / "c")
     assert (result.objective, result.head_warmup_steps, result.steps) == ("simcse", 0, 6)
     assert result.perplexity_before is None and result.perplexity_after is None
     assert result.heldout_loss_after < result.heldout_loss_before
