@@ -288,7 +288,7 @@ def test_auto_gives_a_sentence_encoders_corpus_to_self_training(
     tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A base that ships a sentence-transformers pooling config gets no continued pretraining from `auto`
-    (it lowered MiniLM's macro-F1 in bench/quality.py): fine-tuning starts from the base and the domain
+    (it did not reliably pay for MiniLM in bench/quality.py): fine-tuning starts from the base and the domain
     corpus feeds self-training. `steward pretrain` on it says so in one line naming the key."""
     encoder = tmp_path / "sentence-encoder"
     shutil.copytree(tiny_model_dir, encoder)
