@@ -217,15 +217,15 @@ def self_training_round(context: RunContext, data: LoadedData, start_dir: Path, 
         result = outcome.result
         if first.resumed_from_epoch is not None:  # a resumed first fine-tuning stays reported, whichever is kept
             result = replace(result, resumed_from_epoch=first.resumed_from_epoch)
-        if outcome.kept_second:  # out of the work folder before it is released; the first model is not needed
+        if outcome.kept_candidate:  # out of the work folder before it is released; the first model is not needed
             held = work_dir.with_name(f"{work_dir.name}-{context.run.id}.kept")
             result = replace(result, model_dir=Path(shutil.move(result.model_dir, held)))
             shutil.rmtree(first.model_dir, ignore_errors=True)
     context.registry.log_metrics(run_id=context.run.id, dataset_id=data.dataset_ids["validation"], metrics={
         "self_training_pseudo_labels": float(outcome.pseudo_labels),
         "self_training_validation_before": outcome.first_score,
-        "self_training_validation_after": outcome.second_score,
-        "self_training_kept": float(outcome.kept_second),
+        "self_training_validation_after": outcome.candidate_score,
+        "self_training_kept": float(outcome.kept_candidate),
     })
     return result
 

@@ -10,26 +10,50 @@ Understanding", NAACL 2021).
    not fed back to it.
 3. Fine-tuning runs again from the same encoder (a fresh student, as in Noisy Student, not the first model) on
    the labels and the pseudo-labels, with the same validation split, early stopping and temperature scaling.
-4. The second model is kept when its validation score is at least the first's; otherwise the first is.
+4. The candidate is the weight average of the first model and the student (Wortsman et al., "Model soups",
+   ICML 2022: fine-tuned from the same encoder, the two stay in one basin, and their average is one model of
+   the same size), its temperature fitted again on validation.
+5. The candidate is kept unless it is significantly worse than the first model on validation (a paired
+   bootstrap of the primary metric, one-sided 95%); otherwise the first model is.
+
+Why 4 and 5, measured on fortunes (12 classes, 40 labels per class, seeds 0-2, 1,200 test rows): the student
+gained +0.015, +0.002 and +0.009 macro-F1 on test over the first model, the average +0.008, +0.013 and +0.015;
+but on a 120-row validation split, whose noise (±0.04) dwarfs such gains, the rule "keep the student when it
+validates at least as well" kept it in one seed of three. The guard is there to catch a self-training that
+went wrong, which a validation split of that size can see, not to pick between models it cannot tell apart.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tasks.classifier import batched_logits, calibrated, encode, load_saved_classifier
+from tasks.classifier import (
+    Classifier,
+    accuracy_and_macro_f1,
+    batched_logits,
+    calibrated,
+    encode,
+    load_saved_classifier,
+    save_classifier,
+)
 from tasks.data import make_table
-from tasks.finetune import FineTuneResult, fine_tune
+from tasks.finetune import FineTuneResult, fine_tune, fit_temperature
 from tasks.modeling import pick_device
 
 if TYPE_CHECKING:
+    import torch
+
     from steward.config import FinetuningConfig, SelfTrainingConfig
     from tasks.data import TextTable
 
 SCORING_BATCH = 64
+GUARD_RESAMPLES = 2_000  # paired bootstrap resamples of the validation split
+GUARD_CONFIDENCE = 0.95  # refuse the candidate when it scores below the first model in this share of them
+STUDENT_DIR, AVERAGED_DIR = "student", "averaged"
 
 
 @dataclass(frozen=True)
@@ -37,8 +61,22 @@ class SelfTrainingOutcome:
     result: FineTuneResult  # the model kept
     pseudo_labels: int  # corpus rows added to the training set
     first_score: float  # validation primary metric of the model trained on the labels alone
-    second_score: float  # and of the one trained with the pseudo-labels too
-    kept_second: bool
+    candidate_score: float  # and of the candidate: the average of that model and the student
+    kept_candidate: bool
+
+
+@dataclass(frozen=True)
+class ValidationPredictions:
+    """A saved model's class ids for the validation rows, beside the true ones."""
+
+    truth: list[int]
+    predicted: list[int]
+
+    def score(self, metric: str, rows: list[int] | None = None) -> float:
+        picked = range(len(self.truth)) if rows is None else rows
+        accuracy, macro_f1 = accuracy_and_macro_f1([self.truth[i] for i in picked],
+                                                   [self.predicted[i] for i in picked])
+        return {"accuracy": accuracy, "macro_f1": macro_f1}[metric]
 
 
 def pseudo_labelled(model_dir: Path, train: TextTable, corpus: TextTable, params: SelfTrainingConfig,
@@ -73,12 +111,67 @@ def with_rows(train: TextTable, extra: TextTable) -> TextTable:
 def self_train(first: FineTuneResult, start_dir: Path, train: TextTable, validation: TextTable, corpus: TextTable,
                params: FinetuningConfig, seed: int, output_dir: Path, primary_metric: str,
                nproc: int = 1) -> SelfTrainingOutcome:
-    """One round of self-training after `first` (see the module doc); the second model goes to `output_dir`."""
+    """One round of self-training after `first` (see the module doc); the candidate, when kept, is saved in a
+    folder under `output_dir`."""
     pseudo = pseudo_labelled(first.model_dir, train, corpus, params.self_training, params.max_seq_length, seed)
     if pseudo.rows == 0:
         return SelfTrainingOutcome(first, 0, first.best_score, first.best_score, False)
-    second = fine_tune(start_dir, with_rows(train, pseudo), validation, params, seed, output_dir=output_dir,
-                       primary_metric=primary_metric, nproc=nproc)
-    kept_second = second.best_score >= first.best_score
-    return SelfTrainingOutcome(second if kept_second else first, pseudo.rows, first.best_score, second.best_score,
-                               kept_second)
+    student = fine_tune(start_dir, with_rows(train, pseudo), validation, params, seed,
+                        output_dir=output_dir / STUDENT_DIR, primary_metric=primary_metric, nproc=nproc)
+    candidate, candidate_predictions = averaged([first.model_dir, student.model_dir], validation,
+                                                params.max_seq_length, output_dir / AVERAGED_DIR)
+    shutil.rmtree(student.model_dir)  # its weights live on in the candidate
+    first_predictions = validation_predictions(first.model_dir, validation, params.max_seq_length)
+    candidate_score = candidate_predictions.score(primary_metric)
+    if significantly_worse(candidate_predictions, first_predictions, primary_metric, seed):
+        shutil.rmtree(output_dir / AVERAGED_DIR)
+        return SelfTrainingOutcome(first, pseudo.rows, first.best_score, candidate_score, False)
+    # the student's training curves, the candidate's weights, validation score and temperature
+    kept = replace(student, model_dir=output_dir / AVERAGED_DIR, best_score=candidate_score,
+                   temperature=candidate.temperature)
+    return SelfTrainingOutcome(kept, pseudo.rows, first.best_score, candidate_score, True)
+
+
+def averaged(model_dirs: list[Path], validation: TextTable, max_seq_length: int,
+             output_dir: Path) -> tuple[Classifier, ValidationPredictions]:
+    """The classifier whose weights are the mean of those saved in `model_dirs` (fine-tuned from one encoder,
+    on one label set), its temperature fitted on `validation`, saved to `output_dir`."""
+    import torch
+
+    device = pick_device()
+    classifiers = [load_saved_classifier(model_dir, max_seq_length, device) for model_dir in model_dirs]
+    states = [classifier.model.state_dict() for classifier in classifiers]
+    merged = classifiers[0]
+    merged.model.load_state_dict({
+        name: torch.stack([state[name] for state in states]).mean(dim=0) if tensor.is_floating_point() else tensor
+        for name, tensor in states[0].items()
+    })
+    logits, truth = validation_logits(merged, validation)
+    merged.temperature = fit_temperature(logits, truth)
+    save_classifier(merged, output_dir)
+    return merged, ValidationPredictions(truth, logits.argmax(dim=-1).tolist())
+
+
+def validation_predictions(model_dir: Path, validation: TextTable, max_seq_length: int) -> ValidationPredictions:
+    logits, truth = validation_logits(load_saved_classifier(model_dir, max_seq_length, pick_device()), validation)
+    return ValidationPredictions(truth, logits.argmax(dim=-1).tolist())
+
+
+def validation_logits(classifier: Classifier, validation: TextTable) -> tuple[torch.Tensor, list[int]]:
+    """The classifier's logits for the validation rows, and their true class ids."""
+    examples = encode(classifier, *validation.complete_rows())
+    logits, _ = batched_logits(classifier, examples, SCORING_BATCH, pick_device())
+    return logits, [example["labels"] for example in examples]
+
+
+def significantly_worse(candidate: ValidationPredictions, reference: ValidationPredictions, metric: str,
+                        seed: int) -> bool:
+    """Whether `candidate` scores below `reference` in at least `GUARD_CONFIDENCE` of paired bootstrap resamples
+    of the validation rows: worse beyond what the split's own noise explains."""
+    rows = len(candidate.truth)
+    generator = random.Random(seed)
+    below = 0
+    for _ in range(GUARD_RESAMPLES):
+        sample = generator.choices(range(rows), k=rows)
+        below += candidate.score(metric, sample) < reference.score(metric, sample)
+    return below >= GUARD_CONFIDENCE * GUARD_RESAMPLES

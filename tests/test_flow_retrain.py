@@ -116,10 +116,11 @@ def test_first_run_registers_a_champion_and_second_run_compares(
         recorded = registry.run_metrics(run.id)
         assert recorded["classical_baseline_macro_f1"] == second["classical_baseline_metrics"]["macro_f1"]
         assert recorded["classical_baseline_accuracy"] == second["classical_baseline_metrics"]["accuracy"]
-        # self-training on the corpus: pseudo-labels added, and the model kept the better on validation
+        # self-training on the corpus: pseudo-labels added, and the average of the first model and the student
+        # kept, as it is not significantly worse on validation (separable tickets: both are near perfect)
         assert 0 < recorded["self_training_pseudo_labels"] <= 2 * 150
-        kept_second = recorded["self_training_validation_after"] >= recorded["self_training_validation_before"]
-        assert recorded["self_training_kept"] == float(kept_second)
+        assert recorded["self_training_kept"] == 1.0
+        assert recorded["self_training_validation_after"] >= recorded["self_training_validation_before"] - 0.1
         assert registry.audit.verify().ok
         types = [event.event_type for event in registry.audit.events("tickets")]
         assert types.count("stage_completed") >= 14

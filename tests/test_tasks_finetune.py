@@ -257,3 +257,38 @@ def test_pseudo_labels_are_confident_class_balanced_and_new(trained: FineTuneRes
     strict = pseudo_labelled(trained.model_dir, TRAIN, corpus, SelfTrainingConfig(ratio=0.5, min_confidence=1.0),
                              32, SEED)
     assert strict.rows < pseudo.rows
+
+
+def test_the_guard_refuses_only_a_candidate_worse_beyond_validation_noise() -> None:
+    from tasks.self_training import ValidationPredictions, significantly_worse
+
+    truth = [row % 3 for row in range(120)]
+    reference = ValidationPredictions(truth, [label if row % 4 else (label + 1) % 3 for row, label in enumerate(truth)])
+    one_more_miss = ValidationPredictions(truth, [(label + 1) % 3 if row == 1 else label
+                                                  for row, label in enumerate(reference.predicted)])
+    half_wrong = ValidationPredictions(truth, [label if row % 2 else (label + 1) % 3
+                                               for row, label in enumerate(truth)])
+    assert not significantly_worse(reference, reference, "macro_f1", SEED)
+    assert not significantly_worse(one_more_miss, reference, "macro_f1", SEED)  # 74% vs 75% right: noise
+    assert significantly_worse(half_wrong, reference, "accuracy", SEED)  # 50% vs 75%
+    assert not significantly_worse(reference, half_wrong, "macro_f1", SEED)
+
+
+def test_self_training_keeps_the_average_of_the_first_model_and_the_student(
+    trained: FineTuneResult, tiny_model_dir: Path, tmp_path: Path, prefect_harness: None
+) -> None:
+    from tasks.classifier import load_saved_classifier
+    from tasks.modeling import pick_device
+    from tasks.self_training import self_train
+
+    corpus = make_table("corpus", Path("corpus.txt"), tickets("corpus", 120, 31).texts, None, {})
+    outcome = self_train(trained, tiny_model_dir, TRAIN, VALIDATION, corpus, PARAMS, SEED, tmp_path, "macro_f1")
+
+    assert outcome.kept_candidate and 0 < outcome.pseudo_labels <= 2 * 150
+    assert outcome.result.model_dir.parent == tmp_path and outcome.result.best_score == outcome.candidate_score
+    assert [path.name for path in tmp_path.iterdir()] == [outcome.result.model_dir.name]  # the student is gone
+    first = load_saved_classifier(trained.model_dir, 32, pick_device()).model.state_dict()
+    kept = load_saved_classifier(outcome.result.model_dir, 32, pick_device())
+    assert kept.temperature == outcome.result.temperature
+    assert not torch.equal(kept.model.state_dict()["head.weight"], first["head.weight"])
+    assert evaluate_model.fn(outcome.result.model_dir, TEST, 32).macro_f1 > 0.8
