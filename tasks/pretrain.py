@@ -16,9 +16,9 @@ labelled training texts: task-adaptive pretraining, Gururangan et al., "Don't St
   base that ships a sentence-transformers pooling config, like the packaged MiniLM). Such a base was trained
   contrastively on a billion sentence pairs, and in `bench/quality.py` SimCSE on the domain corpus did not
   reliably pay for it: −0.005 macro-F1 over 3 seeds and −0.020 on another on Kotzias, +0.006 over 2 seeds
-  on fortunes (−0.001 and +0.013). Self-training on the same corpus (`tasks.self_training`) cannot do worse on
-  validation (its model is kept only when it validates at least as well), so for these bases the corpus
-  goes there and the pretraining steps are saved. `simcse` and `tsdae` stay one config key away.
+  on fortunes (−0.001 and +0.013). Self-training on the same corpus (`tasks.self_training`) costs no
+  pretraining steps and is refused when it validates significantly worse, so for these bases the corpus
+  goes there. `simcse` and `tsdae` stay one config key away.
 
 Checkpoints in `output_dir` let an interrupted run resume; the finished model is cached under
 `cache_root/<key>/`, the key hashing every input that shapes it. A step's batch (and its masks) depend on
