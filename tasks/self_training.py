@@ -31,20 +31,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tasks.classifier import (
-    Classifier,
-    accuracy_and_macro_f1,
-    batched_logits,
-    calibrated,
-    encode,
-    load_saved_classifier,
-    save_classifier,
-)
+from tasks.classifier import batched_logits, calibrated, encode, load_saved_classifier, save_classifier
 from tasks.data import make_table
 from tasks.finetune import FineTuneResult, fine_tune, fit_temperature
 from tasks.modeling import pick_device
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
     from steward.config import FinetuningConfig, SelfTrainingConfig
@@ -66,17 +59,12 @@ class SelfTrainingOutcome:
 
 
 @dataclass(frozen=True)
-class ValidationPredictions:
-    """A saved model's class ids for the validation rows, beside the true ones."""
+class ValidationComparison:
+    """The first model's and the candidate's class ids for the validation rows, beside the true ones."""
 
-    truth: list[int]
-    predicted: list[int]
-
-    def score(self, metric: str, rows: list[int] | None = None) -> float:
-        picked = range(len(self.truth)) if rows is None else rows
-        accuracy, macro_f1 = accuracy_and_macro_f1([self.truth[i] for i in picked],
-                                                   [self.predicted[i] for i in picked])
-        return {"accuracy": accuracy, "macro_f1": macro_f1}[metric]
+    truth: np.ndarray
+    first: np.ndarray
+    candidate: np.ndarray
 
 
 def pseudo_labelled(model_dir: Path, train: TextTable, corpus: TextTable, params: SelfTrainingConfig,
@@ -118,60 +106,70 @@ def self_train(first: FineTuneResult, start_dir: Path, train: TextTable, validat
         return SelfTrainingOutcome(first, 0, first.best_score, first.best_score, False)
     student = fine_tune(start_dir, with_rows(train, pseudo), validation, params, seed,
                         output_dir=output_dir / STUDENT_DIR, primary_metric=primary_metric, nproc=nproc)
-    candidate, candidate_predictions = averaged([first.model_dir, student.model_dir], validation,
-                                                params.max_seq_length, output_dir / AVERAGED_DIR)
+    candidate_dir = output_dir / AVERAGED_DIR
+    temperature, comparison = averaged_candidate(first.model_dir, student.model_dir, validation,
+                                                 params.max_seq_length, candidate_dir)
     shutil.rmtree(student.model_dir)  # its weights live on in the candidate
-    first_predictions = validation_predictions(first.model_dir, validation, params.max_seq_length)
-    candidate_score = candidate_predictions.score(primary_metric)
-    if significantly_worse(candidate_predictions, first_predictions, primary_metric, seed):
-        shutil.rmtree(output_dir / AVERAGED_DIR)
+    candidate_score = float(resampled_scores(comparison.truth[None], comparison.candidate[None], primary_metric)[0])
+    if significantly_worse(comparison, primary_metric, seed):
+        shutil.rmtree(candidate_dir)
         return SelfTrainingOutcome(first, pseudo.rows, first.best_score, candidate_score, False)
     # the student's training curves, the candidate's weights, validation score and temperature
-    kept = replace(student, model_dir=output_dir / AVERAGED_DIR, best_score=candidate_score,
-                   temperature=candidate.temperature)
+    kept = replace(student, model_dir=candidate_dir, best_score=candidate_score, temperature=temperature)
     return SelfTrainingOutcome(kept, pseudo.rows, first.best_score, candidate_score, True)
 
 
-def averaged(model_dirs: list[Path], validation: TextTable, max_seq_length: int,
-             output_dir: Path) -> tuple[Classifier, ValidationPredictions]:
-    """The classifier whose weights are the mean of those saved in `model_dirs` (fine-tuned from one encoder,
-    on one label set), its temperature fitted on `validation`, saved to `output_dir`."""
-    import torch
+def averaged_candidate(first_dir: Path, student_dir: Path, validation: TextTable, max_seq_length: int,
+                       output_dir: Path) -> tuple[float, ValidationComparison]:
+    """Save to `output_dir` the classifier whose weights are the mean of the first model's and the student's,
+    its temperature fitted on `validation`; return that temperature and both models' validation predictions."""
+    import numpy as np
 
     device = pick_device()
-    classifiers = [load_saved_classifier(model_dir, max_seq_length, device) for model_dir in model_dirs]
-    states = [classifier.model.state_dict() for classifier in classifiers]
-    merged = classifiers[0]
-    merged.model.load_state_dict({
-        name: torch.stack([state[name] for state in states]).mean(dim=0) if tensor.is_floating_point() else tensor
-        for name, tensor in states[0].items()
-    })
-    logits, truth = validation_logits(merged, validation)
-    merged.temperature = fit_temperature(logits, truth)
-    save_classifier(merged, output_dir)
-    return merged, ValidationPredictions(truth, logits.argmax(dim=-1).tolist())
-
-
-def validation_predictions(model_dir: Path, validation: TextTable, max_seq_length: int) -> ValidationPredictions:
-    logits, truth = validation_logits(load_saved_classifier(model_dir, max_seq_length, pick_device()), validation)
-    return ValidationPredictions(truth, logits.argmax(dim=-1).tolist())
-
-
-def validation_logits(classifier: Classifier, validation: TextTable) -> tuple[torch.Tensor, list[int]]:
-    """The classifier's logits for the validation rows, and their true class ids."""
+    classifier = load_saved_classifier(first_dir, max_seq_length, device)
     examples = encode(classifier, *validation.complete_rows())
-    logits, _ = batched_logits(classifier, examples, SCORING_BATCH, pick_device())
-    return logits, [example["labels"] for example in examples]
+    first_logits, _ = batched_logits(classifier, examples, SCORING_BATCH, device)
+    average_weights(classifier.model, load_saved_classifier(student_dir, max_seq_length, device).model)
+    logits, _ = batched_logits(classifier, examples, SCORING_BATCH, device)
+    truth = [example["labels"] for example in examples]
+    classifier.temperature = fit_temperature(logits, truth)
+    save_classifier(classifier, output_dir)
+    return classifier.temperature, ValidationComparison(np.array(truth), first_logits.argmax(dim=-1).numpy(),
+                                                        logits.argmax(dim=-1).numpy())
 
 
-def significantly_worse(candidate: ValidationPredictions, reference: ValidationPredictions, metric: str,
-                        seed: int) -> bool:
-    """Whether `candidate` scores below `reference` in at least `GUARD_CONFIDENCE` of paired bootstrap resamples
-    of the validation rows: worse beyond what the split's own noise explains."""
-    rows = len(candidate.truth)
-    generator = random.Random(seed)
-    below = 0
-    for _ in range(GUARD_RESAMPLES):
-        sample = generator.choices(range(rows), k=rows)
-        below += candidate.score(metric, sample) < reference.score(metric, sample)
-    return below >= GUARD_CONFIDENCE * GUARD_RESAMPLES
+def average_weights(model: torch.nn.Module, other: torch.nn.Module) -> None:
+    """Set `model`'s floating-point weights to the mean of its own and `other`'s (the same architecture)."""
+    others = other.state_dict()
+    model.load_state_dict({name: (tensor + others[name]) / 2 if tensor.is_floating_point() else tensor
+                           for name, tensor in model.state_dict().items()})
+
+
+def significantly_worse(comparison: ValidationComparison, metric: str, seed: int) -> bool:
+    """Whether the candidate scores below the first model in at least `GUARD_CONFIDENCE` of paired bootstrap
+    resamples of the validation rows: worse beyond what the split's own noise explains."""
+    import numpy as np
+
+    rows = len(comparison.truth)
+    samples = np.random.default_rng(seed).integers(0, rows, size=(GUARD_RESAMPLES, rows))
+    truth = comparison.truth[samples]
+    below = (resampled_scores(truth, comparison.candidate[samples], metric)
+             < resampled_scores(truth, comparison.first[samples], metric))
+    return float(below.mean()) >= GUARD_CONFIDENCE
+
+
+def resampled_scores(truth: np.ndarray, predicted: np.ndarray, metric: str) -> np.ndarray:
+    """The metric of each row of (truth, predicted) class-id matrices, at once: accuracy, or macro F1 over the
+    classes in that row's truth or predictions (sklearn's definition; its per-call cost would make 2,000
+    resamples take seconds)."""
+    import numpy as np
+
+    if metric == "accuracy":
+        return (truth == predicted).mean(axis=1)
+    f1_sum, classes_present = np.zeros(len(truth)), np.zeros(len(truth))
+    for class_id in np.union1d(truth, predicted):
+        in_truth, in_predicted = truth == class_id, predicted == class_id
+        counted = in_truth.sum(axis=1) + in_predicted.sum(axis=1)
+        f1_sum += 2 * (in_truth & in_predicted).sum(axis=1) / np.maximum(counted, 1)
+        classes_present += counted > 0
+    return f1_sum / classes_present

@@ -260,18 +260,51 @@ def test_pseudo_labels_are_confident_class_balanced_and_new(trained: FineTuneRes
 
 
 def test_the_guard_refuses_only_a_candidate_worse_beyond_validation_noise() -> None:
-    from tasks.self_training import ValidationPredictions, significantly_worse
+    import numpy as np
 
-    truth = [row % 3 for row in range(120)]
-    reference = ValidationPredictions(truth, [label if row % 4 else (label + 1) % 3 for row, label in enumerate(truth)])
-    one_more_miss = ValidationPredictions(truth, [(label + 1) % 3 if row == 1 else label
-                                                  for row, label in enumerate(reference.predicted)])
-    half_wrong = ValidationPredictions(truth, [label if row % 2 else (label + 1) % 3
-                                               for row, label in enumerate(truth)])
-    assert not significantly_worse(reference, reference, "macro_f1", SEED)
-    assert not significantly_worse(one_more_miss, reference, "macro_f1", SEED)  # 74% vs 75% right: noise
-    assert significantly_worse(half_wrong, reference, "accuracy", SEED)  # 50% vs 75%
-    assert not significantly_worse(reference, half_wrong, "macro_f1", SEED)
+    from tasks.self_training import ValidationComparison, significantly_worse
+
+    truth = np.arange(120) % 3
+    wrong = (truth + 1) % 3
+    first = np.where(np.arange(120) % 4 > 0, truth, wrong)  # 75% right
+    one_more_miss = np.where(np.arange(120) == 1, wrong, first)  # 74% right
+    half_wrong = np.where(np.arange(120) % 2 > 0, truth, wrong)  # 50% right
+    assert not significantly_worse(ValidationComparison(truth, first, first), "macro_f1", SEED)
+    assert not significantly_worse(ValidationComparison(truth, first, one_more_miss), "macro_f1", SEED)
+    assert significantly_worse(ValidationComparison(truth, first, half_wrong), "accuracy", SEED)
+    assert significantly_worse(ValidationComparison(truth, first, half_wrong), "macro_f1", SEED)
+    assert not significantly_worse(ValidationComparison(truth, half_wrong, first), "macro_f1", SEED)
+
+
+def test_resampled_scores_are_sklearns_accuracy_and_macro_f1() -> None:
+    import numpy as np
+
+    from tasks.classifier import accuracy_and_macro_f1
+    from tasks.self_training import resampled_scores
+
+    rng = np.random.default_rng(SEED)
+    truth, predicted = rng.integers(0, 5, size=(50, 30)), rng.integers(0, 6, size=(50, 30))  # class 5: predicted only
+    truth[0] = predicted[0] = 2  # one class alone in the row, all right
+    expected = [accuracy_and_macro_f1(row_truth.tolist(), row_predicted.tolist())
+                for row_truth, row_predicted in zip(truth, predicted, strict=True)]
+    assert np.allclose(resampled_scores(truth, predicted, "accuracy"), [accuracy for accuracy, _ in expected])
+    assert np.allclose(resampled_scores(truth, predicted, "macro_f1"), [macro_f1 for _, macro_f1 in expected])
+
+
+def test_averaged_weights_are_the_mean_of_the_two_models(trained: FineTuneResult) -> None:
+    from tasks.classifier import load_saved_classifier
+    from tasks.modeling import pick_device
+    from tasks.self_training import average_weights
+
+    first = load_saved_classifier(trained.model_dir, 32, pick_device()).model
+    other = load_saved_classifier(trained.model_dir, 32, pick_device()).model
+    with torch.no_grad():
+        for tensor in other.parameters():
+            tensor.add_(1.0)
+    before = {name: tensor.clone() for name, tensor in first.state_dict().items()}
+    average_weights(first, other)
+    after = first.state_dict()
+    assert all(torch.allclose(after[name], before[name] + 0.5) for name, _ in first.named_parameters())
 
 
 def test_self_training_keeps_the_average_of_the_first_model_and_the_student(
