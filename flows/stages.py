@@ -49,7 +49,6 @@ class LoadedData:
 class ChampionScore:
     version: ModelVersionRecord
     metrics: dict[str, float]
-    reused_stored_metrics: bool
 
 
 def _record(context: RunContext, table: TextTable) -> int:
@@ -141,8 +140,9 @@ def adapt_if_configured(context: RunContext, data: LoadedData, base_model_dir: P
     if not pretraining.enabled:
         return None
     if resolve_objective(pretraining.objective, base_model_dir) is None:
-        progress("· continued pretraining: none for a sentence encoder (pretraining.objective auto); "
-                 "the domain corpus feeds self-training")
+        feeds_self_training = data.corpus is not None and context.config.finetuning.self_training.enabled
+        progress("· continued pretraining: none for a sentence encoder (pretraining.objective auto)"
+                 + ("; the domain corpus feeds self-training" if feeds_self_training else ""))
         return None
     return adapt_to_domain(context, data, base_model_dir, nproc)
 
@@ -213,7 +213,7 @@ def self_training_round(context: RunContext, data: LoadedData, start_dir: Path, 
     config = context.config
     with context.workspace.claimed_work_dir("self-training", context.run.id) as work_dir:
         outcome = self_train(first, start_dir, data.train, data.validation, data.corpus, config.finetuning,
-                             config.seed, work_dir, config.evaluation.primary_metric, nproc)
+                             config.seed, work_dir, config.evaluation.primary_metric, nproc, test=data.test)
         result = outcome.result
         if first.resumed_from_epoch is not None:  # a resumed first fine-tuning stays reported, whichever is kept
             result = replace(result, resumed_from_epoch=first.resumed_from_epoch)
@@ -240,9 +240,7 @@ def fit_baseline(context: RunContext, data: LoadedData) -> BaselineResult:
     run and the test set (`classical_baseline_macro_f1`, ...), the floor of `min_score: baseline`."""
     config = context.config
     with stage(context, "classical baseline"):
-        result = fit_classical_baseline(
-            data.train, data.validation, data.test, config.evaluation.primary_metric, config.seed,
-        )
+        result = fit_classical_baseline(data.train, data.validation, data.test, config.evaluation.primary_metric)
         context.registry.log_metrics(
             run_id=context.run.id, dataset_id=data.dataset_ids["test"], metrics=result.registry_metrics(),
         )
@@ -328,10 +326,10 @@ def score_champion(context: RunContext, data: LoadedData) -> ChampionScore | Non
         detail = registry.get_version(config.name, champion.version)
         champion_test = detail.datasets.get("test")
         if champion_test is not None and champion_test.fingerprint == data.test.fingerprint:
-            return ChampionScore(champion, registry.metrics_for_version(champion.id), True)
+            return ChampionScore(champion, registry.metrics_for_version(champion.id))
         verify_files(Path(champion.artifact_path), detail.recorded_hashes)
         evaluation = evaluate_model(Path(champion.artifact_path), data.test, config.finetuning.max_seq_length)
-        return ChampionScore(champion, evaluation.headline(), False)
+        return ChampionScore(champion, evaluation.headline())
 
 
 def apply_gate(

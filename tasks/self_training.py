@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import random
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -68,13 +69,17 @@ class ValidationComparison:
 
 
 def pseudo_labelled(model_dir: Path, train: TextTable, corpus: TextTable, params: SelfTrainingConfig,
-                    max_seq_length: int, seed: int) -> TextTable:
-    """The corpus rows the model in `model_dir` labels most confidently, class-balanced (see the module doc)."""
-    device = pick_device()
-    classifier = load_saved_classifier(model_dir, max_seq_length, device)
-    known = set(train.present_texts())
+                    max_seq_length: int, seed: int, held_out: Sequence[TextTable] = ()) -> TextTable:
+    """The corpus rows the model in `model_dir` labels most confidently, class-balanced (see the module doc).
+    Texts of `train` and of the `held_out` tables (validation, test) are never pseudo-labelled: a held-out text
+    trained on would flatter the scores that judge the model."""
+    known = {text for table in (train, *held_out) for text in table.present_texts()}
     pool = [text for text in dict.fromkeys(corpus.present_texts()) if text not in known]
     texts = random.Random(seed).sample(pool, min(params.max_corpus_rows, len(pool)))
+    if not texts:  # a corpus of labelled texts only (TAPT-style) has nothing new to label
+        return make_table("pseudo-labelled", corpus.source, [], [], train.schema)
+    device = pick_device()
+    classifier = load_saved_classifier(model_dir, max_seq_length, device)
     logits, _ = batched_logits(classifier, encode(classifier, texts), SCORING_BATCH, device)
     confidence, predicted = calibrated(logits, classifier.temperature).max(dim=-1)
     _, labels = train.complete_rows()
@@ -98,10 +103,12 @@ def with_rows(train: TextTable, extra: TextTable) -> TextTable:
 
 def self_train(first: FineTuneResult, start_dir: Path, train: TextTable, validation: TextTable, corpus: TextTable,
                params: FinetuningConfig, seed: int, output_dir: Path, primary_metric: str,
-               nproc: int = 1) -> SelfTrainingOutcome:
+               nproc: int = 1, test: TextTable | None = None) -> SelfTrainingOutcome:
     """One round of self-training after `first` (see the module doc); the candidate, when kept, is saved in a
-    folder under `output_dir`."""
-    pseudo = pseudo_labelled(first.model_dir, train, corpus, params.self_training, params.max_seq_length, seed)
+    folder under `output_dir`. Validation and `test` texts in the corpus are left unlabelled."""
+    held_out = (validation,) if test is None else (validation, test)
+    pseudo = pseudo_labelled(first.model_dir, train, corpus, params.self_training, params.max_seq_length, seed,
+                             held_out)
     if pseudo.rows == 0:
         return SelfTrainingOutcome(first, 0, first.best_score, first.best_score, False)
     student = fine_tune(start_dir, with_rows(train, pseudo), validation, params, seed,

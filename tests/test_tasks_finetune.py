@@ -259,6 +259,18 @@ def test_pseudo_labels_are_confident_class_balanced_and_new(trained: FineTuneRes
     assert strict.rows < pseudo.rows
 
 
+def test_held_out_texts_are_never_pseudo_labelled(trained: FineTuneResult) -> None:
+    from steward.config import SelfTrainingConfig
+    from tasks.self_training import pseudo_labelled
+
+    params = SelfTrainingConfig(ratio=1.0, min_confidence=0.0)
+    corpus = make_table("corpus", Path("corpus.txt"), [*VALIDATION.texts, *TEST.texts], None, {})
+    assert pseudo_labelled(trained.model_dir, TRAIN, corpus, params, 32, SEED).rows > 0  # they would be labelled
+    assert pseudo_labelled(trained.model_dir, TRAIN, corpus, params, 32, SEED, (VALIDATION, TEST)).rows == 0
+    labelled_only = make_table("corpus", Path("corpus.txt"), TRAIN.texts, None, {})  # TAPT-style: nothing new
+    assert pseudo_labelled(trained.model_dir, TRAIN, labelled_only, params, 32, SEED).rows == 0
+
+
 def test_the_guard_refuses_only_a_candidate_worse_beyond_validation_noise() -> None:
     import numpy as np
 
