@@ -7,6 +7,7 @@ standard library at load time; each command imports what it needs when it runs.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -46,6 +47,16 @@ def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got '{text}'")
     return int(text)
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not seconds > 0 or math.isinf(seconds):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got '{text}'")
+    return seconds
 
 
 def _form_option(parser: argparse.ArgumentParser) -> None:
@@ -132,7 +143,7 @@ def _add_stage_commands(commands: argparse._SubParsersAction) -> None:
     serve_model.add_argument("--host", default="127.0.0.1")
     serve_model.add_argument("--port", type=_positive_int, default=8000)
     serve_model.add_argument("--token-file", metavar="FILE", help="bearer token (default: $STEWARD_API_TOKEN)")
-    serve_model.add_argument("--poll-seconds", type=float, default=2.0, metavar="S",
+    serve_model.add_argument("--poll-seconds", type=_positive_seconds, default=2.0, metavar="S",
                              help="how often the alias is checked for a new version")
     _form_option(serve_model)
     serve_model.set_defaults(handler=_lazy("steward.commands.serving", "serve_model"))
@@ -188,7 +199,7 @@ def _add_audit_commands(commands: argparse._SubParsersAction) -> None:
 
     log = actions.add_parser("log", help="audit events, newest last")
     log.add_argument("name", nargs="?", help="only events of this model")
-    log.add_argument("--limit", type=int, default=None)
+    log.add_argument("--limit", type=_positive_int, default=None)
     _common(log)
     log.set_defaults(handler=_lazy(module, "log"))
 

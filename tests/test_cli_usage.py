@@ -55,6 +55,26 @@ def test_missing_required_option_is_exit_2(capsys: pytest.CaptureFixture[str]) -
 
 
 @pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["audit", "log", "--limit", "0"], "argument --limit: expected a whole number of at least 1, got '0'"),
+        (["audit", "log", "--limit", "-5"], "argument --limit: expected a whole number of at least 1, got '-5'"),
+        (["serve-model", "--model", "tickets@champion", "--poll-seconds", "0"],
+         "argument --poll-seconds: expected a number of seconds above 0, got '0'"),
+        (["serve-model", "--model", "tickets@champion", "--poll-seconds", "nan"],
+         "argument --poll-seconds: expected a number of seconds above 0, got 'nan'"),
+    ],
+)
+def test_out_of_range_numbers_are_refused_before_anything_runs(
+    argv: list[str], expected: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert expected in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
     ("config_text", "expected"),
     [
         (MINIMAL_CONFIG + "colour: blue\n", "unknown key 'colour'"),
