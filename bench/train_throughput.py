@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING
 from steward.cli import QUIET_THIRD_PARTY_DEFAULTS
 from steward.config import FinetuningConfig, PretrainingConfig, load_config
 from steward.demo import write_demo
-from tasks import finetune, pretrain, training
+from tasks import pretrain, training
 from tasks.classifier import load_saved_classifier
 from tasks.data import TextTable, load_corpus, load_table, make_table
 from tasks.finetune import fine_tune
@@ -196,7 +196,7 @@ def hf_finetune(work: Workload, out: Path) -> tuple[Measurement, Parameters]:
     steps = math.ceil(len(texts) / params.batch_size) * params.epochs
     arguments = trainer_arguments(
         out, params.batch_size, params.learning_rate, training.WEIGHT_DECAY,
-        num_train_epochs=params.epochs, warmup_steps=math.ceil(finetune.LR_WARMUP_FRACTION * steps),
+        num_train_epochs=params.epochs, warmup_steps=math.ceil(training.LR_WARMUP_FRACTION * steps),
     )
     seconds = run_trainer(Trainer(model=model, args=arguments, train_dataset=dataset))
     tokens = sum(sum(mask) for mask in encoded["attention_mask"]) * params.epochs
@@ -223,7 +223,7 @@ def hf_pretrain(work: Workload, out: Path) -> tuple[Measurement, Parameters]:
     model = BertForMaskedLM.from_pretrained(str(work.model_dir))
     arguments = trainer_arguments(
         out, params.batch_size, params.learning_rate, training.WEIGHT_DECAY, max_steps=params.max_steps,
-        warmup_steps=math.ceil(pretrain.LR_WARMUP_FRACTION * params.max_steps),
+        warmup_steps=math.ceil(training.LR_WARMUP_FRACTION * params.max_steps),
     )
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=params.mlm_probability)
     seconds = run_trainer(Trainer(model=model, args=arguments, train_dataset=dataset, data_collator=collator))

@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 
 from steward.errors import BadInputError
 from steward.scores import CLASSICAL_BASELINE_PREFIX
-from tasks.classifier import accuracy_and_macro_f1, require_known_labels
+from tasks.classifier import accuracy_and_macro_f1, labelled_rows, training_labels
 
 if TYPE_CHECKING:
     from tasks.data import TextTable
@@ -58,17 +58,13 @@ def fit_classical_baseline(
     if primary_metric not in HEADLINE:
         raise BadInputError(f"the classical baseline has no '{primary_metric}' metric (has: {', '.join(HEADLINE)})")
     started = time.perf_counter()
-    train_texts, train_labels = train.complete_rows()
-    labels = sorted(set(train_labels))
-    if len(labels) < 2:
-        raise BadInputError(f"{train.source}: training needs at least two labels, found {labels or 'none'}")
-    class_ids = {label: index for index, label in enumerate(labels)}
-    val_texts, val_truth = _known_rows(validation, labels, class_ids)
-    test_texts, test_truth = _known_rows(test, labels, class_ids)
+    labels = training_labels(train)
+    train_texts, truth = labelled_rows(train, labels)
+    val_texts, val_truth = labelled_rows(validation, labels)
+    test_texts, test_truth = labelled_rows(test, labels)
 
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
     features = vectorizer.fit_transform(train_texts)
-    truth = [class_ids[label] for label in train_labels]
     val_features, test_features = vectorizer.transform(val_texts), vectorizer.transform(test_texts)
     with threadpool_limits(limits=1):  # sparse and small: BLAS threads only contend (10x slower on 2 busy cores)
         fits = [(c, LogisticRegression(C=c, max_iter=MAX_ITER).fit(features, truth))
@@ -77,14 +73,6 @@ def fit_classical_baseline(
     c, model = max(fits, key=lambda fit: scores[fit[0]])  # the first maximum: the smaller C on a tie
     metrics = _metrics(test_truth, model.predict(test_features).tolist())
     return BaselineResult(metrics, c, scores, time.perf_counter() - started, labels)
-
-
-def _known_rows(table: TextTable, labels: list[str], class_ids: dict[str, int]) -> tuple[list[str], list[int]]:
-    texts, table_labels = table.complete_rows()
-    if not texts:
-        raise BadInputError(f"{table.source}: the {table.role} set has no rows with both text and label")
-    require_known_labels(table, table_labels, labels)
-    return texts, [class_ids[label] for label in table_labels]
 
 
 def _metrics(truth: list[int], predicted: list[int]) -> dict[str, float]:

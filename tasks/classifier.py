@@ -272,6 +272,25 @@ def accuracy_and_macro_f1(truth: list, predicted: list) -> tuple[float, float]:
     return accuracy, float(f1_score(truth, predicted, average="macro", zero_division=0))
 
 
+def training_labels(train: TextTable) -> list[str]:
+    """The sorted set of the training rows' labels, which fixes the class ids; at least two."""
+    labels = sorted(set(train.complete_rows()[1]))
+    if len(labels) < 2:
+        raise BadInputError(f"{train.source}: training needs at least two labels, found {labels or 'none'}")
+    return labels
+
+
+def labelled_rows(table: TextTable, known: list[str]) -> tuple[list[str], list[int]]:
+    """The texts of `table`'s rows with both text and label, and their class ids among `known`; refuses a set with
+    no such rows or with labels outside `known`."""
+    texts, labels = table.complete_rows()
+    if not texts:
+        raise BadInputError(f"{table.source}: the {table.role} set has no rows with both text and label")
+    require_known_labels(table, labels, known)
+    class_ids = {label: index for index, label in enumerate(known)}
+    return texts, [class_ids[label] for label in labels]
+
+
 def require_known_labels(table: TextTable, labels: list[str], known: list[str]) -> None:
     """Refuse a dataset whose labels the model cannot predict, naming them."""
     unknown = sorted(set(labels) - set(known))

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import random
 import shutil
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from steward.errors import BadInputError
 from tasks import checkpoints, training
 from tasks.classifier import Classifier, batched_logits, calibrated, collate, encode, save_classifier
 from tasks.distributed import SINGLE_PROCESS
-from tasks.finetune import LR_WARMUP_FRACTION, fit_temperature, length_grouped_batches
+from tasks.finetune import EpochBatches, fit_temperature
 from tasks.modeling import Device, deterministic, pick_device, sha256_files
 
 if TYPE_CHECKING:
@@ -104,33 +103,24 @@ class Distillation:
         self.run_key, self.output_dir = run_key, job.output_dir
         self.model = self.loss_module = student.model
         self.examples = encode(student, job.texts)
-        self.lengths = [len(example["input_ids"]) for example in self.examples]
-        self.interval = math.ceil(len(self.examples) / job.params.batch_size)  # one pass
-        self._epoch_batches: tuple[int, list[list[int]]] = (-1, [])
+        self.batches = EpochBatches([len(example["input_ids"]) for example in self.examples],
+                                    job.params.batch_size, job.seed)
+        self.interval = self.batches.interval  # one pass
 
     def phases(self) -> list[training.Phase]:
-        steps = self.interval * self.job.params.epochs
-        warmup = training.warmup_steps(steps, LR_WARMUP_FRACTION)
-        return [training.Phase("distil", steps, self.job.params.learning_rate, warmup, "constant")]
+        return [training.Phase.warmed_up("distil", self.interval * self.job.params.epochs,
+                                         self.job.params.learning_rate)]
 
     def step_loss(self, trainer: torch.nn.Module, step: int) -> tuple[torch.Tensor, int]:
         import torch
 
-        indices = self._batches(step // self.interval)[step % self.interval]
+        indices = self.batches.at(step)
         batch = collate(self.student, [self.examples[i] for i in indices], self.device)
         with self.device.autocast():
             logits = trainer(**batch)
         targets = self.targets[indices].to(logits.device)
         loss = -(targets * torch.log_softmax(logits.float(), dim=-1)).sum(dim=-1).mean()
-        return loss, sum(self.lengths[i] for i in indices)
-
-    def _batches(self, epoch: int) -> list[list[int]]:
-        import torch
-
-        if self._epoch_batches[0] != epoch:
-            generator = torch.Generator().manual_seed(training.derived_seed(self.job.seed, epoch + 1))
-            self._epoch_batches = (epoch, length_grouped_batches(self.lengths, self.job.params.batch_size, generator))
-        return self._epoch_batches[1]
+        return loss, self.batches.tokens(indices)
 
     def begin_phase(self, phase: training.Phase) -> None:
         pass

@@ -11,15 +11,14 @@ from typing import TYPE_CHECKING
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from steward.errors import BadInputError
 from steward.scores import ClassScore, ReliabilityBin
 from tasks.classifier import (
     Scorer,
     TorchScorer,
     accuracy_and_macro_f1,
     calibrated,
+    labelled_rows,
     load_saved_classifier,
-    require_known_labels,
 )
 from tasks.modeling import pick_device, quiet_transformers
 
@@ -80,12 +79,7 @@ def evaluate_model(
 
 def evaluate_scorer(scorer: Scorer, test: TextTable, batch_size: int = BATCH_SIZE) -> EvaluationResult:
     """Score any form of a classifier on the labelled rows of `test`: the one evaluation every form gets."""
-    texts, labels = test.complete_rows()
-    if not texts:
-        raise BadInputError(f"{test.source}: the {test.role} set has no rows with both text and label")
-    require_known_labels(test, labels, scorer.labels)
-    class_ids = {label: index for index, label in enumerate(scorer.labels)}
-    truth = [class_ids[label] for label in labels]
+    texts, truth = labelled_rows(test, scorer.labels)
     started = time.perf_counter()
     logits = scorer.logits(texts, batch_size)
     throughput = len(texts) / (time.perf_counter() - started)

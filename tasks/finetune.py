@@ -32,7 +32,6 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from steward.config import FinetuningConfig
-from steward.errors import BadInputError
 from tasks import checkpoints, distributed, training
 from tasks.classifier import (
     Classifier,
@@ -40,9 +39,10 @@ from tasks.classifier import (
     batched_logits,
     collate,
     encode,
+    labelled_rows,
     new_classifier,
-    require_known_labels,
     save_classifier,
+    training_labels,
 )
 from tasks.distributed import SINGLE_PROCESS, Ranks, table_from_json, table_to_json
 from tasks.modeling import Device, deterministic, pick_device, quiet_transformers, sha256_files
@@ -52,7 +52,6 @@ if TYPE_CHECKING:
 
     from tasks.data import TextTable
 
-LR_WARMUP_FRACTION = 0.06
 MEGABATCH_FACTOR = 50  # length grouping sorts within windows of 50 batches, like HF's sampler
 BEST_WEIGHTS = "best"
 # The linear probe's inverse L2 strength. Strong on purpose: a probe that fits the training set (C = 1 does,
@@ -218,14 +217,8 @@ def run_fine_tuning(job: FineTuneJob, ranks: Ranks, on_epoch: EpochCallback | No
 
 def _class_labels(job: FineTuneJob) -> list[str]:
     """The sorted training labels, after checking there are two and validation uses no others."""
-    _, train_labels = job.train.complete_rows()
-    val_texts, val_labels = job.validation.complete_rows()
-    if not val_texts:
-        raise BadInputError(f"{job.validation.source}: the {job.validation.role} set has no rows with text and label")
-    labels = sorted(set(train_labels))
-    if len(labels) < 2:
-        raise BadInputError(f"{job.train.source}: training needs at least two labels, found {labels or 'none'}")
-    require_known_labels(job.validation, val_labels, labels)
+    labels = training_labels(job.train)
+    labelled_rows(job.validation, labels)
     return labels
 
 
@@ -256,6 +249,29 @@ def length_grouped_batches(lengths: list[int], batch_size: int, generator: torch
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
+class EpochBatches:
+    """Each epoch's length-grouped batches of example indices, from a generator seeded by (seed, epoch) alone, so
+    a resumed run replays the same order; the current epoch's are kept."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int) -> None:
+        self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
+        self.interval = math.ceil(len(lengths) / batch_size)  # batches (steps) per epoch
+        self._current: tuple[int, list[list[int]]] = (-1, [])
+
+    def at(self, step: int) -> list[int]:
+        """The indices of step `step`'s batch (steps count across epochs)."""
+        import torch
+
+        epoch = step // self.interval
+        if self._current[0] != epoch:
+            generator = torch.Generator().manual_seed(training.derived_seed(self.seed, epoch + 1))
+            self._current = (epoch, length_grouped_batches(self.lengths, self.batch_size, generator))
+        return self._current[1][step % self.interval]
+
+    def tokens(self, indices: list[int]) -> int:
+        return sum(self.lengths[i] for i in indices)
+
+
 class FineTuning:
     """The recipe: one full phase of `epochs` passes; each epoch ends in a validation pass that keeps the
     best weights and stops after `early_stopping_patience` epochs without gain."""
@@ -266,18 +282,16 @@ class FineTuning:
         self.model = self.loss_module = classifier.model
         self.train_set = encode(classifier, *job.train.complete_rows())
         self.val_set = encode(classifier, *job.validation.complete_rows())
-        self.lengths = [len(example["input_ids"]) for example in self.train_set]
-        self.interval = math.ceil(len(self.train_set) / self.params.batch_size)  # one epoch
+        self.batches = EpochBatches([len(example["input_ids"]) for example in self.train_set],
+                                    self.params.batch_size, job.seed)
+        self.interval = self.batches.interval  # one epoch
         self.scores: list[EpochScore] = []
         self.best_epoch, self.best_score = 0, -math.inf
         self.best_weights = _cpu_copy(classifier.model)
         self.epochs_without_improvement = 0
-        self._epoch_batches: tuple[int, list[list[int]]] = (-1, [])
 
     def phases(self) -> list[training.Phase]:
-        steps = self.interval * self.params.epochs
-        warmup = training.warmup_steps(steps, LR_WARMUP_FRACTION)
-        return [training.Phase("full", steps, self.params.learning_rate, warmup, "constant")]
+        return [training.Phase.warmed_up("full", self.interval * self.params.epochs, self.params.learning_rate)]
 
     def fit_linear_probe(self) -> None:
         """Set the head to the multinomial logistic regression on the frozen pooled training embeddings."""
@@ -306,7 +320,7 @@ class FineTuning:
         An empty share (a last batch smaller than the world) still joins the gradient all-reduce."""
         import torch
 
-        indices = self._batches(step // self.interval)[step % self.interval]
+        indices = self.batches.at(step)
         mine = self.ranks.shard(indices)
         batch = collate(self.classifier, [self.train_set[i] for i in mine or indices[:1]], self.device)
         labels = batch.pop("labels")
@@ -314,15 +328,7 @@ class FineTuning:
             logits = trainer(**batch)
         weight = 1 / len(indices) if mine else 0.0
         share = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum") * weight
-        return share, sum(self.lengths[i] for i in indices)
-
-    def _batches(self, epoch: int) -> list[list[int]]:
-        import torch
-
-        if self._epoch_batches[0] != epoch:
-            generator = torch.Generator().manual_seed(training.derived_seed(self.job.seed, epoch + 1))
-            self._epoch_batches = (epoch, length_grouped_batches(self.lengths, self.params.batch_size, generator))
-        return self._epoch_batches[1]
+        return share, self.batches.tokens(indices)
 
     def evaluate(self, step: int) -> bool:
         """Validation, each rank scoring its share: predictions and summed loss meet in one all-reduce."""

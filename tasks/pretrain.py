@@ -67,7 +67,6 @@ if TYPE_CHECKING:
 
 CACHE_FORMAT = 3  # bump when the training recipe changes, so old cache entries stop matching
 HELDOUT_FRACTION = 0.05
-LR_WARMUP_FRACTION = 0.06
 IGNORED = -100  # the label of a position that is not predicted
 SIMCSE_TEMPERATURE = 0.05  # Gao et al.'s τ
 RESULT_FILE = "steward_pretrain.json"
@@ -321,8 +320,7 @@ class _Adaptation:
         −0.024 to +0.012)."""
         epoch_steps = math.ceil(self.params.max_epochs * self.order.blocks / self.params.batch_size)
         steps = max(1, min(self.params.max_steps, epoch_steps))
-        return training.Phase("full", steps, learning_rate, training.warmup_steps(steps, LR_WARMUP_FRACTION),
-                              "linear")
+        return training.Phase.warmed_up("full", steps, learning_rate, "linear")
 
     def heldout_loss(self) -> float:
         raise NotImplementedError

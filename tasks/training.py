@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 WEIGHT_DECAY = 0.01
 MAX_GRAD_NORM = 1.0
+LR_WARMUP_FRACTION = 0.06  # of a phase's steps, the learning rate's linear warm-up from 0
 SEED_STRIDE = 1_000_003  # a per-epoch or per-step seed is seed × SEED_STRIDE + index: distinct, reproducible
 
 StepCallback = Callable[[int, float], None]  # (step, loss) after every optimizer step
@@ -52,6 +53,12 @@ class Phase:
     warmup_steps: int = 0
     schedule: Literal["constant", "linear"] = "constant"  # after warm-up: hold, or decay linearly to 0
     frozen: torch.nn.Module | None = None  # a submodule that stays frozen in this phase
+
+    @classmethod
+    def warmed_up(cls, name: str, steps: int, learning_rate: float,
+                  schedule: Literal["constant", "linear"] = "constant") -> Phase:
+        """A phase whose first `LR_WARMUP_FRACTION` of steps warm the learning rate up."""
+        return cls(name, steps, learning_rate, math.ceil(LR_WARMUP_FRACTION * steps), schedule)
 
 
 class Recipe(Protocol):
@@ -226,7 +233,3 @@ def train(recipe: Recipe, ranks: Ranks, device: Device, name: str, on_step: Step
           on_interval: IntervalCallback | None = None) -> LoopResult:
     """Run `recipe` to its end (or its early stop) on this rank; see the module docstring."""
     return TrainingLoop(recipe, ranks, device, name, on_step, on_interval).run()
-
-
-def warmup_steps(total: int, fraction: float) -> int:
-    return math.ceil(fraction * total)
