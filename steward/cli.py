@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
+from steward import __version__
 from steward.errors import ConfigError, StewardError, UnexpectedError, one_line
 
 # The same name as steward.config.REGISTRY_URL_ENV (not imported: it would load pydantic at start-up).
@@ -231,7 +232,7 @@ def _add_audit_commands(commands: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="steward", description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--version", action="version", version="steward 0.1.0")
+    parser.add_argument("--version", action="version", version=f"steward {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_stage_commands(commands)
     _add_registry_commands(commands)

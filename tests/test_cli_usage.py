@@ -39,6 +39,15 @@ def test_help_exits_zero_without_importing_heavy_libraries() -> None:
     assert "HEAVY [] CODE 0" in out
 
 
+def test_version_is_the_installed_packages(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"steward {version('steward')}"
+
+
 def test_unknown_command_is_one_line_exit_2() -> None:
     result = subprocess.run([*STEWARD, "frobnicate"], capture_output=True, text=True)
     assert result.returncode == 2
