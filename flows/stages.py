@@ -212,8 +212,8 @@ def self_training_round(context: RunContext, data: LoadedData, start_dir: Path, 
     """Fine-tune again with pseudo-labelled corpus rows; record what it added and which model it kept."""
     config = context.config
     with context.workspace.claimed_work_dir("self-training", context.run.id) as work_dir:
-        outcome = self_train(first, start_dir, data.train, data.validation, data.corpus, config.finetuning,
-                             config.seed, work_dir, config.evaluation.primary_metric, nproc, test=data.test)
+        outcome = self_train(first, start_dir, data.train, data.validation, data.test, data.corpus,
+                             config.finetuning, config.seed, work_dir, config.evaluation.primary_metric, nproc)
         result = outcome.result
         if first.resumed_from_epoch is not None:  # a resumed first fine-tuning stays reported, whichever is kept
             result = replace(result, resumed_from_epoch=first.resumed_from_epoch)

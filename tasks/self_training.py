@@ -101,14 +101,13 @@ def with_rows(train: TextTable, extra: TextTable) -> TextTable:
     return make_table(train.role, train.source, [*texts, *more_texts], [*labels, *more_labels], train.schema)
 
 
-def self_train(first: FineTuneResult, start_dir: Path, train: TextTable, validation: TextTable, corpus: TextTable,
-               params: FinetuningConfig, seed: int, output_dir: Path, primary_metric: str,
-               nproc: int = 1, test: TextTable | None = None) -> SelfTrainingOutcome:
+def self_train(first: FineTuneResult, start_dir: Path, train: TextTable, validation: TextTable, test: TextTable,
+               corpus: TextTable, params: FinetuningConfig, seed: int, output_dir: Path, primary_metric: str,
+               nproc: int = 1) -> SelfTrainingOutcome:
     """One round of self-training after `first` (see the module doc); the candidate, when kept, is saved in a
-    folder under `output_dir`. Validation and `test` texts in the corpus are left unlabelled."""
-    held_out = (validation,) if test is None else (validation, test)
+    folder under `output_dir`. Validation and test texts in the corpus are left unlabelled."""
     pseudo = pseudo_labelled(first.model_dir, train, corpus, params.self_training, params.max_seq_length, seed,
-                             held_out)
+                             (validation, test))
     if pseudo.rows == 0:
         return SelfTrainingOutcome(first, 0, first.best_score, first.best_score, False)
     student = fine_tune(start_dir, with_rows(train, pseudo), validation, params, seed,

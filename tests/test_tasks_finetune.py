@@ -327,7 +327,7 @@ def test_self_training_keeps_the_average_of_the_first_model_and_the_student(
     from tasks.self_training import self_train
 
     corpus = make_table("corpus", Path("corpus.txt"), tickets("corpus", 120, 31).texts, None, {})
-    outcome = self_train(trained, tiny_model_dir, TRAIN, VALIDATION, corpus, PARAMS, SEED, tmp_path, "macro_f1")
+    outcome = self_train(trained, tiny_model_dir, TRAIN, VALIDATION, TEST, corpus, PARAMS, SEED, tmp_path, "macro_f1")
 
     assert outcome.kept_candidate and 0 < outcome.pseudo_labels <= 2 * 150
     assert outcome.result.model_dir.parent == tmp_path and outcome.result.best_score == outcome.candidate_score
