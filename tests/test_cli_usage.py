@@ -39,7 +39,7 @@ def test_help_exits_zero_without_importing_heavy_libraries() -> None:
     assert "HEAVY [] CODE 0" in out
 
 
-def test_version_is_the_installed_packages(capsys: pytest.CaptureFixture[str]) -> None:
+def test_version_is_the_one_in_pyproject(capsys: pytest.CaptureFixture[str]) -> None:
     from importlib.metadata import version
 
     with pytest.raises(SystemExit) as exit_info:
