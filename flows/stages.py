@@ -215,6 +215,8 @@ def self_training_round(context: RunContext, data: LoadedData, start_dir: Path, 
         outcome = self_train(first, start_dir, data.train, data.validation, data.test, data.corpus,
                              config.finetuning, config.seed, work_dir, config.evaluation.primary_metric, nproc)
         result = outcome.result
+        if outcome.skipped_because is not None:
+            progress(f"· self-training skipped: {outcome.skipped_because}")
         if first.resumed_from_epoch is not None:  # a resumed first fine-tuning stays reported, whichever is kept
             result = replace(result, resumed_from_epoch=first.resumed_from_epoch)
         if outcome.kept_candidate:  # out of the work folder before it is released; the first model is not needed

@@ -47,7 +47,7 @@ def write_project(root: Path, base_model: Path, **overrides: dict) -> Path:
     data.mkdir(parents=True, exist_ok=True)
     for name, count in (("train", 150), ("val", 45), ("test", 60)):
         _write_csv(data / f"{name}.csv", _sentences(rng, count))
-    (data / "corpus.txt").write_text("\n".join(text for text, _ in _sentences(rng, 200)) + "\n", encoding="utf-8")
+    (data / "corpus.txt").write_text("\n".join(text for text, _ in _sentences(rng, 400)) + "\n", encoding="utf-8")
     config = {
         "name": "tickets",
         "base_model": str(base_model),

@@ -241,12 +241,13 @@ def test_calibration_lowers_ece_of_an_overconfident_model(trained: FineTuneResul
 
 def test_pseudo_labels_are_confident_class_balanced_and_new(trained: FineTuneResult) -> None:
     from steward.config import SelfTrainingConfig
-    from tasks.self_training import pseudo_labelled
+    from tasks.self_training import pseudo_labelled, unlabelled_sample
 
     lopsided = tickets("corpus", 300, 21, labels=["billing"] * 4 + ["login", "praise"])  # mostly billing
     corpus = make_table("corpus", Path("corpus.txt"), [*lopsided.texts, *TRAIN.texts[:10]], None, {})
+    texts = unlabelled_sample(corpus, (TRAIN,), 20_000, SEED)
     params = SelfTrainingConfig(ratio=0.5, min_confidence=0.6)
-    pseudo = pseudo_labelled(trained.model_dir, TRAIN, corpus, params, 32, SEED)
+    pseudo = pseudo_labelled(trained.model_dir, TRAIN, corpus, texts, params, 32)
 
     counts = {label: pseudo.labels.count(label) for label in trained.labels}
     assert all(0 < count <= 25 for count in counts.values()), counts  # 0.5 × 50 labelled rows per class
@@ -254,21 +255,18 @@ def test_pseudo_labels_are_confident_class_balanced_and_new(trained: FineTuneRes
     truth = dict(zip(lopsided.texts, lopsided.labels, strict=True))
     correct = sum(truth[text] == label for text, label in zip(pseudo.texts, pseudo.labels, strict=True))
     assert correct / pseudo.rows > 0.9  # the confident ones are right
-    strict = pseudo_labelled(trained.model_dir, TRAIN, corpus, SelfTrainingConfig(ratio=0.5, min_confidence=1.0),
-                             32, SEED)
+    strict = pseudo_labelled(trained.model_dir, TRAIN, corpus, texts, SelfTrainingConfig(ratio=0.5, min_confidence=1.0),
+                             32)
     assert strict.rows < pseudo.rows
 
 
-def test_held_out_texts_are_never_pseudo_labelled(trained: FineTuneResult) -> None:
-    from steward.config import SelfTrainingConfig
-    from tasks.self_training import pseudo_labelled
+def test_held_out_texts_are_never_offered_for_pseudo_labels() -> None:
+    from tasks.self_training import unlabelled_sample
 
-    params = SelfTrainingConfig(ratio=1.0, min_confidence=0.0)
-    corpus = make_table("corpus", Path("corpus.txt"), [*VALIDATION.texts, *TEST.texts], None, {})
-    assert pseudo_labelled(trained.model_dir, TRAIN, corpus, params, 32, SEED).rows > 0  # they would be labelled
-    assert pseudo_labelled(trained.model_dir, TRAIN, corpus, params, 32, SEED, (VALIDATION, TEST)).rows == 0
-    labelled_only = make_table("corpus", Path("corpus.txt"), TRAIN.texts, None, {})  # TAPT-style: nothing new
-    assert pseudo_labelled(trained.model_dir, TRAIN, labelled_only, params, 32, SEED).rows == 0
+    corpus = make_table("corpus", Path("corpus.txt"), [*VALIDATION.texts, *TEST.texts, *TRAIN.texts], None, {})
+    assert set(unlabelled_sample(corpus, (TRAIN,), 20_000, SEED)) == {*VALIDATION.texts, *TEST.texts}
+    assert unlabelled_sample(corpus, (TRAIN, VALIDATION, TEST), 20_000, SEED) == []
+    assert len(unlabelled_sample(corpus, (), 7, SEED)) == 7  # a seeded sample of max_corpus_rows
 
 
 def test_the_guard_refuses_only_a_candidate_worse_beyond_validation_noise() -> None:
@@ -326,7 +324,7 @@ def test_self_training_keeps_the_average_of_the_first_model_and_the_student(
     from tasks.modeling import pick_device
     from tasks.self_training import self_train
 
-    corpus = make_table("corpus", Path("corpus.txt"), tickets("corpus", 120, 31).texts, None, {})
+    corpus = make_table("corpus", Path("corpus.txt"), tickets("corpus", 320, 31).texts, None, {})
     outcome = self_train(trained, tiny_model_dir, TRAIN, VALIDATION, TEST, corpus, PARAMS, SEED, tmp_path, "macro_f1")
 
     assert outcome.kept_candidate and 0 < outcome.pseudo_labels <= 2 * 150
@@ -337,3 +335,17 @@ def test_self_training_keeps_the_average_of_the_first_model_and_the_student(
     assert kept.temperature == outcome.result.temperature
     assert not torch.equal(kept.model.state_dict()["head.weight"], first["head.weight"])
     assert evaluate_model.fn(outcome.result.model_dir, TEST, 32).macro_f1 > 0.8
+
+
+def test_self_training_skips_a_corpus_too_small_to_choose_from(
+    trained: FineTuneResult, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from tasks.self_training import self_train
+
+    corpus = make_table("corpus", Path("corpus.txt"), tickets("corpus", 299, 31).texts, None, {})
+    outcome = self_train(trained, tiny_model_dir, TRAIN, VALIDATION, TEST, corpus, PARAMS, SEED, tmp_path, "macro_f1")
+
+    assert outcome.result == trained and (outcome.pseudo_labels, outcome.kept_candidate) == (0, False)
+    assert outcome.skipped_because == ("299 new corpus texts to choose from, fewer than the 300 pseudo-labels it "
+                                       "picks (finetuning.self_training.ratio 2 × 150 training rows)")
+    assert list(tmp_path.iterdir()) == []
