@@ -60,7 +60,7 @@ class PretrainingConfig(_Section):
 
 class SelfTrainingConfig(_Section):
     """Pseudo-labels from the domain corpus for a second fine-tuning (`tasks/self_training.py`); runs when the
-    config names a domain corpus."""
+    config names a domain corpus with at least `ratio` × training rows of new texts to choose from."""
 
     enabled: bool = True
     ratio: float = Field(2.0, gt=0)  # pseudo-labelled rows per class, per labelled training row of that class
