@@ -89,19 +89,18 @@ def quotas(train: TextTable, params: SelfTrainingConfig) -> dict[str, int]:
     return {label: round(params.ratio * labels.count(label)) for label in sorted(set(labels))}
 
 
-def pseudo_labelled(model_dir: Path, train: TextTable, corpus: TextTable, texts: list[str],
-                    params: SelfTrainingConfig, max_seq_length: int) -> TextTable:
-    """The `texts` (from `corpus`) the model in `model_dir` labels most confidently, class-balanced, as a
-    labelled table (see the module doc)."""
+def pseudo_labelled(model_dir: Path, train: TextTable, corpus: TextTable, texts: list[str], wanted: dict[str, int],
+                    min_confidence: float, max_seq_length: int) -> TextTable:
+    """Per class, the `wanted[class]` `texts` (from `corpus`) the model in `model_dir` labels as that class most
+    confidently, each at least `min_confidence`, as a table shaped like `train` (see the module doc)."""
     device = pick_device()
     classifier = load_saved_classifier(model_dir, max_seq_length, device)
     logits, _ = batched_logits(classifier, encode(classifier, texts), SCORING_BATCH, device)
     confidence, predicted = calibrated(logits, classifier.temperature).max(dim=-1)
-    wanted = quotas(train, params)
     chosen: list[tuple[str, str]] = []
     for class_id, label in enumerate(classifier.labels):
         candidates = [i for i in range(len(texts))
-                      if predicted[i] == class_id and confidence[i] >= params.min_confidence]
+                      if predicted[i] == class_id and confidence[i] >= min_confidence]
         candidates.sort(key=lambda i: -float(confidence[i]))
         chosen += [(texts[i], label) for i in candidates[:wanted.get(label, 0)]]
     return make_table("pseudo-labelled", corpus.source, [text for text, _ in chosen], [label for _, label in chosen],
@@ -122,15 +121,17 @@ def self_train(first: FineTuneResult, start_dir: Path, train: TextTable, validat
     folder under `output_dir`. Validation and test texts in the corpus are left unlabelled."""
     settings = params.self_training
     texts = unlabelled_sample(corpus, (train, validation, test), settings.max_corpus_rows, seed)
-    quota = sum(quotas(train, settings).values())
+    wanted = quotas(train, settings)
+    quota = sum(wanted.values())
     if len(texts) < quota:
         return _skipped(first, f"{len(texts)} new corpus texts to choose from, fewer than the {quota} pseudo-labels "
                                f"it picks (finetuning.self_training.ratio {settings.ratio:g} × {train.rows} "
                                "training rows)")
-    pseudo = pseudo_labelled(first.model_dir, train, corpus, texts, settings, params.max_seq_length)
+    pseudo = pseudo_labelled(first.model_dir, train, corpus, texts, wanted, settings.min_confidence,
+                             params.max_seq_length)
     if pseudo.rows == 0:
-        return _skipped(first, f"no corpus text reached finetuning.self_training.min_confidence "
-                               f"{settings.min_confidence:g}")
+        reason = f"no corpus text reached finetuning.self_training.min_confidence {settings.min_confidence:g}"
+        return _skipped(first, reason)
     student = fine_tune(start_dir, with_rows(train, pseudo), validation, params, seed,
                         output_dir=output_dir / STUDENT_DIR, primary_metric=primary_metric, nproc=nproc)
     candidate_dir = output_dir / AVERAGED_DIR

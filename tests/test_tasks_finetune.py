@@ -241,22 +241,22 @@ def test_calibration_lowers_ece_of_an_overconfident_model(trained: FineTuneResul
 
 def test_pseudo_labels_are_confident_class_balanced_and_new(trained: FineTuneResult) -> None:
     from steward.config import SelfTrainingConfig
-    from tasks.self_training import pseudo_labelled, unlabelled_sample
+    from tasks.self_training import pseudo_labelled, quotas, unlabelled_sample
 
     lopsided = tickets("corpus", 300, 21, labels=["billing"] * 4 + ["login", "praise"])  # mostly billing
     corpus = make_table("corpus", Path("corpus.txt"), [*lopsided.texts, *TRAIN.texts[:10]], None, {})
     texts = unlabelled_sample(corpus, (TRAIN,), 20_000, SEED)
-    params = SelfTrainingConfig(ratio=0.5, min_confidence=0.6)
-    pseudo = pseudo_labelled(trained.model_dir, TRAIN, corpus, texts, params, 32)
+    wanted = quotas(TRAIN, SelfTrainingConfig(ratio=0.5))
+    assert wanted == {label: 25 for label in trained.labels}  # 0.5 × 50 labelled rows per class
+    pseudo = pseudo_labelled(trained.model_dir, TRAIN, corpus, texts, wanted, 0.6, 32)
 
     counts = {label: pseudo.labels.count(label) for label in trained.labels}
-    assert all(0 < count <= 25 for count in counts.values()), counts  # 0.5 × 50 labelled rows per class
+    assert all(0 < count <= 25 for count in counts.values()), counts
     assert not set(pseudo.texts) & set(TRAIN.texts)  # training texts are not labelled again
     truth = dict(zip(lopsided.texts, lopsided.labels, strict=True))
     correct = sum(truth[text] == label for text, label in zip(pseudo.texts, pseudo.labels, strict=True))
     assert correct / pseudo.rows > 0.9  # the confident ones are right
-    strict = pseudo_labelled(trained.model_dir, TRAIN, corpus, texts, SelfTrainingConfig(ratio=0.5, min_confidence=1.0),
-                             32)
+    strict = pseudo_labelled(trained.model_dir, TRAIN, corpus, texts, wanted, 1.0, 32)
     assert strict.rows < pseudo.rows
 
 
