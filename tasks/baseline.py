@@ -12,15 +12,12 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
-from steward.errors import BadInputError
-from steward.scores import CLASSICAL_BASELINE_PREFIX
+from core.errors import BadInputError
+from core.vocabulary import CLASSICAL_BASELINE_PREFIX
 from tasks.classifier import accuracy_and_macro_f1, labelled_rows, training_labels
 
 if TYPE_CHECKING:
-    from tasks.data import TextTable
+    from tasks.data import Splits
 
 C_GRID = (0.1, 1.0, 10.0, 100.0)
 MAX_ITER = 2_000
@@ -44,12 +41,9 @@ class BaselineResult:
         }
 
 
-@task(name="classical-baseline", retries=0, cache_policy=NO_CACHE)
-def fit_classical_baseline(
-    train: TextTable, validation: TextTable, test: TextTable, primary_metric: str,
-) -> BaselineResult:
-    """Fit TF-IDF + logistic regression on `train` for each C in the grid, keep the one with the best
-    `primary_metric` on `validation` (the smaller C on a tie), and score it on `test`. No seed: L-BFGS on this
+def fit_classical_baseline(splits: Splits, primary_metric: str) -> BaselineResult:
+    """Fit TF-IDF + logistic regression on the training split for each C in the grid, keep the one with the best
+    `primary_metric` on validation (the smaller C on a tie), and score it on test. No seed: L-BFGS on this
     convex loss is deterministic."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
@@ -58,10 +52,10 @@ def fit_classical_baseline(
     if primary_metric not in HEADLINE:
         raise BadInputError(f"the classical baseline has no '{primary_metric}' metric (has: {', '.join(HEADLINE)})")
     started = time.perf_counter()
-    labels = training_labels(train)
-    train_texts, truth = labelled_rows(train, labels)
-    val_texts, val_truth = labelled_rows(validation, labels)
-    test_texts, test_truth = labelled_rows(test, labels)
+    labels = training_labels(splits.train)
+    train_texts, truth = labelled_rows(splits.train, labels)
+    val_texts, val_truth = labelled_rows(splits.validation, labels)
+    test_texts, test_truth = labelled_rows(splits.test, labels)
 
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
     features = vectorizer.fit_transform(train_texts)

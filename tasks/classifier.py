@@ -8,20 +8,22 @@ on the validation split (Guo et al., "On Calibration of Modern Neural Networks",
 probabilities are calibrated.
 
 A saved classifier folder holds the encoder (`config.json`, `model.safetensors`), the tokenizer,
-`head.safetensors` and `label_map.json` (labels, pooling, temperature).
+`head.safetensors` and `steward_model.json`, the manifest that says what the model is and how to use it
+(`ModelManifest`): every loader reads it, so nothing about a trained model is asked of a config again.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 
-from steward.errors import BadInputError
+from core.errors import BadInputError
+from core.vocabulary import FP32, FormName, TaskName
 from tasks.modeling import Device, load_tokenizer, weight_format_kwargs
 
 if TYPE_CHECKING:
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 
     from tasks.data import TextTable
 
-LABEL_MAP_FILE = "label_map.json"
+MANIFEST_FILE = "steward_model.json"
 HEAD_FILE = "head.safetensors"
 POOLING_DIR = "1_Pooling"  # sentence-transformers' pooling module folder
 # Texts are cut to max_length × 64 characters before tokenising, so a 1 MB text costs no more than a
@@ -39,6 +41,29 @@ DEFAULT_HEAD_DROPOUT = 0.1  # for encoder configs that name no dropout
 
 Pooling = Literal["mean", "cls"]
 Example = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    """`steward_model.json`: what a saved model is and everything needed to load and use it."""
+
+    task: TaskName
+    form: FormName  # fp32 (the PyTorch classifier) or a compressed form (an ONNX graph)
+    labels: list[str]  # class ids are positions in this list
+    pooling: Pooling
+    max_length: int  # tokens read per text
+    temperature: float  # probabilities are softmax(logits / temperature)
+    base_fingerprint: str  # the files of the checkpoint it was fine-tuned from (`core.hashing.ModelFiles`)
+
+    def write(self, folder: Path) -> None:
+        (Path(folder) / MANIFEST_FILE).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def read(cls, folder: Path) -> ModelManifest:
+        path = Path(folder) / MANIFEST_FILE
+        if not path.is_file():
+            raise BadInputError(f"{folder}: not a trained Steward model (no {MANIFEST_FILE})")
+        return cls(**json.loads(path.read_text()))
 
 
 def base_pooling(model_dir: Path) -> Pooling:
@@ -97,10 +122,12 @@ class Classifier:
     tokenizer: PreTrainedTokenizerBase
     labels: list[str]
     max_length: int
+    base_fingerprint: str
     temperature: float = 1.0
 
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        return calibrated(logits, self.temperature)
+    def manifest(self) -> ModelManifest:
+        return ModelManifest("text-classification", FP32, self.labels, self.model.pooling, self.max_length,
+                             self.temperature, self.base_fingerprint)
 
 
 def calibrated(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -146,31 +173,30 @@ class TorchScorer:
         return batched_logits(self.classifier, encode(self.classifier, texts), batch_size, self.device)[0]
 
 
-def new_classifier(model_dir: Path, labels: list[str], max_seq_length: int, device: Device) -> Classifier:
-    """A classifier over `labels` on the encoder in `model_dir`, with a new (seeded) head."""
+def new_classifier(model_dir: Path, labels: list[str], max_seq_length: int, base_fingerprint: str,
+                   device: Device) -> Classifier:
+    """A classifier over `labels` on the encoder in `model_dir` (whose files hash to `base_fingerprint`), with a
+    new (seeded) head."""
     encoder = load_encoder(model_dir)
     model = SentenceClassifier(encoder, len(labels), base_pooling(model_dir))
     tokenizer = load_tokenizer(model_dir)
-    return Classifier(model.to(device.torch_device), tokenizer, labels, usable_max_length(encoder, tokenizer,
-                                                                                          max_seq_length))
+    max_length = usable_max_length(encoder, tokenizer, max_seq_length)
+    return Classifier(model.to(device.torch_device), tokenizer, labels, max_length, base_fingerprint)
 
 
-def load_saved_classifier(model_dir: Path, max_seq_length: int, device: Device) -> Classifier:
-    """A classifier saved by `save_classifier`: encoder, head, tokenizer, labels, pooling, temperature."""
+def load_saved_classifier(model_dir: Path, device: Device) -> Classifier:
+    """A classifier saved by `save_classifier`, as its manifest describes it."""
     from safetensors.torch import load_file
 
-    label_map_file, head_file = Path(model_dir) / LABEL_MAP_FILE, Path(model_dir) / HEAD_FILE
-    if not label_map_file.is_file() or not head_file.is_file():
-        raise BadInputError(f"{model_dir}: not a fine-tuned Steward model (no {LABEL_MAP_FILE} and {HEAD_FILE})")
-    label_map = json.loads(label_map_file.read_text())
+    manifest = ModelManifest.read(model_dir)
+    head_file = Path(model_dir) / HEAD_FILE
+    if manifest.form != FP32 or not head_file.is_file():
+        raise BadInputError(f"{model_dir}: not a fine-tuned Steward classifier (no {HEAD_FILE})")
     encoder = load_encoder(model_dir)
-    model = SentenceClassifier(encoder, len(label_map["labels"]), label_map["pooling"])
+    model = SentenceClassifier(encoder, len(manifest.labels), manifest.pooling)
     model.head.load_state_dict(load_file(str(head_file)))
-    tokenizer = load_tokenizer(model_dir)
-    return Classifier(
-        model.to(device.torch_device).eval(), tokenizer, label_map["labels"],
-        usable_max_length(encoder, tokenizer, max_seq_length), float(label_map["temperature"]),
-    )
+    return Classifier(model.to(device.torch_device).eval(), load_tokenizer(model_dir), manifest.labels,
+                      manifest.max_length, manifest.base_fingerprint, manifest.temperature)
 
 
 def load_encoder(model_dir: Path) -> PreTrainedModel:
@@ -190,7 +216,7 @@ def _takes_pooling_layer(model_dir: Path) -> bool:
 
 
 def save_classifier(classifier: Classifier, output_dir: Path) -> None:
-    """Encoder weights (safetensors), head, tokenizer and `label_map.json`."""
+    """Encoder weights (safetensors), head, tokenizer and the manifest."""
     from safetensors.torch import save_file
 
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -198,13 +224,12 @@ def save_classifier(classifier: Classifier, output_dir: Path) -> None:
     head = {name: tensor.detach().cpu().contiguous() for name, tensor in classifier.model.head.state_dict().items()}
     save_file(head, str(output_dir / HEAD_FILE))
     classifier.tokenizer.save_pretrained(output_dir)
-    label_map = {
-        "labels": classifier.labels,
-        "id2label": dict(enumerate(classifier.labels)),
-        "pooling": classifier.model.pooling,
-        "temperature": classifier.temperature,
-    }
-    (output_dir / LABEL_MAP_FILE).write_text(json.dumps(label_map, indent=2))
+    classifier.manifest().write(output_dir)
+
+
+def form_manifest(classifier: Classifier, form: FormName) -> ModelManifest:
+    """The manifest of a compressed form of `classifier` (the same labels, length and temperature)."""
+    return replace(classifier.manifest(), form=form)
 
 
 def usable_max_length(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, wanted: int) -> int:

@@ -16,13 +16,12 @@ CLS pooling read from the base, a linear head, a temperature), which optimum's e
 `AutoModelForSequenceClassification`, do not export as it is; optimum's dynamic quantization calls this same
 ONNX Runtime function underneath.
 
-A form folder (`<version folder>-int8`) is self-contained: `model.onnx`, the tokenizer and `label_map.json`,
-so serving it loads no PyTorch weights.
+A form folder (`<version folder>-int8`) is self-contained: `model.onnx`, the tokenizer and the manifest
+(`steward_model.json`, with the form's name), so serving it loads no PyTorch weights.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import tempfile
@@ -33,29 +32,27 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
-from steward.errors import BadInputError, exception_line
-from steward.scores import CompressionStatusName
-from tasks.classifier import LABEL_MAP_FILE, clip_text, load_saved_classifier
+from core.errors import BadInputError, exception_line
+from core.hashing import sha256_files
+from core.vocabulary import CompressionStatusName, FormName
+from tasks.classifier import ModelManifest, clip_text, form_manifest, load_saved_classifier
 from tasks.evaluate import EvaluationResult, evaluate_scorer
-from tasks.modeling import cpu_device, load_tokenizer, quiet_transformers, sha256_files
+from tasks.modeling import cpu_device, load_tokenizer, quiet_transformers
 
 if TYPE_CHECKING:
     import onnxruntime
     import torch
     from transformers import PreTrainedTokenizerBase
 
-    from steward.config import CompressionConfig, DistillConfig
+    from core.config import CompressionConfig, DistillConfig
     from tasks.classifier import Classifier
-    from tasks.data import TextTable
+    from tasks.data import Splits
 
 FORM_MODEL_FILE = "model.onnx"
 ONNX_OPSET = 17
 ONNX_INPUTS = ("input_ids", "attention_mask")
-METHOD_FORMS = {"onnx-int8": "int8"}  # compression.methods → the form it produces
-STUDENT = "student"  # the form compression.distill produces
+METHOD_FORMS: dict[str, FormName] = {"onnx-int8": "int8"}  # compression.methods → the form it produces
+STUDENT: FormName = "student"  # the form compression.distill produces
 _UNSUPPORTED_OPERATOR = re.compile(r"operator '?([\w:.]+)'?", re.IGNORECASE)
 
 
@@ -99,16 +96,13 @@ def onnx_session(model_file: Path) -> onnxruntime.InferenceSession:
     return onnxruntime.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
 
 
-def load_form(folder: Path, form: str, max_seq_length: int) -> OnnxScorer:
-    """The form saved in `folder` (its files already verified by the caller)."""
-    label_map_file = Path(folder) / LABEL_MAP_FILE
-    if not label_map_file.is_file() or not (Path(folder) / FORM_MODEL_FILE).is_file():
-        raise BadInputError(f"{folder}: not a Steward {form} form (no {FORM_MODEL_FILE} and {LABEL_MAP_FILE})")
-    label_map = json.loads(label_map_file.read_text())
-    tokenizer = load_tokenizer(folder)
-    max_length = min(max_seq_length, int(label_map["max_length"]))  # the exported model's own limit, at most
-    return OnnxScorer(onnx_session(Path(folder) / FORM_MODEL_FILE), tokenizer, label_map["labels"],
-                      float(label_map["temperature"]), max_length, form)
+def load_form(folder: Path) -> OnnxScorer:
+    """The form saved in `folder` (its files already verified by the caller), as its manifest describes it."""
+    manifest = ModelManifest.read(folder)
+    if not (Path(folder) / FORM_MODEL_FILE).is_file():
+        raise BadInputError(f"{folder}: not a Steward {manifest.form} form (no {FORM_MODEL_FILE})")
+    return OnnxScorer(onnx_session(Path(folder) / FORM_MODEL_FILE), load_tokenizer(folder), manifest.labels,
+                      manifest.temperature, manifest.max_length, manifest.form)
 
 
 def export_onnx(classifier: Classifier, model_id: str, output_file: Path) -> None:
@@ -136,10 +130,8 @@ def export_onnx(classifier: Classifier, model_id: str, output_file: Path) -> Non
 
 
 def quantize_int8(fp32_file: Path, int8_file: Path) -> None:
-    """Dynamic int8 quantization: int8 weights, one scale per output channel, activations quantized per batch
-    at run time. Per-channel scales, measured on MiniLM fine-tuned on Kotzias (500 test rows) and fortunes
-    (1,200): agreement with fp32 0.966 → 0.990 and 0.922 → 0.950 at the same speed; keeping the feed-forward
-    output layers in fp32 gained another 0.02 on fortunes for a third of the throughput, so they are quantized."""
+    """Dynamic int8 quantization: int8 weights, one scale per output channel (it agrees with fp32 more often than
+    one scale per tensor, at the same speed: bench/RESULTS.md), activations quantized per batch at run time."""
     import logging
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -155,9 +147,9 @@ def quantize_int8(fp32_file: Path, int8_file: Path) -> None:
         root.removeFilter(not_the_preprocessing_hint)
 
 
-def write_int8_form(model_dir: Path, model_id: str, target: Path, max_seq_length: int) -> None:
+def write_int8_form(model_dir: Path, model_id: str, target: Path, form: FormName) -> None:
     """Export, quantize, and save the self-contained form folder (written whole, then moved into place)."""
-    classifier = load_saved_classifier(Path(model_dir), max_seq_length, cpu_device())
+    classifier = load_saved_classifier(Path(model_dir), cpu_device())
     partial = target.with_name(f".{target.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -166,8 +158,7 @@ def write_int8_form(model_dir: Path, model_id: str, target: Path, max_seq_length
         export_onnx(classifier, model_id, fp32_file)
         quantize_int8(fp32_file, partial / FORM_MODEL_FILE)
     classifier.tokenizer.save_pretrained(partial)
-    label_map = json.loads((Path(model_dir) / LABEL_MAP_FILE).read_text())
-    (partial / LABEL_MAP_FILE).write_text(json.dumps({**label_map, "max_length": classifier.max_length}, indent=2))
+    form_manifest(classifier, form).write(partial)
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
 
@@ -225,18 +216,14 @@ class CompressionInputs:
 
     model_dir: Path
     model_id: str  # the configured base model, for error messages
-    reference: EvaluationResult  # the fp32 model on `test`
-    test: TextTable
-    train: TextTable
-    validation: TextTable
-    corpus: TextTable | None
+    reference: EvaluationResult  # the fp32 model on the test split
+    splits: Splits
     primary_metric: str
-    max_seq_length: int
     seed: int
 
 
 def make_int8(inputs: CompressionInputs, target: Path) -> None:
-    write_int8_form(inputs.model_dir, inputs.model_id, target, inputs.max_seq_length)
+    write_int8_form(inputs.model_dir, inputs.model_id, target, METHOD_FORMS["onnx-int8"])
 
 
 def make_student(inputs: CompressionInputs, target: Path, params: DistillConfig) -> None:
@@ -244,13 +231,14 @@ def make_student(inputs: CompressionInputs, target: Path, params: DistillConfig)
     from tasks.distill import DistillJob, distil, distillation_texts
     from tasks.modeling import pick_device
 
-    teacher = load_saved_classifier(inputs.model_dir, inputs.max_seq_length, pick_device())
-    texts = distillation_texts(inputs.train, inputs.corpus, params.max_corpus_rows, inputs.seed)
+    splits = inputs.splits
+    teacher = load_saved_classifier(inputs.model_dir, pick_device())
+    texts = distillation_texts(splits.train, splits.corpus, params.max_corpus_rows, inputs.seed)
     work = Path(f"{inputs.model_dir}-student.checkpoints")  # kept by a killed run, which resumes from it
-    job = DistillJob(teacher, inputs.model_dir, texts, inputs.validation, params, inputs.seed, work)
+    job = DistillJob(teacher, inputs.model_dir, texts, splits.validation, params, inputs.seed, work)
     with tempfile.TemporaryDirectory(prefix="steward-student-") as scratch:
         student_dir = distil(job, Path(scratch) / "student")
-        write_int8_form(student_dir, inputs.model_id, target, inputs.max_seq_length)
+        write_int8_form(student_dir, inputs.model_id, target, STUDENT)
 
 
 FormMaker = Callable[[CompressionInputs, Path], None]  # writes the form's folder
@@ -271,7 +259,7 @@ def compress_form(inputs: CompressionInputs, form: str, method: str, make: FormM
     target = form_dir(inputs.model_dir, form)
     try:
         make(inputs, target)
-        evaluation = evaluate_scorer(load_form(target, form, inputs.max_seq_length), inputs.test)
+        evaluation = evaluate_scorer(load_form(target), inputs.splits.test)
     except Exception as exc:
         shutil.rmtree(target, ignore_errors=True)
         return FormResult(form, method, "failed", [exception_line(exc)])
@@ -283,7 +271,6 @@ def compress_form(inputs: CompressionInputs, form: str, method: str, make: FormM
     )
 
 
-@task(name="compress", retries=0, cache_policy=NO_CACHE)
 def compress_model(inputs: CompressionInputs, config: CompressionConfig) -> list[FormResult]:
     """Every form the config asks for, judged against the fp32 model's evaluation."""
     quiet_transformers()

@@ -19,19 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
-from steward.errors import BadInputError, StewardError, warn
+from core.errors import BadInputError, warn
 
 if TYPE_CHECKING:
     import datasets
     import pandas as pd
-    from prefect import Task
-    from prefect.client.schemas.objects import TaskRun
-    from prefect.states import State
 
-    from steward.config import StewardConfig
+    from core.config import StewardConfig
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet")
 NULL_MARK = "\\N"  # how a null cell enters the fingerprint (distinct from an empty string)
@@ -101,18 +95,22 @@ def _normalise(value: str | None) -> str:
     return NULL_MARK if value is None else unicodedata.normalize("NFC", value).strip()
 
 
-def _retry_unless_bad_input(task: Task, task_run: TaskRun, state: State) -> bool:
-    """Retry transient I/O failures only; a user's bad input fails at once."""
-    return not isinstance(state.result(raise_on_failure=False), StewardError)
+@dataclass(frozen=True)
+class Splits:
+    """The data of one run: what a model trains on, is chosen on, is judged on, and adapts to."""
+
+    train: TextTable
+    validation: TextTable
+    test: TextTable
+    corpus: TextTable | None = None  # the unlabelled domain corpus, when the config names one
+
+    def tables(self) -> list[TextTable]:
+        return [self.train, self.validation, self.test, *([self.corpus] if self.corpus is not None else [])]
+
+    def labelled(self) -> list[TextTable]:
+        return [self.train, self.validation, self.test]
 
 
-@task(
-    name="load-table",
-    retries=2,
-    retry_delay_seconds=1,
-    retry_condition_fn=_retry_unless_bad_input,
-    cache_policy=NO_CACHE,
-)
 def load_table(path: Path, text_column: str, label_column: str | None, role: str) -> TextTable:
     """Read a .csv/.tsv/.jsonl/.parquet file, a saved `datasets` dir, or (no labels) a .txt corpus."""
     path = Path(path)
@@ -131,19 +129,12 @@ def load_table(path: Path, text_column: str, label_column: str | None, role: str
     return make_table(role, path, texts, labels, schema)
 
 
-@task(
-    name="load-corpus",
-    retries=2,
-    retry_delay_seconds=1,
-    retry_condition_fn=_retry_unless_bad_input,
-    cache_policy=NO_CACHE,
-)
 def load_corpus(config: StewardConfig) -> TextTable:
     """The unlabelled domain corpus named by `data.domain_corpus`; an empty corpus is bad input."""
     if config.data.domain_corpus is None:
         raise BadInputError("config: data.domain_corpus is not set, so there is no corpus to pretrain on")
     path = config.resolve(config.data.domain_corpus)
-    table = load_table.fn(path, config.data.text_column, None, "corpus")
+    table = load_table(path, config.data.text_column, None, "corpus")
     documents = table.present_texts()
     if not documents:
         raise BadInputError(f"{path}: the domain corpus has no text")

@@ -17,25 +17,24 @@ The compression stage then quantizes the student to int8 and gates it like the t
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from steward.errors import BadInputError
-from tasks import checkpoints, training
+from core.errors import BadInputError
+from core.hashing import run_key, sha256_files
+from tasks import training
 from tasks.classifier import Classifier, batched_logits, calibrated, collate, encode, save_classifier
 from tasks.distributed import SINGLE_PROCESS
 from tasks.finetune import EpochBatches, fit_temperature
-from tasks.modeling import Device, deterministic, pick_device, sha256_files
+from tasks.modeling import Device, deterministic, pick_device
 
 if TYPE_CHECKING:
     import torch
 
-    from steward.config import DistillConfig
+    from core.config import DistillConfig
     from tasks.data import TextTable
 
 TEACHER_BATCH = 64
@@ -82,7 +81,8 @@ def student_of(teacher: Classifier, layers: int) -> Classifier:
     parent = model.encoder.get_submodule(parent_name) if parent_name else model.encoder
     setattr(parent, attribute, type(stack)([stack[index] for index in keep]))
     model.encoder.config.num_hidden_layers = len(keep)
-    return Classifier(model, teacher.tokenizer, teacher.labels, teacher.max_length, teacher.temperature)
+    return Classifier(model, teacher.tokenizer, teacher.labels, teacher.max_length, teacher.base_fingerprint,
+                      teacher.temperature)
 
 
 def distillation_texts(train: TextTable, corpus: TextTable | None, max_corpus_rows: int, seed: int) -> list[str]:
@@ -94,7 +94,7 @@ def distillation_texts(train: TextTable, corpus: TextTable | None, max_corpus_ro
     return list(dict.fromkeys(texts))
 
 
-class Distillation:
+class Distillation(training.Recipe):
     """The recipe: one phase of `epochs` passes over the texts, soft cross-entropy against the teacher."""
 
     def __init__(self, student: Classifier, job: DistillJob, targets: torch.Tensor, run_key: str,
@@ -122,29 +122,13 @@ class Distillation:
         loss = -(targets * torch.log_softmax(logits.float(), dim=-1)).sum(dim=-1).mean()
         return loss, self.batches.tokens(indices)
 
-    def begin_phase(self, phase: training.Phase) -> None:
-        pass
-
-    def evaluate(self, step: int) -> bool:
-        return False
-
     def checkpoint_index(self, step: int) -> int:
         return step // self.interval
 
-    def state(self) -> dict[str, Any]:
-        return {}
-
-    def extra_weights(self) -> dict[str, dict[str, torch.Tensor]]:
-        return {}
-
-    def restore(self, state: dict[str, Any], found: checkpoints.FoundCheckpoint) -> None:
-        pass
-
 
 def _run_key(job: DistillJob) -> str:
-    inputs = {"teacher": sha256_files(job.teacher_dir), "texts": job.texts, "params": job.params.model_dump(),
-              "seed": job.seed, "validation": job.validation.fingerprint}
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+    return run_key({"teacher": sha256_files(job.teacher_dir), "texts": job.texts, "params": job.params.model_dump(),
+                    "seed": job.seed, "validation": job.validation.fingerprint})
 
 
 def distil(job: DistillJob, output_dir: Path) -> Path:

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from steward.errors import BadInputError, StewardError, exception_line
+from core.errors import BadInputError, StewardError, exception_line
 
 if TYPE_CHECKING:
     import torch

@@ -31,24 +31,22 @@ finding is `prior_shift`, not drift. Thresholds are calibrated in `bench/drift.p
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
-from steward.errors import BadInputError
-from steward.scores import DriftFindingName
+from core.errors import BadInputError
+from core.results import DriftResult, DriftSignal
 from tasks.modeling import pick_device, quiet_transformers
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from core.hashing import ModelFiles
     from tasks.classifier import Classifier
     from tasks.data import TextTable
     from tasks.modeling import Device
@@ -65,43 +63,34 @@ _WORD = re.compile(r"[^\W\d_]+")
 
 @dataclass(frozen=True)
 class ScoredBatch:
-    """A sample of a table with one row per text: text, descriptors, prediction, embedding, label."""
+    """A sample of a table with one row per text: text, descriptors, prediction, embedding, label. Plain columns
+    (JSON data), so a scored reference can be kept in Prefect's task cache as it is."""
 
     source: str
     rows_total: int
-    frame: pd.DataFrame
+    columns: dict[str, list[Any]]
+
+    @classmethod
+    def of_frame(cls, source: str, rows_total: int, frame: pd.DataFrame) -> ScoredBatch:
+        return cls(source, rows_total, frame.to_dict(orient="list"))
+
+    @cached_property
+    def frame(self) -> pd.DataFrame:
+        import pandas as pd
+
+        return pd.DataFrame(self.columns)
 
     @property
     def rows_scored(self) -> int:
-        return len(self.frame)
+        return len(self.columns[TEXT])
 
     @property
     def has_labels(self) -> bool:
-        return LABEL in self.frame.columns
+        return LABEL in self.columns
 
     @property
     def embedding_columns(self) -> list[str]:
-        return [column for column in self.frame.columns if column.startswith(EMBEDDING_PREFIX)]
-
-    def save(self, path: Path) -> None:
-        """Parquet rows plus a JSON sidecar; written to temporary names first, so a cache is whole or absent."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
-        self.frame.to_parquet(partial, index=False)
-        meta = path.with_suffix(".json")
-        meta.with_suffix(".partial-json").write_text(json.dumps({"source": self.source, "rows_total": self.rows_total}))
-        meta.with_suffix(".partial-json").replace(meta)
-        partial.replace(path)
-
-    @classmethod
-    def load(cls, path: Path) -> ScoredBatch | None:
-        """A batch saved by `save`, or None when there is none."""
-        import pandas as pd
-
-        if not path.is_file():
-            return None
-        meta = json.loads(path.with_suffix(".json").read_text())
-        return cls(meta["source"], meta["rows_total"], pd.read_parquet(path))
+        return [column for column in self.columns if column.startswith(EMBEDDING_PREFIX)]
 
 
 COVARIATE, PRIOR = "covariate", "prior"  # what a signal describes: the inputs, or the class mix
@@ -111,42 +100,6 @@ CATEGORICAL_DISTANCE = 0.1  # predicted and true labels: Jensen-Shannon distance
 SIGNIFICANCE = 0.05
 MIN_MATCHED_ROWS = 100  # a reference matched to the current class mix needs this many rows, else it stays whole
 HOMOGENEITY_TEST = "chisquare_homogeneity"
-
-
-@dataclass(frozen=True)
-class DriftSignal:
-    """One signal's verdict: drifted when its effect reaches the threshold and its test is significant."""
-
-    name: str
-    kind: str  # COVARIATE or PRIOR
-    method: str  # the effect size and the test, as Evidently names them
-    effect: float
-    effect_threshold: float
-    significant: bool
-    drifted: bool
-
-
-@dataclass(frozen=True)
-class DriftResult:
-    drift_detected: bool  # covariate drift: the inputs changed
-    prior_shift: bool  # the class mix changed and the inputs did not
-    drift_share: float  # share of the covariate signals that drifted
-    threshold: float
-    signals: list[DriftSignal]
-    reference_rows: int
-    reference_scored: int
-    current_rows: int
-    current_scored: int
-    covariate_reference_rows: int  # reference rows the input signals compared with (fewer when class-matched)
-    report_path: Path  # the Evidently report of the input signals; the class-mix one is beside it
-
-    @property
-    def drifted_signals(self) -> list[str]:
-        return [signal.name for signal in self.signals if signal.drifted]
-
-    @property
-    def finding(self) -> DriftFindingName:
-        return "drift" if self.drift_detected else "prior_shift" if self.prior_shift else "none"
 
 
 def sample_rows(table: TextTable, cap: int, seed: int) -> tuple[list[str], list[str] | None]:
@@ -197,9 +150,9 @@ def embed_and_predict(classifier: Classifier, texts: list[str], device: Device) 
     return embeddings.tolist(), predictions
 
 
-@task(name="score-batch", retries=0, cache_policy=NO_CACHE)
-def score_batch(table: TextTable, model_dir: Path, sample_size: int, seed: int, max_seq_length: int) -> ScoredBatch:
-    """Sample `table` and compute the descriptors, embedding and prediction of every sampled row."""
+def score_batch(table: TextTable, model: ModelFiles, sample_size: int, seed: int) -> ScoredBatch:
+    """Sample `table` and compute the descriptors, embedding and prediction of every sampled row with the
+    classifier in `model`'s folder (its files verified first)."""
     import pandas as pd
 
     from tasks.classifier import load_saved_classifier
@@ -207,7 +160,7 @@ def score_batch(table: TextTable, model_dir: Path, sample_size: int, seed: int, 
     quiet_transformers()
     texts, labels = sample_rows(table, sample_size, seed)
     device = pick_device()
-    classifier = load_saved_classifier(Path(model_dir), max_seq_length, device)
+    classifier = load_saved_classifier(model.verified(), device)
     embeddings, predictions = embed_and_predict(classifier, texts, device)
     frame = pd.DataFrame({TEXT: texts, **text_descriptors(texts, whole_word_vocabulary(classifier))})
     frame[PREDICTION] = predictions
@@ -215,10 +168,9 @@ def score_batch(table: TextTable, model_dir: Path, sample_size: int, seed: int, 
         frame[LABEL] = labels
     width = len(embeddings[0])
     vectors = pd.DataFrame(embeddings, columns=[f"{EMBEDDING_PREFIX}{i}" for i in range(width)])
-    return ScoredBatch(str(table.source), table.rows, pd.concat([frame, vectors], axis=1))
+    return ScoredBatch.of_frame(str(table.source), table.rows, pd.concat([frame, vectors], axis=1))
 
 
-@task(name="compare-batches", retries=0, cache_policy=NO_CACHE)
 def compare_batches(
     reference: ScoredBatch, current: ScoredBatch, drift_share_threshold: float, report_path: Path,
 ) -> DriftResult:
@@ -271,7 +223,7 @@ def class_matched(reference: ScoredBatch, current: ScoredBatch) -> ScoredBatch:
     keep = [index for label, share in (wanted / wanted.sum()).items()
             for index in rng.choice(np.flatnonzero(predicted == label), round(rows * share), replace=False)]
     frame = reference.frame.iloc[sorted(keep)].reset_index(drop=True)
-    return ScoredBatch(f"{reference.source} (matched to the current class mix)", reference.rows_total, frame)
+    return ScoredBatch.of_frame(f"{reference.source} (matched to the current class mix)", reference.rows_total, frame)
 
 
 def _prior_columns(reference: ScoredBatch, current: ScoredBatch) -> list[str]:

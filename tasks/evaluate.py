@@ -5,13 +5,9 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
-from steward.scores import ClassScore, ReliabilityBin
+from core.results import ClassScore, ReliabilityBin
 from tasks.classifier import (
     Scorer,
     TorchScorer,
@@ -25,6 +21,7 @@ from tasks.modeling import pick_device, quiet_transformers
 if TYPE_CHECKING:
     import torch
 
+    from core.hashing import ModelFiles
     from tasks.data import TextTable
 
 ECE_BINS = 15
@@ -66,14 +63,12 @@ class EvaluationResult:
         }
 
 
-@task(name="evaluate", retries=0, cache_policy=NO_CACHE)
-def evaluate_model(
-    model_dir: Path, test: TextTable, max_seq_length: int, batch_size: int = BATCH_SIZE
-) -> EvaluationResult:
-    """Score the classifier saved in `model_dir` (PyTorch, fp32) on the labelled rows of `test`."""
+def evaluate_model(model: ModelFiles, test: TextTable, batch_size: int = BATCH_SIZE) -> EvaluationResult:
+    """Score the classifier (PyTorch, fp32) in `model`'s folder, once its files are verified, on the labelled
+    rows of `test`."""
     quiet_transformers()
     device = pick_device()
-    scorer = TorchScorer(load_saved_classifier(Path(model_dir), max_seq_length, device), device)
+    scorer = TorchScorer(load_saved_classifier(model.verified(), device), device)
     return evaluate_scorer(scorer, test, batch_size)
 
 

@@ -19,8 +19,6 @@ summed cross-entropy over the global batch size, so the averaged gradient is the
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from collections.abc import Callable
@@ -28,10 +26,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
-from steward.config import FinetuningConfig
+from core.config import FinetuningConfig
+from core.hashing import ModelFiles, run_key
 from tasks import checkpoints, distributed, training
 from tasks.classifier import (
     Classifier,
@@ -45,7 +41,7 @@ from tasks.classifier import (
     training_labels,
 )
 from tasks.distributed import SINGLE_PROCESS, Ranks, table_from_json, table_to_json
-from tasks.modeling import Device, deterministic, pick_device, quiet_transformers, sha256_files
+from tasks.modeling import Device, deterministic, pick_device, quiet_transformers
 
 if TYPE_CHECKING:
     import torch
@@ -55,9 +51,7 @@ if TYPE_CHECKING:
 MEGABATCH_FACTOR = 50  # length grouping sorts within windows of 50 batches, like HF's sampler
 BEST_WEIGHTS = "best"
 # The linear probe's inverse L2 strength. Strong on purpose: a probe that fits the training set (C = 1 does,
-# 480 rows in 384 dimensions) leaves fine-tuning almost no loss to learn from. Measured on fortunes seed 0
-# (bench/quality.py --seeds 1 --benchmarks fortunes --test-per-class 50 --methods steward-finetune):
-# macro-F1 0.600 at C = 1, 0.664 at C = 0.02 (the plain loop: 0.664).
+# 480 rows in 384 dimensions) leaves fine-tuning almost no loss to learn from (bench/RESULTS.md).
 PROBE_C = 0.02
 # Solved to a tight tolerance: the optimum is unique (L2), so embeddings that differ in the last bits (other
 # thread counts, N processes) give the same head instead of wherever a loose L-BFGS happened to stop.
@@ -146,29 +140,17 @@ class FineTuneJob:
         )
 
 
-@task(name="fine-tune", retries=0, cache_policy=NO_CACHE)
-def fine_tune(
-    model_dir: Path,
-    train: TextTable,
-    validation: TextTable,
-    params: FinetuningConfig,
-    seed: int,
-    output_dir: Path,
-    primary_metric: str,
-    on_epoch: EpochCallback | None = None,
-    nproc: int = 1,
-) -> FineTuneResult:
-    """Train a classifier head (and the encoder) and save the best epoch into `output_dir`.
-    `on_epoch(epoch)` is called after each epoch's checkpoint is written (progress reporting; it runs in
-    the training process, so only with `nproc` 1). `nproc` > 1 trains in that many torchrun workers."""
-    job = FineTuneJob(Path(model_dir), train, validation, params, seed, Path(output_dir), primary_metric)
+def fine_tune(job: FineTuneJob, nproc: int = 1, on_epoch: EpochCallback | None = None) -> FineTuneResult:
+    """Train a classifier head (and the encoder) and save the best epoch into `job.output_dir`. `nproc` > 1
+    trains in that many torchrun workers. `on_epoch(epoch)` is called after each epoch's checkpoint is written
+    (progress reporting; it runs in the training process, so only with `nproc` 1)."""
     if nproc == 1:
         return run_fine_tuning(job, SINGLE_PROCESS, on_epoch)
     if on_epoch is not None:
         raise ValueError("on_epoch runs inside the training process: it needs nproc=1")
     started = time.perf_counter()
     _class_labels(job)  # bad input is reported here, before any worker starts
-    distributed.require_batch_per_rank(params.batch_size, nproc, "finetuning")
+    distributed.require_batch_per_rank(job.params.batch_size, nproc, "finetuning")
     job_dir = job.output_dir.with_name(f"{job.output_dir.name}.workers")
     result = result_from_json(distributed.launch("finetune", job.to_json(), nproc, job_dir))
     return replace(result, seconds=time.perf_counter() - started)
@@ -185,9 +167,10 @@ def run_fine_tuning(job: FineTuneJob, ranks: Ranks, on_epoch: EpochCallback | No
     quiet_transformers()
     labels = _class_labels(job)
     device = pick_device(ranks.local_rank)
+    start = ModelFiles.of(job.model_dir)
     with deterministic(job.seed):
-        classifier = new_classifier(job.model_dir, labels, job.params.max_seq_length, device)
-        recipe = FineTuning(classifier, job, _run_key(job), device, ranks)
+        classifier = new_classifier(job.model_dir, labels, job.params.max_seq_length, start.fingerprint, device)
+        recipe = FineTuning(classifier, job, _run_key(job, start), device, ranks)
         recipe.fit_linear_probe()
         on_interval = None if on_epoch is None else lambda step: on_epoch(step // recipe.interval)
         loop = training.train(recipe, ranks, device, "fine-tune", on_interval=on_interval)
@@ -222,16 +205,15 @@ def _class_labels(job: FineTuneJob) -> list[str]:
     return labels
 
 
-def _run_key(job: FineTuneJob) -> str:
-    inputs = {
-        "model_files": sha256_files(job.model_dir),
+def _run_key(job: FineTuneJob, start: ModelFiles) -> str:
+    return run_key({
+        "model_files": start.sha256,
         "train": job.train.fingerprint,
         "validation": job.validation.fingerprint,
         "params": job.params.model_dump(mode="json"),
         "seed": job.seed,
         "primary_metric": job.primary_metric,
-    }
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+    })
 
 
 
@@ -272,7 +254,7 @@ class EpochBatches:
         return sum(self.lengths[i] for i in indices)
 
 
-class FineTuning:
+class FineTuning(training.Recipe):
     """The recipe: one full phase of `epochs` passes; each epoch ends in a validation pass that keeps the
     best weights and stops after `early_stopping_patience` epochs without gain."""
 
@@ -311,9 +293,6 @@ class FineTuning:
             head.weight.copy_(weight.to(head.weight))
             head.bias.copy_(bias.to(head.bias))
         self.best_weights = _cpu_copy(self.classifier.model)
-
-    def begin_phase(self, phase: training.Phase) -> None:
-        pass
 
     def step_loss(self, trainer: torch.nn.Module, step: int) -> tuple[torch.Tensor, int]:
         """This rank's share of the global batch's mean loss: its summed cross-entropy / global batch size.

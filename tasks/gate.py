@@ -3,37 +3,19 @@ metrics and the policy."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
-from steward.config import BASELINE_FLOOR
-from steward.errors import BadInputError
-from steward.scores import CLASSICAL_BASELINE_NAME, GateOutcomeName
+from core.config import BASELINE_FLOOR
+from core.errors import BadInputError
+from core.results import GateOutcome
+from core.vocabulary import CLASSICAL_BASELINE_NAME, FloorSource, GateOutcomeName
 
 if TYPE_CHECKING:
-    from steward.config import EvaluationConfig
+    from core.config import EvaluationConfig
 
 TOLERANCE = 1e-9  # so 0.3 counts as 0.1 + 0.2: metric noise far below this never decides a gate
 
-FloorSource = Literal["min_score", "classical baseline"]
 
-
-@dataclass(frozen=True)
-class GateOutcome:
-    passed: bool
-    outcome: GateOutcomeName  # passed → "promoted", or "challenger" when approval is required; else "rejected"
-    primary_metric: str
-    candidate_score: float
-    champion_score: float | None
-    reasons: list[str]
-    floor: float  # the effective min_score: the configured number, or the classical baseline's score
-    floor_source: FloorSource
-
-
-@task(name="promotion-gate", retries=0, cache_policy=NO_CACHE)
 def decide_promotion(
     candidate: dict[str, float], champion: dict[str, float] | None, policy: EvaluationConfig,
     classical_baseline: dict[str, float] | None = None,
@@ -56,7 +38,9 @@ def decide_promotion(
     if passed and policy.require_approval:
         reasons.append("approval required: registered as challenger until someone else approves it")
     outcome: GateOutcomeName = "rejected" if not passed else "challenger" if policy.require_approval else "promoted"
-    return GateOutcome(passed, outcome, metric, score, champion_score, reasons, floor, source)
+    return GateOutcome(passed=passed, outcome=outcome, primary_metric=metric, candidate_score=score,
+                       champion_score=champion_score, reasons=reasons, min_score=floor, floor_source=source,
+                       min_improvement=policy.min_improvement)
 
 
 def _floor(policy: EvaluationConfig, classical_baseline: dict[str, float] | None) -> tuple[float, FloorSource]:

@@ -1,13 +1,12 @@
 """Where models come from and how they are trusted: base-model resolution, file hashes, device.
 
 Only safetensors weights are loaded unless a config explicitly allows pickle; remote code is never
-run. A saved model directory is identified by the sha256 of every file in it.
+run. (A saved model directory is identified by the sha256 of every file in it: `core.hashing`.)
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import time
 from collections.abc import Iterable, Iterator
@@ -15,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from steward.errors import BadInputError, CheckFailedError
+from core.errors import BadInputError
 
 if TYPE_CHECKING:
     import torch
@@ -23,7 +22,6 @@ if TYPE_CHECKING:
 
 MINILM = "minilm"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-_CHUNK = 1 << 20
 
 
 def resolve_base_model(spec: str, workdir: Path | None = None, allow_pickle: bool = False) -> Path:
@@ -92,36 +90,6 @@ def has_safetensors(model_dir: Path) -> bool:
 def weight_format_kwargs(model_dir: Path) -> dict[str, bool]:
     """`from_pretrained` arguments: safetensors whenever present, never remote code."""
     return {"use_safetensors": has_safetensors(model_dir), "trust_remote_code": False}
-
-
-def sha256_files(model_dir: Path) -> dict[str, str]:
-    """Relative path (POSIX) → sha256 hex of every file under `model_dir`, sorted by path."""
-    root = Path(model_dir)
-    files = sorted(p for p in root.rglob("*") if p.is_file())
-    return {p.relative_to(root).as_posix(): _sha256(p) for p in files}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def verify_files(model_dir: Path, expected: dict[str, str]) -> None:
-    """Refuse a model dir whose files differ from the recorded hashes: every recorded file must
-    match, and no unrecorded file may be present. Raises `CheckFailedError` naming the first."""
-    found = sha256_files(model_dir)
-    for name, digest in sorted(expected.items()):
-        if name not in found:
-            raise CheckFailedError(f"{Path(model_dir) / name}: missing (expected sha256 {digest[:12]}…)")
-        if found[name] != digest:
-            mismatch = f"expected {digest[:12]}…, found {found[name][:12]}…"
-            raise CheckFailedError(f"{Path(model_dir) / name}: sha256 mismatch ({mismatch})")
-    extra = sorted(set(found) - set(expected))
-    if extra:
-        raise CheckFailedError(f"{Path(model_dir) / extra[0]}: file not in the recorded sha256 list")
 
 
 def is_causal_lm(config: PreTrainedConfig) -> bool:

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from steward.errors import BadInputError
-from steward.scores import FP32
+from core.errors import BadInputError
+from core.vocabulary import FP32
 from tasks.modeling import pick_device, quiet_transformers
 
 if TYPE_CHECKING:
+    from core.hashing import ModelFiles
     from tasks.classifier import Scorer
     from tasks.data import TextTable
 
@@ -81,17 +82,18 @@ def _prediction(labels: list[str], row: list[float]) -> Prediction:
     return Prediction(labels[best], row[best], dict(zip(labels, row, strict=True)))
 
 
-def load_predictor(model_dir: Path, max_seq_length: int, identity: ModelIdentity) -> Predictor:
-    """A predictor on the form `identity.form` saved in `model_dir` (its files already verified by the caller):
-    the PyTorch classifier for `fp32`, an ONNX Runtime session otherwise."""
+def load_predictor(model: ModelFiles, identity: ModelIdentity) -> Predictor:
+    """A predictor on the form `identity.form` saved in `model`'s folder, once its files are verified: the
+    PyTorch classifier for `fp32`, an ONNX Runtime session otherwise."""
     from tasks.classifier import TorchScorer, load_saved_classifier
     from tasks.compress import load_form
 
     quiet_transformers()
+    folder = model.verified()
     if identity.form != FP32:
-        return Predictor(load_form(model_dir, identity.form, max_seq_length), identity)
+        return Predictor(load_form(folder), identity)
     device = pick_device()
-    return Predictor(TorchScorer(load_saved_classifier(model_dir, max_seq_length, device), device), identity)
+    return Predictor(TorchScorer(load_saved_classifier(folder, device), device), identity)
 
 
 PROGRESS_CHUNK = 256  # texts per progress-bar step

@@ -17,16 +17,10 @@ Understanding", NAACL 2021).
 5. The candidate is kept unless it is significantly worse than the first model on validation (a paired
    bootstrap of the primary metric, one-sided 95%); otherwise the first model is.
 
-Why skip a round that cannot choose (step 1): on Kotzias (498 new sentences for 600 labelled rows) the round lost
-0.005 macro-F1 over 3 seeds (bench/quality.py); on fortunes (4,720 new texts for 480 rows) it gained 0.012. Hard
-pseudo-labels, not the first model's calibrated probabilities as soft targets: on fortunes (seeds 0-2, the same
-pseudo-labelled texts) the soft-target average scored +0.007, +0.005 and −0.014 against the hard one's.
-
-Why 4 and 5, measured on fortunes (12 classes, 40 labels per class, seeds 0-2, 1,200 test rows): the student
-gained +0.015, +0.002 and +0.009 macro-F1 on test over the first model, the average +0.008, +0.013 and +0.015;
-but on a 120-row validation split, whose noise (±0.04) dwarfs such gains, the rule "keep the student when it
-validates at least as well" kept it in one seed of three. The guard is there to catch a self-training that
-went wrong, which a validation split of that size can see, not to pick between models it cannot tell apart.
+Why: a round that cannot choose lost on a corpus smaller than the labelled set and gained on one ten times larger;
+hard pseudo-labels did at least as well as soft ones; and a small validation split cannot tell the student or the
+average from the first model at the gains measured, so the guard (5) only catches a round that went wrong. The
+figures are in bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -40,15 +34,15 @@ from typing import TYPE_CHECKING
 
 from tasks.classifier import batched_logits, calibrated, encode, load_saved_classifier, save_classifier
 from tasks.data import make_table
-from tasks.finetune import FineTuneResult, fine_tune, fit_temperature
+from tasks.finetune import FineTuneJob, FineTuneResult, fine_tune, fit_temperature
 from tasks.modeling import pick_device
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from steward.config import FinetuningConfig, SelfTrainingConfig
-    from tasks.data import TextTable
+    from core.config import SelfTrainingConfig
+    from tasks.data import Splits, TextTable
 
 SCORING_BATCH = 64
 GUARD_RESAMPLES = 2_000  # paired bootstrap resamples of the validation split
@@ -90,11 +84,11 @@ def quotas(train: TextTable, params: SelfTrainingConfig) -> dict[str, int]:
 
 
 def pseudo_labelled(model_dir: Path, train: TextTable, corpus: TextTable, texts: list[str], wanted: dict[str, int],
-                    min_confidence: float, max_seq_length: int) -> TextTable:
+                    min_confidence: float) -> TextTable:
     """Per class, the `wanted[class]` `texts` (from `corpus`) the model in `model_dir` labels as that class most
     confidently, each at least `min_confidence`, as a table shaped like `train` (see the module doc)."""
     device = pick_device()
-    classifier = load_saved_classifier(model_dir, max_seq_length, device)
+    classifier = load_saved_classifier(model_dir, device)
     logits, _ = batched_logits(classifier, encode(classifier, texts), SCORING_BATCH, device)
     confidence, predicted = calibrated(logits, classifier.temperature).max(dim=-1)
     chosen: list[tuple[str, str]] = []
@@ -114,32 +108,32 @@ def with_rows(train: TextTable, extra: TextTable) -> TextTable:
     return make_table(train.role, train.source, [*texts, *more_texts], [*labels, *more_labels], train.schema)
 
 
-def self_train(first: FineTuneResult, start_dir: Path, train: TextTable, validation: TextTable, test: TextTable,
-               corpus: TextTable, params: FinetuningConfig, seed: int, output_dir: Path, primary_metric: str,
-               nproc: int = 1) -> SelfTrainingOutcome:
-    """One round of self-training after `first` (see the module doc); the candidate, when kept, is saved in a
-    folder under `output_dir`. Validation and test texts in the corpus are left unlabelled."""
-    settings = params.self_training
-    texts = unlabelled_sample(corpus, (train, validation, test), settings.max_corpus_rows, seed)
-    wanted = quotas(train, settings)
+def self_train(first: FineTuneResult, job: FineTuneJob, splits: Splits, nproc: int = 1) -> SelfTrainingOutcome:
+    """One round of self-training after `first`, which `job` trained on `splits` (see the module doc); the
+    candidate, when kept, is saved in a folder under `job.output_dir`. Training, validation and test texts in
+    the corpus are left unlabelled."""
+    settings = job.params.self_training
+    if splits.corpus is None:
+        return _skipped(first, "no domain corpus (data.domain_corpus) to draw pseudo-labels from")
+    texts = unlabelled_sample(splits.corpus, splits.labelled(), settings.max_corpus_rows, job.seed)
+    wanted = quotas(job.train, settings)
     quota = sum(wanted.values())
     if len(texts) < quota:
         return _skipped(first, f"{len(texts)} new corpus texts to choose from, fewer than the {quota} pseudo-labels "
-                               f"it picks (finetuning.self_training.ratio {settings.ratio:g} × {train.rows} "
+                               f"it picks (finetuning.self_training.ratio {settings.ratio:g} × {job.train.rows} "
                                "training rows)")
-    pseudo = pseudo_labelled(first.model_dir, train, corpus, texts, wanted, settings.min_confidence,
-                             params.max_seq_length)
+    pseudo = pseudo_labelled(first.model_dir, job.train, splits.corpus, texts, wanted, settings.min_confidence)
     if pseudo.rows == 0:
         reason = f"no corpus text reached finetuning.self_training.min_confidence {settings.min_confidence:g}"
         return _skipped(first, reason)
-    student = fine_tune(start_dir, with_rows(train, pseudo), validation, params, seed,
-                        output_dir=output_dir / STUDENT_DIR, primary_metric=primary_metric, nproc=nproc)
-    candidate_dir = output_dir / AVERAGED_DIR
-    temperature, comparison = averaged_candidate(first.model_dir, student.model_dir, validation,
-                                                 params.max_seq_length, candidate_dir)
+    student = fine_tune(replace(job, train=with_rows(job.train, pseudo), output_dir=job.output_dir / STUDENT_DIR),
+                        nproc)
+    candidate_dir = job.output_dir / AVERAGED_DIR
+    temperature, comparison = averaged_candidate(first.model_dir, student.model_dir, job.validation, candidate_dir)
     shutil.rmtree(student.model_dir)  # its weights live on in the candidate
-    candidate_score = float(resampled_scores(comparison.truth[None], comparison.candidate[None], primary_metric)[0])
-    if significantly_worse(comparison, primary_metric, seed):
+    candidate_score = float(resampled_scores(comparison.truth[None], comparison.candidate[None],
+                                             job.primary_metric)[0])
+    if significantly_worse(comparison, job.primary_metric, job.seed):
         shutil.rmtree(candidate_dir)
         return SelfTrainingOutcome(first, pseudo.rows, first.best_score, candidate_score, False)
     # the student's training curves, the candidate's weights, validation score and temperature
@@ -151,17 +145,17 @@ def _skipped(first: FineTuneResult, reason: str) -> SelfTrainingOutcome:
     return SelfTrainingOutcome(first, 0, first.best_score, first.best_score, False, skipped_because=reason)
 
 
-def averaged_candidate(first_dir: Path, student_dir: Path, validation: TextTable, max_seq_length: int,
+def averaged_candidate(first_dir: Path, student_dir: Path, validation: TextTable,
                        output_dir: Path) -> tuple[float, ValidationComparison]:
     """Save to `output_dir` the classifier whose weights are the mean of the first model's and the student's,
     its temperature fitted on `validation`; return that temperature and both models' validation predictions."""
     import numpy as np
 
     device = pick_device()
-    classifier = load_saved_classifier(first_dir, max_seq_length, device)
+    classifier = load_saved_classifier(first_dir, device)
     examples = encode(classifier, *validation.complete_rows())
     first_logits, _ = batched_logits(classifier, examples, SCORING_BATCH, device)
-    average_weights(classifier.model, load_saved_classifier(student_dir, max_seq_length, device).model)
+    average_weights(classifier.model, load_saved_classifier(student_dir, device).model)
     logits, _ = batched_logits(classifier, examples, SCORING_BATCH, device)
     truth = [example["labels"] for example in examples]
     classifier.temperature = fit_temperature(logits, truth)

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal
 
 from tasks import checkpoints
 from tasks.distributed import Ranks
@@ -61,8 +61,9 @@ class Phase:
         return cls(name, steps, learning_rate, math.ceil(LR_WARMUP_FRACTION * steps), schedule)
 
 
-class Recipe(Protocol):
-    """What a stage supplies to the loop."""
+class Recipe:
+    """What a stage supplies to the loop. A recipe sets the attributes and writes `phases` and `step_loss`; the
+    rest has defaults for a stage that evaluates nothing and keeps no state of its own."""
 
     run_key: str  # hash of every input: a checkpoint resumes only a run with the same key
     output_dir: Path  # where checkpoints go
@@ -70,33 +71,34 @@ class Recipe(Protocol):
     model: torch.nn.Module  # the weights a checkpoint saves
     loss_module: torch.nn.Module  # what DDP wraps (its forward runs inside `step_loss`)
 
-    def phases(self) -> list[Phase]: ...
+    def phases(self) -> list[Phase]:
+        raise NotImplementedError
 
     def step_loss(self, trainer: torch.nn.Module, step: int) -> tuple[torch.Tensor, int]:
         """This rank's share of step `step`'s global mean loss, and the global batch's real tokens."""
-        ...
+        raise NotImplementedError
 
     def begin_phase(self, phase: Phase) -> None:
         """Called before the first step of each phase (also after a resume into it)."""
-        ...
 
     def evaluate(self, step: int) -> bool:
         """End of an interval (every rank): evaluate; True stops training early."""
-        ...
+        return False
 
     def checkpoint_index(self, step: int) -> int:
         """The number in the checkpoint's folder name (`checkpoint-<n>`): a step, an epoch."""
-        ...
+        return step
 
     def state(self) -> dict[str, Any]:
         """The stage's own bookkeeping (JSON) that a resumed run restores."""
-        ...
+        return {}
 
     def extra_weights(self) -> dict[str, dict[str, torch.Tensor]]:
         """Weight sets besides the model to store in a checkpoint (e.g. the best epoch's)."""
-        ...
+        return {}
 
-    def restore(self, state: dict[str, Any], found: checkpoints.FoundCheckpoint) -> None: ...
+    def restore(self, state: dict[str, Any], found: checkpoints.FoundCheckpoint) -> None:
+        """Take back what `state` and `extra_weights` saved."""
 
 
 @dataclass

@@ -15,13 +15,10 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 if TYPE_CHECKING:
     import pandas as pd
 
-    from steward.config import ValidationConfig
+    from core.config import ValidationConfig
     from tasks.data import TextTable
 
 
@@ -65,7 +62,6 @@ class _Check:
     description: str
 
 
-@task(name="validate-data", retries=0, cache_policy=NO_CACHE)
 def validate_table(
     table: TextTable,
     config: ValidationConfig,

@@ -12,9 +12,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from steward.errors import ConfigError
+from core.errors import ConfigError
+from core.vocabulary import REGISTRY_URL_ENV, TaskName
 
-REGISTRY_URL_ENV = "STEWARD_REGISTRY_URL"
 BASELINE_FLOOR = "baseline"  # evaluation.min_score: the classical baseline's score on the same test set
 
 
@@ -228,7 +228,7 @@ class StewardConfig(_Section):
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     base_model: str = "minilm"
-    task: Literal["text-classification"] = "text-classification"
+    task: TaskName = "text-classification"
     seed: int = 13
     allow_pickle: bool = False
     data: DataConfig
@@ -261,18 +261,17 @@ class StewardConfig(_Section):
         return self.model_dump(mode="json")
 
 
-def resolve_registry_url(override: str | None, config: StewardConfig | None) -> str:
-    """--registry, else STEWARD_REGISTRY_URL, else the config's registry.url, else a SQLite file.
+def resolve_registry_url(config: StewardConfig | None) -> str:
+    """Where the registry is: STEWARD_REGISTRY_URL (the command line puts --registry there), else the config's
+    registry.url, else a SQLite file in the config's folder (the current directory without a config)."""
+    if config is None:
+        return registry_url_for(None, Path.cwd())
+    return registry_url_for(config.registry.url, config.workdir)
 
-    The SQLite file lives in the config's folder, or in the current directory without a config.
-    """
-    if override:
-        return override
-    if os.environ.get(REGISTRY_URL_ENV):
-        return os.environ[REGISTRY_URL_ENV]
-    if config is not None and config.registry.url:
-        return config.registry.url
-    return default_registry_url(config.workdir if config is not None else Path.cwd())
+
+def registry_url_for(configured: str | None, folder: Path) -> str:
+    """STEWARD_REGISTRY_URL, else `configured` (a config's registry.url), else `folder`'s SQLite registry."""
+    return os.environ.get(REGISTRY_URL_ENV) or configured or default_registry_url(folder)
 
 
 def default_registry_url(folder: Path) -> str:
@@ -345,16 +344,28 @@ def _read_text(path: Path) -> str:
 
 
 def load_config(path: str | Path) -> StewardConfig:
-    """Read and validate a config file; every failure is a one-line `ConfigError`."""
-    import yaml
-
+    """Read and validate a config file; every failure is a one-line `ConfigError`. The same text at the same
+    path is validated once per process: the command line checks a config before its flow starts (a bad one
+    must not start Prefect), and the flow reads the same file."""
     path = Path(path)
     text = _read_text(path)
+    key = (path.resolve(), text)
+    if key not in _VALIDATED:
+        _VALIDATED.clear()
+        _VALIDATED[key] = parse_config(_parse_yaml(path, text), str(path), path.resolve().parent)
+    return _VALIDATED[key]
+
+
+_VALIDATED: dict[tuple[Path, str], StewardConfig] = {}  # the last config validated (configs are frozen)
+
+
+def _parse_yaml(path: Path, text: str) -> object:
+    import yaml
+
     try:
-        raw = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}: YAML syntax error{where}: {problem}", path) from None
-    return parse_config(raw, str(path), path.resolve().parent)

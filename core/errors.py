@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import sys
 from pathlib import Path
+
+# `warn` logs here too; a flow forwards this logger to its Prefect run's log (flows/context.py).
+log = logging.getLogger("steward")
+log.addHandler(logging.NullHandler())  # outside a flow, stderr alone says it (no second copy from logging)
 
 
 class StewardError(Exception):
@@ -63,11 +67,7 @@ def exception_line(exc: BaseException) -> str:
 
 
 def warn(message: str) -> None:
-    """One `steward: warning:` line on stderr (and in the Prefect run's log when inside a run)."""
+    """One `steward: warning:` line on stderr, and a record on the `steward` logger."""
     sys.stderr.write(f"steward: warning: {one_line(message)}\n")
     sys.stderr.flush()
-    from prefect.exceptions import MissingContextError
-    from prefect.logging import get_run_logger
-
-    with contextlib.suppress(MissingContextError):
-        get_run_logger().warning(message)
+    log.warning(message)

@@ -1,34 +1,23 @@
-"""Evaluation values (and the gate's outcomes, drift findings and retrain decisions) shared by the tasks that
-compute them and the registry that stores them."""
+"""The project's vocabularies, one home each: what a gate, a drift check, a compression or a task may say.
+
+Each is a `Literal` (for type checkers) and the tuple of its values (for checks at run time and for the
+registry, which refuses anything else).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal, get_args
 
+REGISTRY_URL_ENV = "STEWARD_REGISTRY_URL"  # where the registry is, when --registry does not say
+CHAMPION = "champion"  # the alias the gate moves and the server follows by default
+CHALLENGER = "challenger"  # the alias of a candidate that passed but waits for approval
 
-@dataclass(frozen=True)
-class ClassScore:
-    label: str
-    precision: float
-    recall: float
-    f1: float
-    support: int
+TaskName = Literal["text-classification"]  # what a model does (config `task`)
+TASKS: tuple[str, ...] = get_args(TaskName)
 
-
-@dataclass(frozen=True)
-class ReliabilityBin:
-    """One bin of a reliability diagram: predictions whose confidence lies in [lower, upper)."""
-
-    lower: float
-    upper: float
-    count: int
-    mean_confidence: float
-    accuracy: float
-
-
-GateOutcomeName = Literal["promoted", "challenger", "rejected"]  # the gate's outcomes, defined here only
+GateOutcomeName = Literal["promoted", "challenger", "rejected"]
 GATE_OUTCOMES: tuple[str, ...] = get_args(GateOutcomeName)
+FloorSource = Literal["min_score", "classical baseline"]  # where the gate's floor came from
 
 CLASSICAL_BASELINE_NAME = "TF-IDF + LR"  # the classical baseline, as reasons and reports name it
 CLASSICAL_BASELINE_PREFIX = "classical_baseline_"  # its run metrics: classical_baseline_macro_f1, _accuracy, _c, ...
