@@ -7,14 +7,13 @@ from dataclasses import asdict
 from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased
 
+from core.errors import BadInputError, CheckFailedError
+from core.vocabulary import CHAMPION
 from governance.events import AliasMoved, ModelPromoted, PromotionRefused, RolesInitialised
 from governance.models import Alias, AliasHistory, ModelVersion, RegisteredModel, utcnow
 from governance.records import AliasMove, ModelVersionRecord
 from governance.roles import RoleGrant, init_roles
-from governance.store import RegistryStore, core, subject_of, version_query
-from steward.errors import BadInputError, CheckFailedError
-
-CHAMPION = "champion"
+from governance.store import RegistryStore, core, subject_of
 
 
 class AliasStore(RegistryStore):
@@ -125,11 +124,11 @@ class AliasStore(RegistryStore):
                 return None
             row = core(
                 session,
-                version_query()
+                ModelVersion.records()
                 .join(Alias, Alias.version_id == ModelVersion.id)
                 .where(Alias.model_id == model.id, Alias.alias == alias),
             ).first()
-        return None if row is None else ModelVersionRecord(*row)
+        return None if row is None else ModelVersion.to_record(row)
 
     def _move_alias(
         self, session: Session, model: RegisteredModel, target: ModelVersion, alias: str, action: str, reason: str

@@ -33,12 +33,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy import Engine, func, select
 
+from core.errors import BadInputError, CheckFailedError
 from governance.audit import GENESIS_HASH, AuditLog, ChainVerification, canonical_json
 from governance.db import open_migrated, reachable, read_only
 from governance.events import AuditAnchored
 from governance.models import AuditEvent
 from governance.redact import mask_url
-from steward.errors import BadInputError, CheckFailedError
 
 FORMAT_VERSION = 1
 PRIVATE_KEY_FILE = "anchor-private.pem"

@@ -20,9 +20,9 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from core.errors import BadInputError, RegistryUnavailableError
 from governance.models import json_dumps
 from governance.redact import mask_url, redact_text
-from steward.errors import BadInputError, RegistryUnavailableError
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # Arbitrary constant shared by every Steward process ("Steward" in ASCII).

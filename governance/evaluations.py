@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, fields
-from typing import Any
 
 from sqlalchemy import select
 
+from core.errors import BadInputError
+from core.results import GateOutcome
+from core.vocabulary import GATE_OUTCOMES
 from governance.audit import canonical_json
 from governance.events import (
     EvaluationRecorded,
@@ -16,20 +17,15 @@ from governance.events import (
     MetricsLogged,
     ValidationRecorded,
 )
-from governance.models import EvaluationDetail, GateDecision, Metric, RegisteredModel, ValidationResult, utcnow
+from governance.models import EvaluationDetail, GateDecision, Metric, RegisteredModel, ValidationResult
 from governance.records import (
-    ClassScore,
     EvaluationDetailIn,
     EvaluationDetailRecord,
-    GateDecisionIn,
     GateDecisionRecord,
-    ReliabilityBin,
     ValidationResultIn,
     ValidationResultRecord,
 )
-from governance.store import _SHA256, RegistryStore, core, finite_metrics, gate_query, subject_of, to_record
-from steward.errors import BadInputError
-from steward.scores import GATE_OUTCOMES
+from governance.store import _SHA256, RegistryStore, finite_metrics, subject_of
 
 
 class EvaluationStore(RegistryStore):
@@ -112,7 +108,7 @@ class EvaluationStore(RegistryStore):
             version = self._version_by_id(session, detail.version_id)
             if detail.dataset_id is not None:
                 self._dataset(session, detail.dataset_id)
-            row = EvaluationDetail(**_evaluation_columns(detail), created_at=utcnow())
+            row = EvaluationDetail.from_detail(detail)
             session.add(row)
             session.flush()
             payload = EvaluationRecorded(
@@ -122,10 +118,10 @@ class EvaluationStore(RegistryStore):
                 labels=list(detail.labels),
                 examples=sum(score.support for score in detail.per_class),
                 adapted_checkpoint_key=detail.adapted_checkpoint_key,
-                sha256=hashlib.sha256(canonical_json(_evaluation_columns(detail)).encode()).hexdigest(),
+                sha256=hashlib.sha256(canonical_json(EvaluationDetail.columns_of(detail)).encode()).hexdigest(),
             )
             self._event(session, subject_of(version.model_name, version.version), payload)
-            return _evaluation_record(row)
+            return row.to_record()
 
     def evaluation(self, version_id: int) -> EvaluationDetailRecord | None:
         """The latest evaluation detail recorded for the version; None when there is none."""
@@ -136,25 +132,14 @@ class EvaluationStore(RegistryStore):
                 .order_by(EvaluationDetail.id.desc())
                 .limit(1)
             ).first()
-            return None if row is None else _evaluation_record(row)
+            return None if row is None else row.to_record()
 
     def record_validation(self, *, run_id: str, dataset_id: int | None, results: list[ValidationResultIn]) -> None:
         with self._write() as session:
             run = self._run(session, run_id)
             if dataset_id is not None:
                 self._dataset(session, dataset_id)
-            session.add_all(
-                ValidationResult(
-                    run_id=run_id,
-                    dataset_id=dataset_id,
-                    expectation=r.expectation,
-                    column_name=r.column,
-                    success=r.success,
-                    observed=r.observed,
-                    details=r.details,
-                )
-                for r in results
-            )
+            session.add_all(ValidationResult.from_result(result, run_id, dataset_id) for result in results)
             failed = [f"{r.expectation}({r.column})" if r.column else r.expectation for r in results if not r.success]
             self._event(session, run.model_name, ValidationRecorded(run_id, dataset_id, len(results), failed))
 
@@ -163,30 +148,34 @@ class EvaluationStore(RegistryStore):
             rows = session.scalars(
                 select(ValidationResult).where(ValidationResult.run_id == run_id).order_by(ValidationResult.id)
             )
-            return [to_record(ValidationResultRecord, r, column=r.column_name) for r in rows]
+            return [row.to_record() for row in rows]
 
-    def record_gate_decision(self, decision: GateDecisionIn) -> GateDecisionRecord:
-        if decision.outcome not in GATE_OUTCOMES:
-            raise BadInputError(f"gate outcome must be one of {', '.join(GATE_OUTCOMES)}, not {decision.outcome!r}")
+    def record_gate_decision(self, outcome: GateOutcome, *, run_id: str, candidate_version_id: int,
+                             champion_version_id: int | None) -> GateDecisionRecord:
+        """Store the gate's decision on a candidate (against the champion it was compared with, if any)."""
+        if outcome.outcome not in GATE_OUTCOMES:
+            raise BadInputError(f"gate outcome must be one of {', '.join(GATE_OUTCOMES)}, not {outcome.outcome!r}")
         with self._write() as session:
-            self._run(session, decision.run_id)
-            candidate = self._version_by_id(session, decision.candidate_version_id)
-            if decision.champion_version_id is not None:
-                self._version_by_id(session, decision.champion_version_id)
-            row = GateDecision(**asdict(decision), created_at=utcnow())
+            self._run(session, run_id)
+            candidate = self._version_by_id(session, candidate_version_id)
+            if champion_version_id is not None:
+                self._version_by_id(session, champion_version_id)
+            row = GateDecision.from_outcome(outcome, run_id=run_id, candidate_version_id=candidate_version_id,
+                                            champion_version_id=champion_version_id)
             session.add(row)
             session.flush()
-            record = GateDecisionRecord(*core(session, gate_query().where(GateDecision.id == row.id)).one())
-            payload = GateDecided(**{f.name: getattr(record, f.name) for f in fields(GateDecided)})
-            self._event(session, subject_of(candidate.model_name, candidate.version), payload)
+            stored = session.execute(GateDecision.records().where(GateDecision.id == row.id)).one()
+            record = GateDecision.to_record(stored)
+            self._event(session, subject_of(candidate.model_name, candidate.version),
+                        GateDecided.of(record, reasons=GateDecision.REASON_SEPARATOR.join(record.reasons)))
             return record
 
     def gate_decisions(self, model_name: str) -> list[GateDecisionRecord]:
         with self._read() as session:
-            rows = core(
-                session, gate_query().where(RegisteredModel.name == model_name).order_by(GateDecision.id)
+            rows = session.execute(
+                GateDecision.records().where(RegisteredModel.name == model_name).order_by(GateDecision.id)
             ).all()
-        return [GateDecisionRecord(*row) for row in rows]
+            return [GateDecision.to_record(row) for row in rows]
 
 
 def _check_evaluation(detail: EvaluationDetailIn) -> None:
@@ -204,23 +193,3 @@ def _check_evaluation(detail: EvaluationDetailIn) -> None:
     bins = {f"bin{i}.{name}": getattr(b, name) for i, b in enumerate(detail.reliability)
             for name in ("lower", "upper", "mean_confidence", "accuracy")}
     finite_metrics({**scores, **bins})
-
-def _evaluation_columns(detail: EvaluationDetailIn) -> dict[str, Any]:
-    """The record as the row's columns (plain JSON data)."""
-    return {
-        **asdict(detail),
-        "labels": list(detail.labels),
-        "per_class": [asdict(score) for score in detail.per_class],
-        "confusion_matrix": [list(row) for row in detail.confusion_matrix],
-        "reliability": [asdict(b) for b in detail.reliability],
-    }
-
-def _evaluation_record(row: EvaluationDetail) -> EvaluationDetailRecord:
-    return to_record(
-        EvaluationDetailRecord,
-        row,
-        labels=tuple(row.labels),
-        per_class=tuple(ClassScore(**score) for score in row.per_class),
-        confusion_matrix=tuple(tuple(counts) for counts in row.confusion_matrix),
-        reliability=tuple(ReliabilityBin(**b) for b in row.reliability),
-    )

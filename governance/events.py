@@ -8,9 +8,9 @@ flat dataclasses of JSON values; ``body()`` is what is hashed and stored (with t
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 
 class EventType(StrEnum):
@@ -67,6 +67,12 @@ class EventPayload:
 
     def body(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def of(cls, record: object, **values: Any) -> Self:
+        """The event of a stored record: its attributes of the same names, `values` given or overriding."""
+        names = [f.name for f in fields(cls) if f.name not in values]
+        return cls(**{name: getattr(record, name) for name in names}, **values)
 
 
 # -- datasets and runs ---------------------------------------------------------------------------------

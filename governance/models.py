@@ -1,11 +1,17 @@
-"""ORM schema of the registry. Migrations in ``governance/migrations`` must create exactly this."""
+"""ORM schema of the registry. Migrations in ``governance/migrations`` must create exactly this.
+
+Each table converts itself beside its definition (as MLflow's ``dbmodels`` do with ``to_mlflow_entity``): a
+``to_record()`` that reads its columns by name into the frozen record the registry hands out, and a ``from_*``
+that builds a row from the value a task computed. Nothing outside this module copies columns field by field.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict, fields
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -16,13 +22,34 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Row,
+    Select,
     String,
     Text,
     TypeDecorator,
     UniqueConstraint,
+    select,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, aliased, mapped_column
+
+from core.results import ClassScore, DriftResult, GateOutcome, ReliabilityBin
+from governance.records import (
+    ArtifactFileRecord,
+    CompressedFormIn,
+    CompressedFormRecord,
+    DatasetRecord,
+    DriftReportRecord,
+    EvaluationDetailIn,
+    EvaluationDetailRecord,
+    GateDecisionRecord,
+    ModelVersionRecord,
+    RunRecord,
+    ValidationResultIn,
+    ValidationResultRecord,
+)
+
+_R = TypeVar("_R")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -80,6 +107,11 @@ class Base(DeclarativeBase):
         dict[str, str]: JSON(),
     }
 
+    def _as(self, record_type: type[_R], **values: Any) -> _R:
+        """The record whose fields are this row's columns of the same names, `values` given or overriding."""
+        names = [f.name for f in fields(record_type) if f.name not in values]  # type: ignore[arg-type]
+        return record_type(**{name: getattr(self, name) for name in names}, **values)
+
 
 _NAME = String(200)
 
@@ -114,6 +146,9 @@ class Run(Base):
     host: Mapped[str | None] = mapped_column(String(255))  # where the run's process runs, and its id:
     pid: Mapped[int | None]  # a 'running' run whose process is gone is stale (Registry.fail_dead_runs)
 
+    def to_record(self) -> RunRecord:
+        return self._as(RunRecord)
+
 
 class ModelVersion(Base):
     __tablename__ = "model_versions"
@@ -130,6 +165,22 @@ class ModelVersion(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_by: Mapped[str] = mapped_column(_NAME)
 
+    @classmethod
+    def records(cls) -> Select:
+        """Versions as rows whose columns are named as `ModelVersionRecord`'s fields (`to_record(row)`): a column
+        query, so that listing thousands of versions builds no ORM objects."""
+        parent = aliased(cls)
+        return (
+            select(cls.id, RegisteredModel.name.label("model_name"), cls.version, cls.artifact_path, cls.base_model,
+                   parent.version.label("parent_version"), cls.run_id, cls.status, cls.created_at, cls.created_by)
+            .join(RegisteredModel, RegisteredModel.id == cls.model_id)
+            .outerjoin(parent, parent.id == cls.parent_version_id)
+        )
+
+    @staticmethod
+    def to_record(row: Row) -> ModelVersionRecord:
+        return ModelVersionRecord(**row._mapping)
+
 
 class ArtifactFile(Base):
     __tablename__ = "artifact_files"
@@ -140,6 +191,9 @@ class ArtifactFile(Base):
     relative_path: Mapped[str] = mapped_column(String(1000))
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+
+    def to_record(self) -> ArtifactFileRecord:
+        return self._as(ArtifactFileRecord)
 
 
 class Dataset(Base):
@@ -153,6 +207,9 @@ class Dataset(Base):
     rows: Mapped[int]
     schema: Mapped[dict[str, str]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def to_record(self) -> DatasetRecord:
+        return self._as(DatasetRecord)
 
 
 class VersionDataset(Base):
@@ -228,6 +285,14 @@ class ValidationResult(Base):
     observed: Mapped[Any] = mapped_column(JSON, nullable=True)
     details: Mapped[dict[str, Any]]
 
+    @classmethod
+    def from_result(cls, result: ValidationResultIn, run_id: str, dataset_id: int | None) -> ValidationResult:
+        return cls(run_id=run_id, dataset_id=dataset_id, column_name=result.column,
+                   **{k: v for k, v in asdict(result).items() if k != "column"})
+
+    def to_record(self) -> ValidationResultRecord:
+        return self._as(ValidationResultRecord, column=self.column_name)
+
 
 class GateDecision(Base):
     __tablename__ = "gate_decisions"
@@ -243,8 +308,39 @@ class GateDecision(Base):
     min_improvement: Mapped[float] = mapped_column(Float)
     passed: Mapped[bool]
     outcome: Mapped[str] = mapped_column(String(16))
-    reasons: Mapped[str] = mapped_column(Text, default="")
+    reasons: Mapped[str] = mapped_column(Text, default="")  # the gate's reasons, joined by REASON_SEPARATOR
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    floor_source: Mapped[str] = mapped_column(String(32), server_default="min_score")  # added by migration 0009
+
+    REASON_SEPARATOR = "; "  # no reason the gate writes contains it
+
+    @classmethod
+    def from_outcome(cls, outcome: GateOutcome, *, run_id: str, candidate_version_id: int,
+                     champion_version_id: int | None) -> GateDecision:
+        columns = {f.name: getattr(outcome, f.name) for f in fields(GateOutcome)}
+        return cls(**{**columns, "reasons": cls.REASON_SEPARATOR.join(outcome.reasons)}, run_id=run_id,
+                   candidate_version_id=candidate_version_id, champion_version_id=champion_version_id,
+                   created_at=utcnow())
+
+    @classmethod
+    def records(cls) -> Select:
+        """Decisions with the names of what they judged: rows of (decision, model_name, candidate_version,
+        champion_version) for `to_record`."""
+        candidate, champion = aliased(ModelVersion), aliased(ModelVersion)
+        return (
+            select(cls, RegisteredModel.name.label("model_name"), candidate.version.label("candidate_version"),
+                   champion.version.label("champion_version"))
+            .join(candidate, candidate.id == cls.candidate_version_id)
+            .join(RegisteredModel, RegisteredModel.id == candidate.model_id)
+            .outerjoin(champion, champion.id == cls.champion_version_id)
+        )
+
+    @staticmethod
+    def to_record(row: Row) -> GateDecisionRecord:
+        decision: GateDecision = row.GateDecision
+        reasons = [reason for reason in decision.reasons.split(decision.REASON_SEPARATOR) if reason]
+        return decision._as(GateDecisionRecord, reasons=reasons, model_name=row.model_name,
+                            candidate_version=row.candidate_version, champion_version=row.champion_version)
 
 
 class DriftReport(Base):
@@ -261,6 +357,25 @@ class DriftReport(Base):
     finding: Mapped[str] = mapped_column(String(32), server_default="none")  # added by migration 0005
     retrain: Mapped[str] = mapped_column(String(32), server_default="not_needed")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    @classmethod
+    def from_result(cls, result: DriftResult, *, model_name: str, retrain: str, current: str, reference: str,
+                    run_id: str | None, version_id: int | None) -> DriftReport:
+        """The row of a drift check: its verdict as columns, every signal and count in `details`."""
+        details = {
+            "current": current,
+            "reference": reference,
+            "threshold": result.threshold,
+            "signals": [asdict(signal) for signal in result.signals],
+            **{name: getattr(result, name) for name in ("reference_rows", "reference_scored", "current_rows",
+                                                         "current_scored", "covariate_reference_rows")},
+        }
+        return cls(model_name=model_name, drift_detected=result.drift_detected, drift_share=result.drift_share,
+                   report_path=str(result.report_path), details=details, finding=result.finding, retrain=retrain,
+                   run_id=run_id, version_id=version_id, created_at=utcnow())
+
+    def to_record(self) -> DriftReportRecord:
+        return self._as(DriftReportRecord)
 
 
 # Added by migration 0003.
@@ -282,6 +397,30 @@ class EvaluationDetail(Base):
     adapted_checkpoint_key: Mapped[str | None] = mapped_column(String(64))
     adapted_checkpoint_path: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    @staticmethod
+    def columns_of(detail: EvaluationDetailIn) -> dict[str, Any]:
+        """The evaluation as this table's columns (plain JSON data; also what its audit event's sha256 covers)."""
+        return {
+            **asdict(detail),
+            "labels": list(detail.labels),
+            "per_class": [asdict(score) for score in detail.per_class],
+            "confusion_matrix": [list(row) for row in detail.confusion_matrix],
+            "reliability": [asdict(b) for b in detail.reliability],
+        }
+
+    @classmethod
+    def from_detail(cls, detail: EvaluationDetailIn) -> EvaluationDetail:
+        return cls(**cls.columns_of(detail), created_at=utcnow())
+
+    def to_record(self) -> EvaluationDetailRecord:
+        return self._as(
+            EvaluationDetailRecord,
+            labels=tuple(self.labels),
+            per_class=tuple(ClassScore(**score) for score in self.per_class),
+            confusion_matrix=tuple(tuple(counts) for counts in self.confusion_matrix),
+            reliability=tuple(ReliabilityBin(**b) for b in self.reliability),
+        )
 
 
 # Added by migration 0006.
@@ -319,7 +458,7 @@ class CompressedForm(Base):
     version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
     form: Mapped[str] = mapped_column(String(32))
     method: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16))  # steward.scores.COMPRESSION_STATUSES
+    status: Mapped[str] = mapped_column(String(16))  # core.vocabulary.COMPRESSION_STATUSES
     reasons: Mapped[list[str]] = mapped_column(JSON)
     artifact_path: Mapped[str | None] = mapped_column(Text)  # null when export or quantization failed
     files: Mapped[dict[str, str]]  # relative path -> sha256
@@ -327,3 +466,10 @@ class CompressedForm(Base):
     metrics: Mapped[dict[str, Any]]  # the form's test metrics, agreement and metric_drop
     per_class_f1_delta: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    @classmethod
+    def from_form(cls, form: CompressedFormIn) -> CompressedForm:
+        return cls(**{**asdict(form), "reasons": list(form.reasons)}, created_at=utcnow())
+
+    def to_record(self) -> CompressedFormRecord:
+        return self._as(CompressedFormRecord, reasons=tuple(self.reasons))

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from steward.scores import (
-    ClassScore,
-    CompressionStatusName,
-    DriftFindingName,
-    ReliabilityBin,
-    RetrainDecisionName,
-)
+from core.hashing import ModelFiles
+from core.results import ClassScore, GateOutcome, ReliabilityBin
+from core.vocabulary import CompressionStatusName, DriftFindingName, RetrainDecisionName
 
 
 @dataclass(frozen=True)
@@ -111,58 +108,23 @@ class ValidationResultRecord:
 
 
 @dataclass(frozen=True)
-class GateDecisionIn:
-    run_id: str
-    candidate_version_id: int
-    champion_version_id: int | None
-    primary_metric: str
-    candidate_score: float
-    champion_score: float | None
-    min_score: float
-    min_improvement: float
-    passed: bool
-    outcome: str  # promoted | challenger | rejected
-    reasons: str = ""
+class GateDecisionRecord(GateOutcome):
+    """A stored gate decision: the gate's own value, and which run made it about which versions."""
 
-
-@dataclass(frozen=True)
-class GateDecisionRecord:
     id: int
     model_name: str
-    candidate_version: int
-    champion_version: int | None
     run_id: str
     candidate_version_id: int
+    candidate_version: int
     champion_version_id: int | None
-    primary_metric: str
-    candidate_score: float
-    champion_score: float | None
-    min_score: float
-    min_improvement: float
-    passed: bool
-    outcome: str
-    reasons: str
+    champion_version: int | None
     created_at: datetime
 
 
 @dataclass(frozen=True)
-class DriftReportIn:
-    model_name: str
-    drift_share: float
-    report_path: str
-    details: dict[str, Any]
-    finding: DriftFindingName = "none"
-    retrain: RetrainDecisionName = "not_needed"
-    run_id: str | None = None
-    version_id: int | None = None
-
-    @property
-    def drift_detected(self) -> bool:
-        return self.finding == "drift"
-
-
-@dataclass(frozen=True)
 class DriftReportRecord:
+    """A stored drift check: what it found (`details` holds every signal) and what it decided about retraining."""
+
     id: int
     model_name: str
     drift_detected: bool
@@ -182,7 +144,7 @@ class CompressedFormIn:
 
     run_id: str
     version_id: int
-    form: str  # steward.scores.FORMS
+    form: str  # core.vocabulary.FORMS
     method: str  # compression.methods entry that made it
     status: CompressionStatusName
     reasons: tuple[str, ...]
@@ -220,6 +182,10 @@ class ModelVersionDetail:
     def recorded_hashes(self) -> dict[str, str]:
         """The sha256 of every artifact file as the registry recorded it at registration."""
         return {file.relative_path: file.sha256 for file in self.files}
+
+    def model_files(self) -> ModelFiles:
+        """The fp32 model's folder and its recorded hashes (what a loader verifies before it loads)."""
+        return ModelFiles(Path(self.version.artifact_path), self.recorded_hashes)
 
     def form(self, name: str) -> CompressedFormRecord | None:
         return next((form for form in self.forms if form.form == name), None)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from governance.aliases import CHAMPION, AliasStore
+from core.errors import RegistryUnavailableError
+from governance.aliases import AliasStore
 from governance.audit import AuditLog, ChainVerification
 from governance.db import open_migrated
 from governance.drift_reports import DriftStore
@@ -21,11 +22,9 @@ from governance.records import (
     CompressedFormIn,
     CompressedFormRecord,
     DatasetRecord,
-    DriftReportIn,
     DriftReportRecord,
     EvaluationDetailIn,
     EvaluationDetailRecord,
-    GateDecisionIn,
     GateDecisionRecord,
     ModelSummary,
     ModelVersionDetail,
@@ -38,10 +37,8 @@ from governance.records import (
 from governance.redact import mask_url
 from governance.runs import STALE_RUN_ERROR, RunStore, process_alive, this_host
 from governance.versions import VersionStore
-from steward.errors import RegistryUnavailableError
 
 __all__ = [
-    "CHAMPION",
     "STALE_RUN_ERROR",
     "AliasMove",
     "ArtifactFileRecord",
@@ -51,11 +48,9 @@ __all__ = [
     "CompressedFormIn",
     "CompressedFormRecord",
     "DatasetRecord",
-    "DriftReportIn",
     "DriftReportRecord",
     "EvaluationDetailIn",
     "EvaluationDetailRecord",
-    "GateDecisionIn",
     "GateDecisionRecord",
     "ModelSummary",
     "ModelVersionDetail",

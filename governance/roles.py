@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, text
 
-from steward.errors import BadInputError
+from core.errors import BadInputError
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,13 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.errors import BadInputError
 from governance.audit import canonical_json
 from governance.events import DatasetRecorded, RunFinished, RunStarted
 from governance.models import Dataset, Run, json_dumps, utcnow
 from governance.records import DatasetRecord, RunRecord
 from governance.redact import redact, redact_text
-from governance.store import RegistryStore, to_record
-from steward.errors import BadInputError
+from governance.store import RegistryStore
 
 RUN_STATUSES = ("completed", "failed")
 STALE_RUN_ERROR = "stale: process died"
@@ -65,13 +65,13 @@ class RunStore(RegistryStore):
                 select(Dataset).where(Dataset.fingerprint == fingerprint, Dataset.role == role)
             ).first()
             if existing is not None:
-                return to_record(DatasetRecord, existing)
+                return existing.to_record()
             dataset = Dataset(role=role, source=redact_text(source), fingerprint=fingerprint, rows=rows)
             dataset.schema = dict(schema)
             session.add(dataset)
             session.flush()
             self._event(session, f"dataset:{fingerprint[:12]}", DatasetRecorded(dataset.id, role, source, rows))
-            return to_record(DatasetRecord, dataset)
+            return dataset.to_record()
 
     def start_run(
         self,
@@ -107,7 +107,7 @@ class RunStore(RegistryStore):
             config_sha256 = hashlib.sha256(canonical_json(snapshot).encode()).hexdigest()
             payload = RunStarted(run.id, kind, seed, code_version, flow_run_id, run.host, run.pid, config_sha256)
             self._event(session, model_name, payload)
-            return to_record(RunRecord, run)
+            return run.to_record()
 
     def finish_run(self, run_id: str, *, status: str, error: str | None = None) -> RunRecord:
         if status not in RUN_STATUSES:
@@ -117,7 +117,7 @@ class RunStore(RegistryStore):
             if run.status != "running":
                 raise BadInputError(f"run {run_id!r} has already {run.status}")
             self._close_run(session, run, status, error)
-            return to_record(RunRecord, run)
+            return run.to_record()
 
     def _close_run(self, session: Session, run: Run, status: str, error: str | None, *, stale: bool = False) -> None:
         """End the run; a ``stale`` one (its process is gone) names the host and pid it ran as."""
@@ -129,7 +129,7 @@ class RunStore(RegistryStore):
 
     def get_run(self, run_id: str) -> RunRecord:
         with self._read() as session:
-            return to_record(RunRecord, self._run(session, run_id))
+            return self._run(session, run_id).to_record()
 
     def fail_stale_runs(self, older_than_s: float) -> list[str]:
         """Mark runs still 'running' after ``older_than_s`` seconds as failed (their process died)."""
@@ -159,4 +159,4 @@ class RunStore(RegistryStore):
             ).all()
             for run in runs:
                 self._close_run(session, run, "failed", STALE_RUN_ERROR, stale=True)
-            return [to_record(RunRecord, run) for run in runs]
+            return [run.to_record() for run in runs]

@@ -1,5 +1,5 @@
 """What every part of the registry shares: the engine, the transactions that hold the write lock and carry
-their audit event, the identity acting, lookups, and the column queries records are built from.
+their audit event, the identity acting, and lookups.
 
 Every mutating call runs in one transaction that holds the registry write lock and appends its audit event on
 the same connection, so a change and its audit event commit or fail together.
@@ -11,70 +11,25 @@ import math
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import fields
-from typing import Any, TypeVar
 
 from sqlalchemy import Engine, Result, Select, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
+from core.errors import BadInputError
 from governance.audit import AuditLog
 from governance.db import lock_for_write, reachable, read_only
 from governance.events import EventPayload
 from governance.identity import Identity
-from governance.models import Dataset, GateDecision, Metric, ModelVersion, RegisteredModel, Run
+from governance.models import Dataset, Metric, ModelVersion, RegisteredModel, Run
 from governance.records import ModelVersionRecord, RunRecord
-from steward.errors import BadInputError
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_R = TypeVar("_R")
 
-_Parent = aliased(ModelVersion)
-_Champion = aliased(ModelVersion)
-
-
-def version_query() -> Select:
-    """Columns in ModelVersionRecord field order (records are built positionally: 10,000 rows stay fast)."""
-    return (
-        select(
-            ModelVersion.id,
-            RegisteredModel.name.label("model_name"),
-            ModelVersion.version,
-            ModelVersion.artifact_path,
-            ModelVersion.base_model,
-            _Parent.version.label("parent_version"),
-            ModelVersion.run_id,
-            ModelVersion.status,
-            ModelVersion.created_at,
-            ModelVersion.created_by,
-        )
-        .join(RegisteredModel, RegisteredModel.id == ModelVersion.model_id)
-        .outerjoin(_Parent, _Parent.id == ModelVersion.parent_version_id)
-    )
-
-def gate_query() -> Select:
-    """Columns in GateDecisionRecord field order."""
-    decision_columns = [c for c in GateDecision.__table__.c if c.name != "id"]
-    return (
-        select(
-            GateDecision.id,
-            RegisteredModel.name.label("model_name"),
-            ModelVersion.version.label("candidate_version"),
-            _Champion.version.label("champion_version"),
-            *decision_columns,
-        )
-        .join(ModelVersion, ModelVersion.id == GateDecision.candidate_version_id)
-        .join(RegisteredModel, RegisteredModel.id == ModelVersion.model_id)
-        .outerjoin(_Champion, _Champion.id == GateDecision.champion_version_id)
-    )
-
-def to_record(cls: type[_R], obj: object, **overrides: Any) -> _R:
-    """Copy the dataclass's fields from an ORM object (same attribute names), plus overrides."""
-    values = {f.name: getattr(obj, f.name) for f in fields(cls) if f.name not in overrides}  # type: ignore[arg-type]
-    return cls(**values, **overrides)
 
 def core(session: Session, stmt: Select) -> Result:
     """Run a column query on the session's connection, skipping ORM result processing."""
     return session.connection().execute(stmt)
+
 
 def subject_of(model_name: str, version: int) -> str:
     return f"{model_name}:{version}"
@@ -159,10 +114,10 @@ class RegistryStore:
 
     @staticmethod
     def _version_by_id(session: Session, version_id: int) -> ModelVersionRecord:
-        row = core(session, version_query().where(ModelVersion.id == version_id)).first()
+        row = core(session, ModelVersion.records().where(ModelVersion.id == version_id)).first()
         if row is None:
             raise BadInputError(f"no model version with id {version_id}")
-        return ModelVersionRecord(*row)
+        return ModelVersion.to_record(row)
 
     @staticmethod
     def _dataset(session: Session, dataset_id: int) -> Dataset:

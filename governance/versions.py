@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from core.errors import BadInputError
+from core.vocabulary import COMPRESSION_STATUSES, FORMS
 from governance.events import CompressionJudged, ModelCreated, VersionRegistered
 from governance.models import (
     Alias,
@@ -21,28 +23,19 @@ from governance.models import (
     utcnow,
 )
 from governance.records import (
-    ArtifactFileRecord,
     CompressedFormIn,
     CompressedFormRecord,
-    DatasetRecord,
-    GateDecisionRecord,
     ModelSummary,
     ModelVersionDetail,
     ModelVersionRecord,
-    RunRecord,
 )
 from governance.store import (
     RegistryStore,
     check_sha256,
     core,
     finite_metrics,
-    gate_query,
     subject_of,
-    to_record,
-    version_query,
 )
-from steward.errors import BadInputError
-from steward.scores import COMPRESSION_STATUSES, FORMS
 
 
 class VersionStore(RegistryStore):
@@ -158,9 +151,9 @@ class VersionStore(RegistryStore):
         """Versions of a model, newest first."""
         with self._read() as session:
             model = self._model(session, model_name)
-            stmt = version_query().where(ModelVersion.model_id == model.id).order_by(ModelVersion.version.desc())
+            stmt = ModelVersion.records().where(ModelVersion.model_id == model.id).order_by(ModelVersion.version.desc())
             rows = core(session, stmt.limit(limit)).all()
-        return [ModelVersionRecord(*row) for row in rows]
+        return [ModelVersion.to_record(row) for row in rows]
 
     def get_version(self, model_name: str, version: int) -> ModelVersionDetail:
         with self._read() as session:
@@ -174,18 +167,16 @@ class VersionStore(RegistryStore):
                 .where(VersionDataset.version_id == row.id)
             )
             aliases = session.scalars(select(Alias.alias).where(Alias.version_id == row.id).order_by(Alias.alias)).all()
-            gate = core(
-                session,
-                gate_query().where(GateDecision.candidate_version_id == row.id).order_by(GateDecision.id.desc()),
-            ).first()
+            decisions = GateDecision.records().where(GateDecision.candidate_version_id == row.id)
+            gate = session.execute(decisions.order_by(GateDecision.id.desc())).first()
             return ModelVersionDetail(
                 version=self._version_by_id(session, row.id),
-                files=[to_record(ArtifactFileRecord, f) for f in files],
-                datasets={role: to_record(DatasetRecord, dataset) for role, dataset in datasets},
+                files=[file.to_record() for file in files],
+                datasets={role: dataset.to_record() for role, dataset in datasets},
                 metrics=self._metrics(session, row.id),
                 aliases=list(aliases),
-                run=to_record(RunRecord, self._run(session, row.run_id)),
-                gate_decision=None if gate is None else GateDecisionRecord(*gate),
+                run=self._run(session, row.run_id).to_record(),
+                gate_decision=None if gate is None else GateDecision.to_record(gate),
                 forms=self._forms(session, row.id),
             )
 
@@ -199,8 +190,7 @@ class VersionStore(RegistryStore):
         with self._write() as session:
             self._run(session, form.run_id)
             version = self._version_by_id(session, form.version_id)
-            row = CompressedForm(**{**asdict(form), "reasons": list(form.reasons),
-                                    "metrics": finite_metrics(form.metrics)}, created_at=utcnow())
+            row = CompressedForm.from_form(replace(form, metrics=finite_metrics(form.metrics)))
             session.add(row)
             session.flush()
             payload = CompressionJudged(
@@ -209,7 +199,7 @@ class VersionStore(RegistryStore):
                 metric_drop=form.metrics.get("metric_drop"),
             )
             self._event(session, subject_of(version.model_name, version.version), payload)
-            return _form_record(row)
+            return row.to_record()
 
     @staticmethod
     def _forms(session: Session, version_id: int) -> list[CompressedFormRecord]:
@@ -218,11 +208,8 @@ class VersionStore(RegistryStore):
             select(CompressedForm).where(CompressedForm.version_id == version_id).order_by(CompressedForm.id)
         )
         latest = {row.form: row for row in rows}
-        return [_form_record(latest[name]) for name in FORMS if name in latest]
+        return [latest[name].to_record() for name in FORMS if name in latest]
 
-
-def _form_record(row: CompressedForm) -> CompressedFormRecord:
-    return to_record(CompressedFormRecord, row, reasons=tuple(row.reasons))
 
 def _artifact_files(version_id: int, artifact_path: str, files: dict[str, str]) -> list[ArtifactFile]:
     """File rows; sizes are read from disk when the artifact is reachable from here."""

@@ -2,30 +2,29 @@
 
 Built from the registry alone (no training code): the gate decision, a model card, metrics against
 the champion, per-class results, calibration, training curves, validation, drift, lineage, artifacts,
-environment and the audit trail. Rendered as self-contained HTML (`governance.report_render`) or markdown.
+environment and the audit trail. Rendered as self-contained HTML (`reports.render`) or markdown.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from governance.audit import AuditEventRecord, ChainVerification
+from core.errors import BadInputError
+from core.vocabulary import CHAMPION, CLASSICAL_BASELINE_NAME, CLASSICAL_BASELINE_PREFIX
+from governance.audit import AuditEventRecord
 from governance.records import (
     AliasMove,
     DatasetRecord,
-    DriftReportRecord,
-    EvaluationDetailRecord,
     GateDecisionRecord,
     ModelVersionDetail,
     RunRecord,
-    ValidationResultRecord,
 )
-from governance.registry import CHAMPION, Registry
-from governance.report_plots import compression_svg, confusion_matrix_svg, curves_svg, reliability_svg
-from governance.report_render import (
+from governance.registry import Registry
+from reports.evidence import Evidence, gather
+from reports.plots import compression_svg, confusion_matrix_svg, curves_svg, reliability_svg
+from reports.render import (
     Badge,
     Bullets,
     Cell,
@@ -41,110 +40,14 @@ from governance.report_render import (
     render_html,
     render_markdown,
 )
-from steward.errors import BadInputError
-from steward.scores import CLASSICAL_BASELINE_NAME, CLASSICAL_BASELINE_PREFIX
 
 FORMATS = ("html", "md")
 LOWER_IS_BETTER = frozenset({"ece", "ece_uncalibrated", "latency_p50_ms", "latency_p95_ms", "batch_latency_p50_ms"})
-CLASSICAL_METRICS = ("macro_f1", "accuracy")
 POORLY_CALIBRATED_ECE = 0.1
 OBSERVED_WIDTH = 120
 EVENT_DETAIL_WIDTH = 90
 TRAINING_ROLES = ("train", "validation", "corpus")
 DATASET_ORDER = ("train", "validation", "test", "corpus")
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """Everything the report shows about one version, read from the registry in one go."""
-
-    detail: ModelVersionDetail
-    evaluation: EvaluationDetailRecord | None
-    champion_metrics: dict[str, float] | None
-    moves: list[AliasMove]  # alias moves to or away from this version
-    run_metrics: dict[str, float]
-    curves: dict[str, list[tuple[int, float]]]
-    validation: list[ValidationResultRecord]
-    drift: list[DriftReportRecord]
-    version_numbers: dict[int, int]  # version id -> version number, for drift rows
-    events: list[AuditEventRecord]
-    chain: ChainVerification
-    parent_run: RunRecord | None
-    ui_url: str | None
-
-    @property
-    def name(self) -> str:
-        return self.detail.version.model_name
-
-    @property
-    def number(self) -> int:
-        return self.detail.version.version
-
-    @property
-    def gate(self) -> GateDecisionRecord | None:
-        return self.detail.gate_decision
-
-    @property
-    def primary_metric(self) -> str:
-        return _primary_metric(self.detail)
-
-    @property
-    def card(self) -> dict:
-        return self.detail.run.config.get("card") or {}
-
-    @property
-    def classical_baseline(self) -> dict[str, float]:
-        """The classical baseline's test metrics from this version's run (empty when it predates them)."""
-        metrics = self.run_metrics
-        return {name: metrics[CLASSICAL_BASELINE_PREFIX + name] for name in CLASSICAL_METRICS
-                if CLASSICAL_BASELINE_PREFIX + name in metrics}
-
-    @property
-    def floor_is_classical_baseline(self) -> bool:
-        """Whether the gate's floor was the classical baseline (`evaluation.min_score: baseline`)."""
-        return self.detail.run.config.get("evaluation", {}).get("min_score") == "baseline"
-
-
-# -- reading the registry ----------------------------------------------------------------------------
-
-
-def prefect_ui_url() -> str | None:
-    """The Prefect UI's address when one is configured (PREFECT_UI_URL, or derived from PREFECT_API_URL)."""
-    from prefect.settings import PREFECT_UI_URL
-
-    value = PREFECT_UI_URL.value()
-    return value.rstrip("/") if value else None
-
-
-def _primary_metric(detail: ModelVersionDetail) -> str:
-    configured = detail.run.config.get("evaluation", {}).get("primary_metric")
-    gate = detail.gate_decision
-    return configured or (gate.primary_metric if gate else "macro_f1")
-
-
-def gather(registry: Registry, model_name: str, version: int, ui_url: str | None) -> Evidence:
-    detail = registry.get_version(model_name, version)
-    run, gate = detail.run, detail.gate_decision
-    subject = f"{model_name}:{version}"
-    parent = detail.version.parent_version
-    curve_keys = ("pretrain_loss", "finetune_loss", f"validation_{_primary_metric(detail)}")
-    return Evidence(
-        detail=detail,
-        evaluation=registry.evaluation(detail.version.id),
-        champion_metrics=registry.metrics_for_version(gate.champion_version_id)
-        if gate and gate.champion_version_id else None,
-        moves=[m for m in registry.alias_history(model_name) if version in (m.version, m.previous_version)],
-        run_metrics=registry.run_metrics(run.id),
-        curves={key: registry.curve(run.id, key) for key in curve_keys},
-        validation=registry.validation_results(run.id),
-        drift=registry.drift_reports(model_name),
-        version_numbers={v.id: v.version for v in registry.list_versions(model_name)},
-        events=[e for e in registry.audit.events(model_name)
-                if e.subject == subject or e.payload.get("run_id") == run.id],
-        chain=registry.audit.verify(),
-        parent_run=registry.get_version(model_name, parent).run if parent is not None else None,
-        ui_url=ui_url,
-    )
 
 
 # -- small formatting helpers ------------------------------------------------------------------------
@@ -181,10 +84,6 @@ def _delta(metric: str, new: float, old: float | None) -> Cell:
     better = change < 0 if metric in LOWER_IS_BETTER else change > 0
     tone = "muted" if abs(change) < 1e-12 else "ok" if better else "bad"
     return Styled(f"{change:+.4f}", tone)
-
-
-def _reasons(gate: GateDecisionRecord) -> list[str]:
-    return [reason for reason in gate.reasons.split("; ") if reason]
 
 
 def _approval(evidence: Evidence) -> AliasMove | None:
@@ -271,7 +170,7 @@ def _summary(evidence: Evidence) -> Section:
     ]
     blocks: list = [Facts(facts)]
     if gate is not None:
-        blocks.append(Bullets(list(_reasons(gate)), title="Why"))
+        blocks.append(Bullets(list(gate.reasons), title="Why"))
     if evidence.moves:
         blocks.append(_alias_table(evidence.moves))
     return Section("summary", "Summary", blocks)
@@ -446,7 +345,7 @@ def _form_row(name: str, status: Cell, size: int | None, metrics: dict[str, floa
 
 
 def _compression(evidence: Evidence) -> Section:
-    detail, primary = evidence.detail, _primary_metric(evidence.detail)
+    detail, primary = evidence.detail, evidence.primary_metric
     forms = detail.forms
     if not forms:
         return Section("compression", "Compression", ["No compressed form was made for this version "
@@ -701,9 +600,10 @@ def document(evidence: Evidence) -> Document:
     return Document(f"Audit report: {evidence.name} v{evidence.number}", subtitle, _badge(evidence), sections)
 
 
-def build_report(registry: Registry, model_name: str, version: int) -> Document:
-    """The report of NAME:VERSION as a document, ready to render in either format."""
-    return document(gather(registry, model_name, version, prefect_ui_url()))
+def build_report(registry: Registry, model_name: str, version: int, ui_url: str | None = None) -> Document:
+    """The report of NAME:VERSION as a document, ready to render in either format (`ui_url`: the Prefect UI the
+    run links point to)."""
+    return document(gather(registry, model_name, version, ui_url))
 
 
 def _check_format(fmt: str) -> None:
@@ -722,7 +622,8 @@ def save_report(doc: Document, out: Path, fmt: str = "html") -> Path:
     return out.resolve()
 
 
-def write_report(registry: Registry, model_name: str, version: int, out: Path, fmt: str = "html") -> Path:
+def write_report(registry: Registry, model_name: str, version: int, out: Path, fmt: str = "html",
+                 ui_url: str | None = None) -> Path:
     """Render the audit report of NAME:VERSION to `out`."""
     _check_format(fmt)  # before the registry is read
-    return save_report(build_report(registry, model_name, version), out, fmt)
+    return save_report(build_report(registry, model_name, version, ui_url), out, fmt)
