@@ -6,8 +6,8 @@ import re
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from steward.scores import CLASSICAL_BASELINE_NAME
-from tasks.gate import GateOutcome
+from core.results import GateOutcome
+from core.vocabulary import CLASSICAL_BASELINE_NAME
 from tasks.validation import ValidationReport
 
 
@@ -64,7 +64,7 @@ def publish_gate_decision(model_name: str, version: int, outcome: GateOutcome) -
         "| primary metric | candidate | champion | floor |",
         "|---|---|---|---|",
         f"| {outcome.primary_metric} | {outcome.candidate_score:.4f} | {champion} | "
-        f"{outcome.floor:.4f} ({outcome.floor_source}) |",
+        f"{outcome.min_score:.4f} ({outcome.floor_source}) |",
         "",
         *[f"- {reason}" for reason in outcome.reasons],
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import shutil
 import subprocess
 import sys
@@ -14,9 +15,10 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from core.config import StewardConfig, load_config, resolve_registry_url
+from core.errors import log as steward_log
 from governance.events import StageCompleted, StageFailed, StageResumed, StageStarted
 from governance.registry import STALE_RUN_ERROR, Registry, RunRecord
-from steward.config import StewardConfig, load_config, resolve_registry_url
 
 TRACKED_PACKAGES = (
     "steward", "torch", "transformers", "datasets", "accelerate", "safetensors", "great-expectations",
@@ -37,6 +39,11 @@ class Workspace:
     @property
     def pretrain_cache(self) -> Path:
         return self.root / "cache" / "pretrain"
+
+    @property
+    def results(self) -> Path:
+        """Prefect's result storage for the tasks it caches (`flows.steps.cached`)."""
+        return self.root / "cache" / "prefect-results"
 
     @contextmanager
     def claimed_work_dir(self, stage: str, run_id: str) -> Iterator[Path]:
@@ -185,20 +192,43 @@ def show_crashed_in_prefect(dead_runs: list[RunRecord]) -> None:
                 client.set_flow_run_state(flow_run_id, state, force=True)
 
 
+class _RunLogHandler(logging.Handler):
+    """Hands the `steward` logger's records (warnings about the data, say) to the Prefect run's log."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from prefect.exceptions import MissingContextError
+        from prefect.logging import get_run_logger
+
+        with contextlib.suppress(MissingContextError):
+            get_run_logger().log(record.levelno, record.getMessage())
+
+
 @contextmanager
-def opened_registry(config_path: str, registry_url: str | None) -> Iterator[tuple[StewardConfig, Registry]]:
-    """The validated config and the registry it resolves to, closed afterwards."""
+def opened_registry(config_path: str) -> Iterator[tuple[StewardConfig, Registry]]:
+    """The validated config and the registry it resolves to, closed afterwards; meanwhile Steward's own log
+    records go to the Prefect run's log too."""
     config = load_config(config_path)
-    registry = Registry.open(resolve_registry_url(registry_url, config))
+    registry = Registry.open(resolve_registry_url(config))
     show_crashed_in_prefect(registry.runs_found_dead)
+    handler = _RunLogHandler()
+    steward_log.addHandler(handler)
     try:
         yield config, registry
     finally:
+        steward_log.removeHandler(handler)
         registry.close()
 
 
 @contextmanager
-def flow_run(config_path: str, registry_url: str | None, kind: str) -> Iterator[RunContext]:
+def flow_run(config_path: str, kind: str) -> Iterator[RunContext]:
     """What every single-stage flow starts with: config, registry and a tracked run."""
-    with opened_registry(config_path, registry_url) as (config, registry), tracked_run(config, registry, kind) as run:
+    with opened_registry(config_path) as (config, registry), tracked_run(config, registry, kind) as run:
         yield run
+
+
+def prefect_ui_url() -> str | None:
+    """The Prefect UI's address when one is configured (PREFECT_UI_URL, or derived from PREFECT_API_URL)."""
+    from prefect.settings import PREFECT_UI_URL
+
+    value = PREFECT_UI_URL.value()
+    return value.rstrip("/") if value else None

@@ -19,13 +19,13 @@ from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.events import DeploymentEventTrigger
 from prefect.schedules import Cron, Schedule
 
+from core.config import SERVED, StewardConfig
+from core.errors import BadInputError
 from flows.anchor import anchor_audit
 from flows.events import DRIFT_EVENT, model_resource_id
 from flows.monitor import monitor
 from flows.retrain import retrain
 from governance.anchors import load_private_key
-from steward.config import SERVED, StewardConfig
-from steward.errors import BadInputError
 
 ONE_RUN_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
 
@@ -65,12 +65,13 @@ def retrain_on_drift(model_name: str, parameters: dict[str, Any]) -> DeploymentE
     )
 
 
-def build_deployments(config: StewardConfig, config_path: Path, registry_url: str | None = None) -> ServedDeployments:
-    """The retrain, monitor and anchor deployments of one config (nothing is sent to Prefect here)."""
+def build_deployments(config: StewardConfig, config_path: Path) -> ServedDeployments:
+    """The retrain, monitor and anchor deployments of one config (nothing is sent to Prefect here). The registry
+    is not a parameter (Prefect shows parameters, a password included): runs resolve it as every command does."""
     name = config.name
     retrain_schedule = cron_schedule("schedule.retrain_cron", config.schedule.retrain_cron)
     monitor_schedule = cron_schedule("schedule.monitor_cron", config.schedule.monitor_cron)
-    parameters = {"config_path": str(config_path.resolve()), "registry_url": registry_url}
+    parameters = {"config_path": str(config_path.resolve())}
     retraining = _deployment(
         retrain, f"{name}-retrain", f"Retrain {name}: on schedule.retrain_cron, and on {DRIFT_EVENT}",
         retrain_schedule, parameters, name, triggers=[retrain_on_drift(name, parameters)],
@@ -114,6 +115,17 @@ def _deployment(
         tags=["steward", model_name],
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
+
+
+def require_prefect_server() -> None:
+    """Schedules and triggers are evaluated by a Prefect server; a temporary in-process one has neither."""
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise BadInputError(
+            "steward serve needs a Prefect server: run `prefect server start`, then set "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api"
+        )
 
 
 def serve_until_stopped(deployments: ServedDeployments) -> None:

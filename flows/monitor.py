@@ -3,7 +3,7 @@
 The reference is, by default, the champion's test split (`monitoring.reference`: test, validation, train
 or a file): users resample and balance training sets, while the test set is the one meant to look like
 production. A split is rebuilt from its run's config snapshot and checked against the fingerprint the
-registry recorded; the scored reference is cached per champion and reference.
+registry recorded; the scored reference is kept in Prefect's task cache per champion and reference data.
 
 A finding of drift (or of prior shift, with `monitoring.retrain_on_prior_shift`) asks for a retrain by
 emitting the Prefect event the retrain deployment listens for, at most once per drift episode and
@@ -13,10 +13,8 @@ no new champion does not set off another on the same episode.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,27 +22,19 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 
+from core.config import SERVED, StewardConfig, parse_duration, resolve_registry_url
+from core.errors import BadInputError
+from core.results import DriftResult, DriftSignal
+from core.vocabulary import CHAMPION, DriftFindingName, RetrainDecisionName
+from flows import steps
 from flows.artifacts import artifact_key
 from flows.context import RunContext, flow_run, stage
 from flows.events import DRIFT_EVENT, model_resource_id
 from flows.stages import VALIDATION_SPLIT_FRACTION
 from governance.prediction_log import PredictionLog
-from governance.registry import DatasetRecord, DriftReportIn, DriftReportRecord, ModelVersionDetail, Registry
-from steward.config import SERVED, StewardConfig, parse_duration, resolve_registry_url
-from steward.errors import BadInputError
-from steward.scores import DriftFindingName, RetrainDecisionName
-from tasks.data import TextTable, load_table, make_table, split_validation
-from tasks.drift import (
-    COVARIATE,
-    PRIOR,
-    DriftResult,
-    DriftSignal,
-    ScoredBatch,
-    class_mix_report_path,
-    compare_batches,
-    score_batch,
-)
-from tasks.modeling import verify_files
+from governance.registry import DatasetRecord, DriftReportRecord, ModelVersionDetail, Registry
+from tasks.data import TextTable, make_table, split_validation
+from tasks.drift import COVARIATE, PRIOR, ScoredBatch, class_mix_report_path
 
 
 @dataclass(frozen=True)
@@ -74,7 +64,7 @@ class MonitorOutcome:
 
 
 def champion_of(registry: Registry, model_name: str) -> ModelVersionDetail:
-    champion = registry.alias_version(model_name, "champion")
+    champion = registry.alias_version(model_name, CHAMPION)
     if champion is None:
         raise BadInputError(
             f"model '{model_name}' has no champion to monitor yet: run `steward run` first (or promote a version)"
@@ -128,9 +118,9 @@ def window_of(since: str | None, config: StewardConfig) -> timedelta:
 
 def load_batch(path: Path, config: StewardConfig, role: str) -> TextTable:
     """The batch's texts, with labels when the file has the label column (production text usually has none)."""
-    table = load_table.fn(path, config.data.text_column, None, role)
+    table = steps.load_table(path, config.data.text_column, None, role)
     if config.data.label_column in table.schema:
-        return load_table.fn(path, config.data.text_column, config.data.label_column, role)
+        return steps.load_table(path, config.data.text_column, config.data.label_column, role)
     return table
 
 
@@ -149,7 +139,7 @@ def recorded_split(detail: ModelVersionDetail, role: str) -> TextTable:
     name = f"{detail.version.model_name} v{detail.version.version}"
     data = detail.run.config["data"]
     split_off_train = role in ("train", "validation") and data.get("validation") is None
-    table = load_table.fn(Path(recorded.source), data["text_column"], data["label_column"], "reference")
+    table = steps.load_table(Path(recorded.source), data["text_column"], data["label_column"], "reference")
     if split_off_train:
         train, validation = split_validation(table, VALIDATION_SPLIT_FRACTION, detail.run.seed)
         table = train if role == "train" else validation
@@ -161,30 +151,20 @@ def recorded_split(detail: ModelVersionDetail, role: str) -> TextTable:
     return table
 
 
-def scored_reference(context: RunContext, detail: ModelVersionDetail) -> ScoredBatch:
-    """The reference sample with features, from the cache when it was scored before. The reference is a
-    recorded split of the champion (cached by its recorded fingerprint: a hit reads no data) or a file."""
-    config = context.config
+def reference_table(config: StewardConfig, detail: ModelVersionDetail) -> TextTable:
+    """What normal looks like (`monitoring.reference`): a recorded split of the champion, or a file."""
     split = config.monitoring.reference_split
-    file = None if split else load_batch(config.resolve(Path(config.monitoring.reference)), config, "reference")
-    key = hashlib.sha256(json.dumps({
-        "files": detail.recorded_hashes,
-        "reference": recorded_dataset(detail, split).fingerprint if file is None else file.fingerprint,
-        "sample_size": config.monitoring.sample_size,
-        "seed": config.seed,
-        "max_seq_length": config.finetuning.max_seq_length,
-    }, sort_keys=True).encode()).hexdigest()[:24]
-    cache = context.workspace.root / "cache" / "drift" / f"{key}.parquet"
-    cached = ScoredBatch.load(cache)
-    if cached is not None:
-        return cached
-    batch = score_batch(
-        recorded_split(detail, split) if file is None else file, Path(detail.version.artifact_path),
-        config.monitoring.sample_size,
-        config.seed, config.finetuning.max_seq_length,
-    )
-    batch.save(cache)
-    return batch
+    if split is not None:
+        return recorded_split(detail, split)
+    return load_batch(config.resolve(Path(config.monitoring.reference)), config, "reference")
+
+
+def scored_reference(context: RunContext, detail: ModelVersionDetail) -> ScoredBatch:
+    """The reference sample with features, from Prefect's cache when this champion scored this data before."""
+    monitoring = context.config.monitoring
+    score = steps.cached(steps.score_reference, context.workspace.results)
+    return score(reference_table(context.config, detail), detail.model_files(), monitoring.sample_size,
+                 context.config.seed)
 
 
 def retrain_decision(
@@ -220,44 +200,20 @@ def check_drift(context: RunContext, detail: ModelVersionDetail, current_path: P
         current = (load_batch(current_path, config, "current") if current_path is not None else
                    served_batch(config, window))
     with stage(context, "score batches"):
-        verify_files(Path(detail.version.artifact_path), detail.recorded_hashes)
         reference = scored_reference(context, detail)
-        scored = score_batch(
-            current, Path(detail.version.artifact_path), config.monitoring.sample_size, config.seed,
-            config.finetuning.max_seq_length,
-        )
+        scored = steps.score_current(current, detail.model_files(), config.monitoring.sample_size, config.seed)
     with stage(context, "drift report"):
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         report_path = context.workspace.reports_dir(config.name) / f"drift-{stamp}-{context.run.id[:8]}.html"
-        result = compare_batches(reference, scored, config.monitoring.drift_share_threshold, report_path)
+        result = steps.compare_batches(reference, scored, config.monitoring.drift_share_threshold, report_path)
         wants_retrain = result.drift_detected or (result.prior_shift and config.monitoring.retrain_on_prior_shift)
         retrain = retrain_decision(context.registry.drift_reports(config.name), detail.version.id, wants_retrain,
                                    config.monitoring.cooldown, datetime.now(UTC))
-        context.registry.record_drift_report(DriftReportIn(
-            model_name=config.name,
-            drift_share=result.drift_share,
-            report_path=str(result.report_path),
-            details=_details(result, current.source, config.monitoring.reference),
-            finding=result.finding,
-            retrain=retrain,
-            run_id=context.run.id,
-            version_id=detail.version.id,
-        ))
+        context.registry.record_drift_report(
+            result, model_name=config.name, retrain=retrain, current=str(current.source),
+            reference=config.monitoring.reference, run_id=context.run.id, version_id=detail.version.id,
+        )
     return DriftCheck(result, retrain, current.source)
-
-
-def _details(result: DriftResult, current_path: Path | str, reference: str) -> dict[str, object]:
-    return {
-        "current": str(current_path),
-        "reference": reference,
-        "threshold": result.threshold,
-        "signals": [asdict(signal) for signal in result.signals],
-        "reference_rows": result.reference_rows,
-        "reference_scored": result.reference_scored,
-        "current_rows": result.current_rows,
-        "current_scored": result.current_scored,
-        "covariate_reference_rows": result.covariate_reference_rows,
-    }
 
 
 FINDING_HEADLINES = {"drift": "**drift detected**", "prior_shift": "**prior shift** (the class mix changed)",
@@ -318,16 +274,14 @@ def announce_drift(model_name: str, result: DriftResult) -> None:
 
 
 @flow(name="steward-monitor", log_prints=False)
-def monitor(config_path: str, current_path: str | None = None, registry_url: str | None = None,
-            since: str | None = None) -> MonitorOutcome:
+def monitor(config_path: str, current_path: str | None = None, since: str | None = None) -> MonitorOutcome:
     """Check a batch of current text for drift against the champion's reference data."""
     started = time.perf_counter()
-    with flow_run(config_path, registry_url, "monitor") as context:
+    with flow_run(config_path, "monitor") as context:
         config = context.config
         batch_path = current_batch_path(config, current_path)
         detail = champion_of(context.registry, config.name)
-        window = ServedWindow(config.serving.log_url or resolve_registry_url(registry_url, config),
-                              window_of(since, config))
+        window = ServedWindow(config.serving.log_url or resolve_registry_url(config), window_of(since, config))
         check = check_drift(context, detail, batch_path, window)
     publish_drift(config.name, detail.version.version, check)
     result = check.result

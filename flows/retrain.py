@@ -7,8 +7,9 @@ from dataclasses import dataclass, replace
 
 from prefect import flow
 
+from core.hashing import ModelFiles
 from flows.artifacts import publish_gate_decision, publish_metrics, publish_report
-from flows.context import RunContext, Workspace, audit_resumptions, opened_registry, tracked_run
+from flows.context import RunContext, Workspace, audit_resumptions, opened_registry, prefect_ui_url, tracked_run
 from flows.stages import (
     adapt_if_configured,
     apply_gate,
@@ -21,8 +22,8 @@ from flows.stages import (
     score_champion,
     train_classifier,
 )
-from governance.report import build_report, save_report
-from governance.report_render import render_markdown
+from reports.audit import build_report, save_report
+from reports.render import render_markdown
 
 
 @dataclass(frozen=True)
@@ -55,11 +56,12 @@ def retrain_once(context: RunContext) -> RetrainOutcome:
     resumed_step = pretrained.resumed_from_step if pretrained else None
     audit_resumptions(context, {"continued pretraining": ("step", resumed_step),
                                 "fine-tuning": ("epoch", finetuned.resumed_from_epoch)})
-    evaluation = evaluate_candidate(context, data, finetuned.model_dir)
+    model = ModelFiles.of(finetuned.model_dir)
+    evaluation = evaluate_candidate(context, data, model)
     classical = fit_baseline(context, data)
     champion = score_champion(context, data)
     candidate = register_candidate(
-        context, data, finetuned, evaluation, champion.version if champion else None, adapted=pretrained,
+        context, data, model, evaluation, champion.version if champion else None, adapted=pretrained,
     )
     compress_candidate(context, data, candidate, evaluation)  # before the gate: a promoted version has its forms
     metrics = evaluation.headline()
@@ -84,13 +86,13 @@ def retrain_once(context: RunContext) -> RetrainOutcome:
 
 
 @flow(name="steward-retrain", log_prints=False)
-def retrain(config_path: str, registry_url: str | None = None) -> RetrainOutcome:
+def retrain(config_path: str) -> RetrainOutcome:
     """Retrain the model that `config_path` describes, once, and gate it against the champion."""
-    with opened_registry(config_path, registry_url) as (config, registry):
+    with opened_registry(config_path) as (config, registry):
         with tracked_run(config, registry, "retrain") as context:
             outcome = retrain_once(context)
         # Built after the run is closed, so the report shows its final status.
-        document = build_report(registry, config.name, outcome.version)
+        document = build_report(registry, config.name, outcome.version, prefect_ui_url())
     report = save_report(document, Workspace.for_config(config).reports_dir(config.name) / f"v{outcome.version}.html")
     publish_report(config.name, outcome.version, render_markdown(document))
     return replace(outcome, report=str(report))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from prefect import flow
 
+from core.hashing import ModelFiles
 from flows.artifacts import publish_validation
 from flows.context import flow_run, stage
 from flows.stages import (
@@ -14,6 +15,7 @@ from flows.stages import (
     adapt_to_domain,
     base_model_dir,
     compress_candidate,
+    evaluate,
     evaluate_candidate,
     failed_expectations,
     fit_baseline,
@@ -23,8 +25,6 @@ from flows.stages import (
     train_classifier,
     validate_data,
 )
-from tasks.evaluate import evaluate_model
-from tasks.modeling import verify_files
 from tasks.pretrain import PretrainResult
 
 
@@ -55,11 +55,9 @@ class EvaluationOutcome:
 
 
 @flow(name="steward-validate", log_prints=False)
-def validate_only(
-    config_path: str, registry_url: str | None = None, data_path: str | None = None,
-) -> ValidationOutcome:
+def validate_only(config_path: str, data_path: str | None = None) -> ValidationOutcome:
     """The expectation suite alone; `data_path` replaces the config's training file."""
-    with flow_run(config_path, registry_url, "validate") as context:
+    with flow_run(config_path, "validate") as context:
         data = load_data(context, Path(data_path).resolve() if data_path else None)
         reports = validate_data(context, data)
         publish_validation(context.config.name, reports)
@@ -72,27 +70,28 @@ def validate_only(
 
 
 @flow(name="steward-pretrain", log_prints=False)
-def pretrain_only(config_path: str, registry_url: str | None = None, nproc: int = 1) -> PretrainResult:
+def pretrain_only(config_path: str, nproc: int = 1) -> PretrainResult:
     """Continued pretraining alone (cached: an unchanged corpus returns the adapted checkpoint);
     `nproc` > 1 trains in that many torchrun workers."""
-    with flow_run(config_path, registry_url, "pretrain") as context:
+    with flow_run(config_path, "pretrain") as context:
         start_dir = base_model_dir(context)
         return adapt_to_domain(context, load_valid_data(context), start_dir, nproc)
 
 
 @flow(name="steward-finetune", log_prints=False)
-def finetune_only(config_path: str, registry_url: str | None = None, nproc: int = 1) -> FineTuneOutcome:
+def finetune_only(config_path: str, nproc: int = 1) -> FineTuneOutcome:
     """Fine-tune (on the adapted checkpoint when pretraining is enabled), fit the classical baseline for
     comparison, register and compress, without a promotion gate;
     `nproc` > 1 trains (both stages) in that many torchrun workers."""
-    with flow_run(config_path, registry_url, "finetune") as context:
+    with flow_run(config_path, "finetune") as context:
         start_dir = base_model_dir(context)
         data = load_valid_data(context)
         adapted = adapt_if_configured(context, data, start_dir, nproc)
         finetuned = train_classifier(context, data, adapted.model_dir if adapted else start_dir, nproc)
-        evaluation = evaluate_candidate(context, data, finetuned.model_dir)
+        model = ModelFiles.of(finetuned.model_dir)
+        evaluation = evaluate_candidate(context, data, model)
         classical = fit_baseline(context, data)
-        version = register_candidate(context, data, finetuned, evaluation, None, adapted)
+        version = register_candidate(context, data, model, evaluation, None, adapted)
         compress_candidate(context, data, version, evaluation)
         return FineTuneOutcome(
             context.run.id, context.config.name, version.version, evaluation.headline(), str(finetuned.model_dir),
@@ -101,17 +100,14 @@ def finetune_only(config_path: str, registry_url: str | None = None, nproc: int 
 
 
 @flow(name="steward-evaluate", log_prints=False)
-def evaluate_version(config_path: str, model_name: str, version: int,
-                     registry_url: str | None = None) -> EvaluationOutcome:
+def evaluate_version(config_path: str, model_name: str, version: int) -> EvaluationOutcome:
     """Score a registered version on the config's test set after checking its weights' sha256."""
-    with flow_run(config_path, registry_url, "evaluate") as context:
+    with flow_run(config_path, "evaluate") as context:
         registry = context.registry
         detail = registry.get_version(model_name, version)
         data = load_data(context)
         with stage(context, "evaluate"):
-            model_dir = Path(detail.version.artifact_path)
-            verify_files(model_dir, detail.recorded_hashes)
-            evaluation = evaluate_model(model_dir, data.test, context.config.finetuning.max_seq_length)
+            evaluation = evaluate(context, detail.model_files(), data.splits.test)
             registry.log_metrics(
                 run_id=context.run.id, version_id=detail.version.id,
                 dataset_id=data.dataset_ids["test"], metrics=evaluation.headline(),

@@ -1,4 +1,4 @@
-"""One function per stage: call the task, record what it produced in the registry, audit it.
+"""One function per stage: run the task, record what it produced in the registry, audit it.
 
 Both the full retraining flow and the single-stage flows (`steward validate`, `pretrain`, ...)
 are built from these, so a stage behaves the same whichever command runs it.
@@ -10,39 +10,33 @@ import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from core.errors import CheckFailedError
+from core.hashing import ModelFiles
+from core.results import GateOutcome
+from core.vocabulary import CHAMPION
+from flows import steps
 from flows.artifacts import publish_validation
 from flows.context import RunContext, progress, stage
 from flows.events import announce_alias_move
 from governance.events import DomainAdapted, ValidationFailed
-from governance.registry import (
-    CompressedFormIn,
-    EvaluationDetailIn,
-    GateDecisionIn,
-    ModelVersionRecord,
-    ValidationResultIn,
-)
-from steward.errors import CheckFailedError
-from tasks.baseline import BaselineResult, fit_classical_baseline
-from tasks.compress import CompressionInputs, FormResult, compress_model
-from tasks.data import TextTable, load_corpus, load_table, make_table, split_validation
-from tasks.evaluate import EvaluationResult, evaluate_model
-from tasks.finetune import FineTuneResult, fine_tune
-from tasks.gate import GateOutcome, decide_promotion
-from tasks.modeling import resolve_base_model, sha256_files, verify_files
-from tasks.pretrain import PretrainResult, continue_pretraining, resolve_objective
-from tasks.self_training import self_train
-from tasks.validation import ValidationReport, validate_table
+from governance.registry import CompressedFormIn, EvaluationDetailIn, ModelVersionRecord, ValidationResultIn
+from tasks.baseline import BaselineResult
+from tasks.compress import CompressionInputs, FormResult
+from tasks.data import Splits, TextTable, make_table, split_validation
+from tasks.evaluate import EvaluationResult
+from tasks.finetune import FineTuneJob, FineTuneResult
+from tasks.modeling import resolve_base_model
+from tasks.objectives.base import PretrainJob
+from tasks.pretrain import PretrainResult, resolve_objective
+from tasks.validation import ValidationReport
 
 VALIDATION_SPLIT_FRACTION = 0.1
 
 
 @dataclass(frozen=True)
 class LoadedData:
-    train: TextTable
-    validation: TextTable
-    test: TextTable
-    corpus: TextTable | None
-    dataset_ids: dict[str, int]
+    splits: Splits
+    dataset_ids: dict[str, int]  # role -> the registry's dataset id
 
 
 @dataclass(frozen=True)
@@ -63,30 +57,26 @@ def load_data(context: RunContext, train_override: Path | None = None) -> Loaded
     """Load every split named in the config (validation split off train when absent)."""
     config, data = context.config, context.config.data
     with stage(context, "load data"):
-        train_path = train_override or config.resolve(data.train)
-        train = load_table(train_path, data.text_column, data.label_column, "train")
-        test = load_table(config.resolve(data.test), data.text_column, data.label_column, "test")
+        columns = (data.text_column, data.label_column)
+        train = steps.load_table(train_override or config.resolve(data.train), *columns, "train")
+        test = steps.load_table(config.resolve(data.test), *columns, "test")
         if data.validation is not None:
-            validation = load_table(config.resolve(data.validation), data.text_column, data.label_column,
-                                    "validation")
+            validation = steps.load_table(config.resolve(data.validation), *columns, "validation")
         else:
             train, validation = split_validation(train, VALIDATION_SPLIT_FRACTION, config.seed)
-        corpus = load_corpus(config) if data.domain_corpus is not None else None
-        tables = [train, validation, test] + ([corpus] if corpus is not None else [])
-        dataset_ids = {table.role: _record(context, table) for table in tables}
-    return LoadedData(train, validation, test, corpus, dataset_ids)
+        corpus = steps.load_corpus(config) if data.domain_corpus is not None else None
+        splits = Splits(train, validation, test, corpus)
+        dataset_ids = {table.role: _record(context, table) for table in splits.tables()}
+    return LoadedData(splits, dataset_ids)
 
 
 def validate_data(context: RunContext, data: LoadedData) -> list[ValidationReport]:
     """Run the expectation suite on train, validation and test; record and audit the outcome."""
-    config = context.config
-    allowed = config.validation.allowed_labels or sorted(set(data.train.labels or []) - {None})
+    config, splits = context.config, data.splits
+    allowed = config.validation.allowed_labels or splits.train.label_set()
     columns = (config.data.text_column, config.data.label_column)
     with stage(context, "validate"):
-        reports = [
-            validate_table(table, config.validation, allowed, *columns)
-            for table in (data.train, data.validation, data.test)
-        ]
+        reports = [steps.validate_table(table, config.validation, allowed, *columns) for table in splits.labelled()]
         for report in reports:
             context.registry.record_validation(
                 run_id=context.run.id,
@@ -122,14 +112,14 @@ def load_valid_data(context: RunContext) -> LoadedData:
     return data
 
 
-def adaptation_corpus(data: LoadedData) -> TextTable:
+def adaptation_corpus(splits: Splits) -> TextTable:
     """The domain corpus and the labelled training texts together (task-adaptive pretraining, Gururangan
     et al. 2020: the task's own texts are the most in-domain text there is); the training texts alone
     when there is no corpus."""
-    if data.corpus is None:
-        return data.train
-    texts = data.corpus.texts + data.train.texts
-    return make_table(data.corpus.role, data.corpus.source, texts, None, data.corpus.schema)
+    if splits.corpus is None:
+        return splits.train
+    texts = splits.corpus.texts + splits.train.texts
+    return make_table(splits.corpus.role, splits.corpus.source, texts, None, splits.corpus.schema)
 
 
 def adapt_if_configured(context: RunContext, data: LoadedData, base_model_dir: Path,
@@ -140,7 +130,7 @@ def adapt_if_configured(context: RunContext, data: LoadedData, base_model_dir: P
     if not pretraining.enabled:
         return None
     if resolve_objective(pretraining.objective, base_model_dir) is None:
-        feeds_self_training = data.corpus is not None and context.config.finetuning.self_training.enabled
+        feeds_self_training = data.splits.corpus is not None and context.config.finetuning.self_training.enabled
         progress("· continued pretraining: none for a sentence encoder (pretraining.objective auto)"
                  + ("; the domain corpus feeds self-training" if feeds_self_training else ""))
         return None
@@ -151,15 +141,12 @@ def adapt_to_domain(context: RunContext, data: LoadedData, base_model_dir: Path,
     """Continued pretraining on the adaptation corpus (`nproc` > 1: in that many torchrun workers; this
     process keeps the registry)."""
     config = context.config
-    corpus = adaptation_corpus(data)
+    corpus = adaptation_corpus(data.splits)
     with stage(context, "continued pretraining"):
         with context.workspace.claimed_work_dir("pretrain", context.run.id) as work_dir:
-            result = continue_pretraining(
-                base_model_dir, corpus, config.pretraining, config.seed,
-                output_dir=work_dir,
-                cache_root=context.workspace.pretrain_cache,
-                nproc=nproc,
-            )
+            job = PretrainJob(base_model_dir, corpus, config.pretraining, config.seed, work_dir,
+                              context.workspace.pretrain_cache)
+            result = steps.continue_pretraining(job, nproc)
         metrics = {
             "pretrain_heldout_loss_before": result.heldout_loss_before,
             "pretrain_heldout_loss_after": result.heldout_loss_after,
@@ -169,10 +156,9 @@ def adapt_to_domain(context: RunContext, data: LoadedData, base_model_dir: Path,
         if result.perplexity_before is not None and result.perplexity_after is not None:
             metrics |= {"pretrain_perplexity_before": result.perplexity_before,
                         "pretrain_perplexity_after": result.perplexity_after}
-        context.registry.log_metrics(
-            run_id=context.run.id, dataset_id=data.dataset_ids.get(data.corpus.role if data.corpus else "train"),
-            metrics=metrics,
-        )
+        corpus_role = data.splits.corpus.role if data.splits.corpus else "train"
+        context.registry.log_metrics(run_id=context.run.id, dataset_id=data.dataset_ids.get(corpus_role),
+                                     metrics=metrics)
         context.registry.log_curve(run_id=context.run.id, key="pretrain_loss", points=result.loss_curve)
         context.registry.audit.append(context.subject, DomainAdapted(
             run_id=context.run.id, objective=result.objective, steps=result.steps,
@@ -187,15 +173,14 @@ def base_model_dir(context: RunContext) -> Path:
 
 def train_classifier(context: RunContext, data: LoadedData, start_dir: Path, nproc: int = 1) -> FineTuneResult:
     """Fine-tune into the run's model folder (`nproc` > 1: in that many torchrun workers)."""
-    config = context.config
+    config, splits = context.config, data.splits
     with stage(context, "fine-tuning"):
         with context.workspace.claimed_work_dir("finetune", context.run.id) as work_dir:
-            result = fine_tune(
-                start_dir, data.train, data.validation, config.finetuning, config.seed,
-                output_dir=work_dir, primary_metric=config.evaluation.primary_metric, nproc=nproc,
-            )
-            if config.finetuning.self_training.enabled and data.corpus is not None:
-                result = self_training_round(context, data, start_dir, result, nproc)
+            job = FineTuneJob(start_dir, splits.train, splits.validation, config.finetuning, config.seed, work_dir,
+                              config.evaluation.primary_metric)
+            result = steps.fine_tune(job, nproc)
+            if config.finetuning.self_training.enabled and splits.corpus is not None:
+                result = self_training_round(context, data, job, result, nproc)
             final_dir = context.workspace.model_dir(config.name, context.run.id)
             final_dir.parent.mkdir(parents=True, exist_ok=True)
             result = replace(result, model_dir=Path(shutil.move(result.model_dir, final_dir)))
@@ -207,13 +192,11 @@ def train_classifier(context: RunContext, data: LoadedData, start_dir: Path, npr
     return result
 
 
-def self_training_round(context: RunContext, data: LoadedData, start_dir: Path, first: FineTuneResult,
+def self_training_round(context: RunContext, data: LoadedData, first_job: FineTuneJob, first: FineTuneResult,
                         nproc: int) -> FineTuneResult:
     """Fine-tune again with pseudo-labelled corpus rows; record what it added and which model it kept."""
-    config = context.config
     with context.workspace.claimed_work_dir("self-training", context.run.id) as work_dir:
-        outcome = self_train(first, start_dir, data.train, data.validation, data.test, data.corpus,
-                             config.finetuning, config.seed, work_dir, config.evaluation.primary_metric, nproc)
+        outcome = steps.self_train(first, replace(first_job, output_dir=work_dir), data.splits, nproc)
         result = outcome.result
         if outcome.skipped_because is not None:
             progress(f"· self-training skipped: {outcome.skipped_because}")
@@ -232,9 +215,17 @@ def self_training_round(context: RunContext, data: LoadedData, start_dir: Path, 
     return result
 
 
-def evaluate_candidate(context: RunContext, data: LoadedData, model_dir: Path) -> EvaluationResult:
+def evaluate(context: RunContext, model: ModelFiles, test: TextTable) -> EvaluationResult:
+    """A model's test evaluation, from Prefect's cache when this model was scored on this test set before. The
+    files are verified first either way: the cache is keyed by the recorded hashes, so a cached score must not
+    stand in for files that were changed since."""
+    model.verified()
+    return steps.cached(steps.evaluate_model, context.workspace.results)(model, test)
+
+
+def evaluate_candidate(context: RunContext, data: LoadedData, model: ModelFiles) -> EvaluationResult:
     with stage(context, "evaluate candidate"):
-        return evaluate_model(model_dir, data.test, context.config.finetuning.max_seq_length)
+        return evaluate(context, model, data.splits.test)
 
 
 def fit_baseline(context: RunContext, data: LoadedData) -> BaselineResult:
@@ -242,7 +233,7 @@ def fit_baseline(context: RunContext, data: LoadedData) -> BaselineResult:
     run and the test set (`classical_baseline_macro_f1`, ...), the floor of `min_score: baseline`."""
     config = context.config
     with stage(context, "classical baseline"):
-        result = fit_classical_baseline(data.train, data.validation, data.test, config.evaluation.primary_metric)
+        result = steps.fit_classical_baseline(data.splits, config.evaluation.primary_metric)
         context.registry.log_metrics(
             run_id=context.run.id, dataset_id=data.dataset_ids["test"], metrics=result.registry_metrics(),
         )
@@ -250,7 +241,7 @@ def fit_baseline(context: RunContext, data: LoadedData) -> BaselineResult:
 
 
 def register_candidate(
-    context: RunContext, data: LoadedData, finetuned: FineTuneResult, evaluation: EvaluationResult,
+    context: RunContext, data: LoadedData, model: ModelFiles, evaluation: EvaluationResult,
     parent: ModelVersionRecord | None, adapted: PretrainResult | None = None,
 ) -> ModelVersionRecord:
     """Register the fine-tuned weights with their lineage, test metrics and evaluation details
@@ -260,8 +251,8 @@ def register_candidate(
         version = context.registry.register_version(
             model_name=config.name,
             run_id=context.run.id,
-            artifact_path=str(finetuned.model_dir),
-            files=sha256_files(finetuned.model_dir),
+            artifact_path=str(model.folder),
+            files=model.sha256,
             base_model=config.base_model,
             parent_version=parent.version if parent is not None else None,
             datasets=data.dataset_ids,
@@ -286,11 +277,9 @@ def compress_candidate(
     if not config.compression.enabled:
         return []
     with stage(context, "compression"):
-        inputs = CompressionInputs(
-            Path(candidate.artifact_path), config.base_model, evaluation, data.test, data.train, data.validation,
-            data.corpus, config.evaluation.primary_metric, config.finetuning.max_seq_length, config.seed,
-        )
-        results = compress_model(inputs, config.compression)
+        inputs = CompressionInputs(Path(candidate.artifact_path), config.base_model, evaluation, data.splits,
+                                   config.evaluation.primary_metric, config.seed)
+        results = steps.compress_model(inputs, config.compression)
         for result in results:
             context.registry.record_compressed_form(CompressedFormIn(
                 run_id=context.run.id, version_id=candidate.id, form=result.form, method=result.method,
@@ -319,48 +308,29 @@ def _evaluation_detail(
 
 
 def score_champion(context: RunContext, data: LoadedData) -> ChampionScore | None:
-    """The champion's metrics on this test set: stored ones when the test data is unchanged."""
+    """The champion's metrics on this test set (Prefect's cache has them when the champion was scored on it)."""
     registry, config = context.registry, context.config
-    champion = registry.alias_version(config.name, "champion")
+    champion = registry.alias_version(config.name, CHAMPION)
     if champion is None:
         return None
     with stage(context, "score champion"):
         detail = registry.get_version(config.name, champion.version)
-        champion_test = detail.datasets.get("test")
-        if champion_test is not None and champion_test.fingerprint == data.test.fingerprint:
-            return ChampionScore(champion, registry.metrics_for_version(champion.id))
-        verify_files(Path(champion.artifact_path), detail.recorded_hashes)
-        evaluation = evaluate_model(Path(champion.artifact_path), data.test, config.finetuning.max_seq_length)
-        return ChampionScore(champion, evaluation.headline())
+        return ChampionScore(champion, evaluate(context, detail.model_files(), data.splits.test).headline())
 
 
 def apply_gate(
     context: RunContext, candidate: ModelVersionRecord, metrics: dict[str, float],
     champion: ChampionScore | None, classical: BaselineResult,
 ) -> GateOutcome:
-    """Decide, record the decision with its numbers (the effective floor as `min_score`), and move the
-    alias it calls for."""
+    """Decide, record the decision with its numbers, and move the alias it calls for."""
     config, registry = context.config, context.registry
     with stage(context, "promotion gate"):
         # The registry's policy outranks the config: a model once made to need approval keeps needing it.
         policy = config.evaluation.model_copy(update={"require_approval": registry.requires_approval(config.name)})
-        outcome = decide_promotion(metrics, champion.metrics if champion else None, policy, classical.metrics)
-        registry.record_gate_decision(GateDecisionIn(
-            run_id=context.run.id,
-            candidate_version_id=candidate.id,
-            champion_version_id=champion.version.id if champion else None,
-            primary_metric=outcome.primary_metric,
-            candidate_score=outcome.candidate_score,
-            champion_score=outcome.champion_score,
-            min_score=outcome.floor,
-            min_improvement=config.evaluation.min_improvement,
-            passed=outcome.passed,
-            outcome=outcome.outcome,
-            reasons="; ".join(outcome.reasons),
-        ))
-        if outcome.outcome in ("promoted", "challenger"):
-            alias = "champion" if outcome.outcome == "promoted" else "challenger"
-            announce_alias_move(registry.set_alias(config.name, candidate.version, alias,
+        outcome = steps.decide_promotion(metrics, champion.metrics if champion else None, policy, classical.metrics)
+        registry.record_gate_decision(outcome, run_id=context.run.id, candidate_version_id=candidate.id,
+                                      champion_version_id=champion.version.id if champion else None)
+        if outcome.alias is not None:
+            announce_alias_move(registry.set_alias(config.name, candidate.version, outcome.alias,
                                                    reason="; ".join(outcome.reasons)))
     return outcome
-

@@ -13,11 +13,10 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
+from core.errors import ConfigError, StewardError, UnexpectedError, one_line
+from core.vocabulary import REGISTRY_URL_ENV
 from steward import __version__
-from steward.errors import ConfigError, StewardError, UnexpectedError, one_line
 
-# The same name as steward.config.REGISTRY_URL_ENV (not imported: it would load pydantic at start-up).
-REGISTRY_URL_ENV = "STEWARD_REGISTRY_URL"
 DEBUG_ENV = "STEWARD_DEBUG"  # set: an unexpected error shows its traceback instead of one line
 
 Handler = Callable[[argparse.Namespace], int]
@@ -61,7 +60,7 @@ def _positive_seconds(text: str) -> float:
 
 
 def _form_option(parser: argparse.ArgumentParser) -> None:
-    from steward.scores import FORMS
+    from core.vocabulary import FORMS
 
     parser.add_argument("--format", dest="form", choices=FORMS,
                         help="the form to use (default: the fastest that passed the compression gate, else fp32)")
@@ -244,9 +243,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key, value in QUIET_THIRD_PARTY_DEFAULTS.items():
         os.environ.setdefault(key, value)
     args = build_parser().parse_args(argv)
+    with _registry_url_in_environment(args):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command's handler; every error becomes one line and an exit code."""
     try:
-        with _registry_url_in_environment(args) as handler_args:
-            return args.handler(handler_args)
+        return args.handler(args)
     except StewardError as exc:
         _report_error(args, exc)
         if isinstance(exc, ConfigError):
@@ -266,18 +270,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 @contextmanager
-def _registry_url_in_environment(args: argparse.Namespace) -> Iterator[argparse.Namespace]:
-    """Hand `--registry` to the command through STEWARD_REGISTRY_URL (which it outranks anyway), so it
-    never becomes a Prefect flow parameter: Prefect stores parameters and shows them in its UI, password
-    included. The variable is restored afterwards."""
+def _registry_url_in_environment(args: argparse.Namespace) -> Iterator[None]:
+    """Hand `--registry` to the command through STEWARD_REGISTRY_URL, where the one resolution of the registry
+    (`core.config.resolve_registry_url`) finds it first, so it never becomes a Prefect flow parameter: Prefect
+    stores parameters and shows them in its UI, password included. The variable is restored afterwards."""
     url = getattr(args, "registry", None)
     if not url:
-        yield args
+        yield
         return
     previous = os.environ.get(REGISTRY_URL_ENV)
     os.environ[REGISTRY_URL_ENV] = url
     try:
-        yield argparse.Namespace(**{**vars(args), "registry": None})
+        yield
     finally:
         if previous is None:
             os.environ.pop(REGISTRY_URL_ENV, None)

@@ -42,9 +42,10 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from core.errors import exception_line
+from core.refs import ModelRef
 from governance.events import ModelSwapped, ModelSwapRefused
-from steward.errors import exception_line
-from steward.loading import ModelRef, predictor_for
+from steward.loading import predictor_for
 
 if TYPE_CHECKING:
     from governance.records import ServedPredictionIn

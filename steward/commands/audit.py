@@ -6,8 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from steward.commands.common import config_from_args, console, emit, open_registry, parse_ref
-from steward.errors import BadInputError
+from core.errors import BadInputError
+from core.refs import ModelRef
+from steward.commands.common import console, emit, open_registry, registry_url
 
 
 def log(args: argparse.Namespace) -> int:
@@ -51,12 +52,11 @@ def verify(args: argparse.Namespace) -> int:
 
 def _verify_anchored(args: argparse.Namespace) -> int:
     from governance.anchors import load_public_key, registry_engine, verify_anchored
-    from steward.config import resolve_registry_url
 
     if args.anchors is None or args.public_key is None:
         raise BadInputError("--anchors DIR and --public-key FILE go together")
     public_key = load_public_key(Path(args.public_key))
-    with registry_engine(resolve_registry_url(args.registry, config_from_args(args))) as engine:
+    with registry_engine(registry_url(args)) as engine:
         result = verify_anchored(engine, Path(args.anchors), public_key)
 
     def render() -> None:
@@ -87,10 +87,8 @@ def keygen(args: argparse.Namespace) -> int:
 
 def anchor(args: argparse.Namespace) -> int:
     from governance.anchors import anchor_registry
-    from steward.config import resolve_registry_url
 
-    url = resolve_registry_url(args.registry, config_from_args(args))
-    written = anchor_registry(url, Path(args.key), Path(args.out))
+    written = anchor_registry(registry_url(args), Path(args.key), Path(args.out))
     emit(args, written, lambda: console().print(
         f"Anchored the audit chain at event {written.digest.head_seq}: {written.path}"
     ))
@@ -98,11 +96,12 @@ def anchor(args: argparse.Namespace) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
-    from governance.report import write_report
+    from flows.context import prefect_ui_url
+    from reports.audit import write_report
 
-    name, number = parse_ref(args.ref)
+    name, number = ModelRef.parse_version(args.ref)
     out = Path(args.out) if args.out else Path(f"{name}-v{number}-audit.{args.format}")
     with open_registry(args) as registry:
-        path = write_report(registry, name, number, out, fmt=args.format)
+        path = write_report(registry, name, number, out, fmt=args.format, ui_url=prefect_ui_url())
     emit(args, {"report": str(path)}, lambda: console().print(f"Audit report written to {path}"))
     return 0

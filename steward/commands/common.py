@@ -1,4 +1,4 @@
-"""What every command shares: the registry location, NAME:VERSION parsing and output."""
+"""What every command shares: the config, the registry, and output."""
 
 from __future__ import annotations
 
@@ -11,45 +11,49 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from steward.errors import BadInputError, ConfigError, StewardError, one_line
+from core.errors import ConfigError, StewardError, one_line
+from core.vocabulary import REGISTRY_URL_ENV
 
 if TYPE_CHECKING:
+    from core.config import StewardConfig
     from governance.registry import Registry
-    from steward.config import StewardConfig
 
 
 def config_from_args(args: argparse.Namespace) -> StewardConfig | None:
-    from steward.config import load_config
+    from core.config import load_config
 
     path = getattr(args, "config", None)
     return load_config(path) if path else None
 
 
-@contextmanager
-def open_registry(args: argparse.Namespace, config: StewardConfig | None = None) -> Iterator[Registry]:
-    from governance.registry import Registry
-    from steward.config import resolve_registry_url
+def registry_url(args: argparse.Namespace) -> str:
+    """The registry the command's --config (if any) resolves to (--registry is in STEWARD_REGISTRY_URL by now)."""
+    from core.config import resolve_registry_url
 
-    if config is None:
-        config = config_from_args(args)
-    registry = Registry.open(resolve_registry_url(args.registry, config))
+    return resolve_registry_url(config_from_args(args))
+
+
+@contextmanager
+def open_registry(args: argparse.Namespace) -> Iterator[Registry]:
+    from governance.registry import Registry
+
+    registry = Registry.open(registry_url(args))
     try:
         yield registry
     finally:
         registry.close()
 
 
-def rejection_registry_url(override: str | None, error: ConfigError) -> str | None:
-    """Where a rejected config is audited: --registry, else STEWARD_REGISTRY_URL, else the registry.url
-    still readable in the config, else the default SQLite file beside the config file (None when the
-    config's folder does not exist: there is nowhere sensible to write)."""
-    from steward.config import REGISTRY_URL_ENV, default_registry_url
+def rejection_registry_url(error: ConfigError) -> str | None:
+    """Where a rejected config is audited: wherever its readable parts resolve to (the default SQLite file
+    beside the config file), or None when the config's folder does not exist: there is nowhere sensible to
+    write."""
+    from core.config import registry_url_for
 
-    url = override or os.environ.get(REGISTRY_URL_ENV) or error.registry_url
-    if url:
-        return url
     folder = error.path.resolve().parent if error.path is not None else None
-    return default_registry_url(folder) if folder is not None and folder.is_dir() else None
+    if folder is None or not folder.is_dir():
+        return os.environ.get(REGISTRY_URL_ENV) or error.registry_url
+    return registry_url_for(error.registry_url, folder)
 
 
 def record_rejected_config(args: argparse.Namespace, error: ConfigError) -> None:
@@ -58,7 +62,7 @@ def record_rejected_config(args: argparse.Namespace, error: ConfigError) -> None
     from governance.events import InputRejected
     from governance.registry import Registry
 
-    url = rejection_registry_url(getattr(args, "registry", None), error)
+    url = rejection_registry_url(error)
     if url is None:
         return
     payload = InputRejected(
@@ -72,14 +76,6 @@ def record_rejected_config(args: argparse.Namespace, error: ConfigError) -> None
             registry.audit.append(error.model_name or "config", payload)
     except StewardError:
         return
-
-
-def parse_ref(ref: str) -> tuple[str, int]:
-    """'NAME:VERSION' -> (name, version); anything else is bad usage."""
-    name, sep, version = ref.rpartition(":")
-    if not sep or not name or not version.isdigit():
-        raise BadInputError(f"'{ref}' is not NAME:VERSION (for example support-tickets:3)")
-    return name, int(version)
 
 
 def to_jsonable(value: Any) -> Any:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from core.config import load_config
 from steward.commands.common import console, emit
-from steward.config import load_config
 
 VERDICTS = {"drift": "[bold red]drift detected[/]", "prior_shift": "[bold yellow]prior shift[/] (class mix only)",
             "none": "[bold green]no drift[/]"}
@@ -37,7 +37,6 @@ def monitor(args: argparse.Namespace) -> int:
     load_config(args.config)  # fail fast on a bad config, before Prefect starts
     from flows.monitor import monitor as monitor_flow
 
-    outcome = monitor_flow(config_path=args.config, current_path=args.current, registry_url=args.registry,
-                           since=args.since)
+    outcome = monitor_flow(config_path=args.config, current_path=args.current, since=args.since)
     emit(args, outcome, lambda: _print_outcome(outcome))
     return 1 if args.fail_on_drift and outcome.drift_detected else 0

@@ -17,8 +17,9 @@ def default_output(input_path: Path) -> Path:
 
 
 def predict(args: argparse.Namespace) -> int:
+    from core.refs import ModelRef
     from governance.events import BatchScored
-    from steward.loading import ModelRef, predictor_for, resolve_version
+    from steward.loading import predictor_for, resolve_version
     from tasks.data import load_table
     from tasks.predict import predict_all, texts_to_score, write_predictions
 
@@ -28,7 +29,7 @@ def predict(args: argparse.Namespace) -> int:
     output_path = Path(args.output) if args.output else default_output(input_path)
     with open_registry(args) as registry:
         detail = resolve_version(registry, ref)
-        table = load_table.fn(input_path, args.text_column, None, "input")  # a plain read: no flow, no Prefect run
+        table = load_table(input_path, args.text_column, None, "input")
         texts = texts_to_score(table)
         predictor = predictor_for(detail, ref.alias, args.form)
         predictions = predict_all(predictor, texts, show_progress=not args.json)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from core.refs import ModelRef
 from flows.events import announce_alias_move
-from steward.commands.common import console, emit, open_registry, parse_ref
+from steward.commands.common import console, emit, open_registry
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -79,7 +80,7 @@ def _print_summary(out: Console, detail: ModelVersionDetail) -> None:
     if gate is not None:
         champion = "—" if gate.champion_score is None else f"{gate.champion_score:.4f}"
         out.print(f"gate: {gate.outcome} ({gate.primary_metric} {gate.candidate_score:.4f} "
-                  f"vs champion {champion}) {gate.reasons}")
+                  f"vs champion {champion}): {'; '.join(gate.reasons)}")
 
 
 def _figure(metrics: dict[str, float], key: str) -> str:
@@ -108,7 +109,7 @@ def _print_evidence(out: Console, detail: ModelVersionDetail) -> None:
 
 
 def show(args: argparse.Namespace) -> int:
-    name, number = parse_ref(args.ref)
+    name, number = ModelRef.parse_version(args.ref)
     with open_registry(args) as registry:
         detail = registry.get_version(name, number)
 
@@ -122,7 +123,7 @@ def show(args: argparse.Namespace) -> int:
 
 
 def promote(args: argparse.Namespace) -> int:
-    name, number = parse_ref(args.ref)
+    name, number = ModelRef.parse_version(args.ref)
     with open_registry(args) as registry:
         move = registry.promote(name, number, alias=args.alias, approver=args.approver, reason=args.reason)
     announce_alias_move(move)

@@ -6,27 +6,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from steward.config import load_config
-from steward.errors import BadInputError
-
-
-def _require_prefect_server() -> None:
-    """Schedules and triggers are evaluated by a Prefect server; a temporary in-process one has neither."""
-    from prefect.settings import PREFECT_API_URL
-
-    if not PREFECT_API_URL.value():
-        raise BadInputError(
-            "steward serve needs a Prefect server: run `prefect server start`, then set "
-            "PREFECT_API_URL=http://127.0.0.1:4200/api"
-        )
+from core.config import load_config
+from core.errors import BadInputError
 
 
 def serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    from flows.deployments import build_deployments, serve_until_stopped
+    from flows.deployments import build_deployments, require_prefect_server, serve_until_stopped
 
-    deployments = build_deployments(config, Path(args.config), args.registry)
-    _require_prefect_server()
+    deployments = build_deployments(config, Path(args.config))
+    require_prefect_server()
     if deployments.monitor is None:
         sys.stderr.write(
             f"steward: note: {args.config} sets no monitoring.current, so only retraining is served; "
@@ -57,14 +46,15 @@ def read_token(token_file: str | None) -> str | None:
 def serve_model(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from core.config import ServingConfig, resolve_registry_url
+    from core.refs import ModelRef
     from steward.commands.common import config_from_args
-    from steward.config import ServingConfig, resolve_registry_url
-    from steward.loading import ModelRef, load_ref
+    from steward.loading import load_ref
     from steward.server import ServerSettings, create_app
 
     config = config_from_args(args)
     serving = config.serving if config is not None else ServingConfig()
-    registry_url = resolve_registry_url(args.registry, config)
+    registry_url = resolve_registry_url(config)
     settings = ServerSettings(
         ref=ModelRef.parse(args.model), registry_url=registry_url, token=read_token(args.token_file),
         poll_seconds=args.poll_seconds, log_url=(serving.log_url or registry_url) if serving.log_predictions else None,

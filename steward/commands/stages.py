@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from steward.commands.common import console, emit, parse_ref
-from steward.config import load_config
+from core.config import load_config
+from core.refs import ModelRef
+from steward.commands.common import console, emit
 
 
 def _metrics_table(title: str, metrics: dict[str, float], baseline: dict[str, float] | None = None):
@@ -28,7 +29,7 @@ def _metrics_table(title: str, metrics: dict[str, float], baseline: dict[str, fl
 
 
 def _classical_line(metrics: dict[str, float]) -> str:
-    from steward.scores import CLASSICAL_BASELINE_NAME
+    from core.vocabulary import CLASSICAL_BASELINE_NAME
 
     return f"Classical baseline ({CLASSICAL_BASELINE_NAME}, same split): " + ", ".join(
         f"{name} {value:.4f}" for name, value in sorted(metrics.items())
@@ -50,24 +51,27 @@ def run(args: argparse.Namespace) -> int:
     load_config(args.config)  # fail fast on a bad config, before Prefect starts
     from flows.retrain import retrain
 
-    outcome = retrain(config_path=args.config, registry_url=args.registry)
+    outcome = retrain(config_path=args.config)
     emit(args, outcome, lambda: _print_retrain(outcome))
     return 1 if outcome.decision == "rejected" else 0
 
 
 def demo(args: argparse.Namespace) -> int:
-    from steward.demo import write_demo
+    """Write the demo, then run its quick config; the full recipe is one command away."""
+    from steward.demo import QUICK_CONFIG_FILE, write_demo
 
-    config_path = write_demo(Path(args.workdir))
+    full_config = write_demo(Path(args.workdir))
+    quick_config = full_config.with_name(QUICK_CONFIG_FILE)
     if not args.json:
-        console().print(f"Demo data and config written to {config_path.parent}; running the flow…")
-    args.config = str(config_path)
+        console().print(f"Demo data and configs written to {full_config.parent}; running the flow with the quick "
+                        f"recipe ({quick_config.name}: one epoch, a smaller self-training round)…")
+    args.config = str(quick_config)
     code = run(args)
     if not args.json:
         console().print(
-            f"Next: [bold]steward registry versions {load_config(config_path).name} --config {config_path}[/], "
-            f"[bold]steward audit verify --config {config_path}[/], or run the demo again to see the gate "
-            "compare a new candidate with this champion."
+            f"Next: [bold]steward run --config {full_config}[/] (the full recipe; the gate compares it with this "
+            f"champion), [bold]steward registry versions {load_config(quick_config).name} --config {full_config}[/], "
+            f"or [bold]steward audit verify --config {full_config}[/]."
         )
     return code
 
@@ -76,7 +80,7 @@ def validate(args: argparse.Namespace) -> int:
     load_config(args.config)  # fail fast on a bad config, before Prefect starts
     from flows.single_stage import validate_only
 
-    outcome = validate_only(config_path=args.config, registry_url=args.registry, data_path=args.data)
+    outcome = validate_only(config_path=args.config, data_path=args.data)
 
     def render() -> None:
         out = console()
@@ -96,7 +100,7 @@ def pretrain(args: argparse.Namespace) -> int:
     load_config(args.config)  # fail fast on a bad config, before Prefect starts
     from flows.single_stage import pretrain_only
 
-    result = pretrain_only(config_path=args.config, registry_url=args.registry, nproc=args.nproc)
+    result = pretrain_only(config_path=args.config, nproc=args.nproc)
 
     def render() -> None:
         cached = " (cached checkpoint reused)" if result.cache_hit else ""
@@ -114,7 +118,7 @@ def finetune(args: argparse.Namespace) -> int:
     load_config(args.config)  # fail fast on a bad config, before Prefect starts
     from flows.single_stage import finetune_only
 
-    outcome = finetune_only(config_path=args.config, registry_url=args.registry, nproc=args.nproc)
+    outcome = finetune_only(config_path=args.config, nproc=args.nproc)
 
     def render() -> None:
         out = console()
@@ -129,8 +133,7 @@ def evaluate(args: argparse.Namespace) -> int:
     load_config(args.config)  # fail fast on a bad config, before Prefect starts
     from flows.single_stage import evaluate_version
 
-    name, version = parse_ref(args.model)
-    outcome = evaluate_version(config_path=args.config, model_name=name, version=version,
-                               registry_url=args.registry)
+    name, version = ModelRef.parse_version(args.model)
+    outcome = evaluate_version(config_path=args.config, model_name=name, version=version)
     emit(args, outcome, lambda: console().print(_metrics_table(f"{name} v{version}", outcome.metrics)))
     return 0
