@@ -36,10 +36,10 @@ import yaml
 from benchmarks import FORTUNES_DIR, data_dir, fortunes_split, kotzias_split, progress  # bench/benchmarks.py
 from quality import write_table  # bench/quality.py
 
+from core.hashing import ModelFiles
 from steward.loading import ModelRef, predictor_for, resolve_version
 from tasks.compress import load_form
 from tasks.data import TextTable, load_table
-from tasks.modeling import verify_files
 
 BATCH = 32
 ONNX_FP32 = "onnx-fp32"
@@ -94,7 +94,7 @@ def train(config_path: Path) -> dict[str, Any]:
 
 def test_table(config_path: Path) -> TextTable:
     config = yaml.safe_load(config_path.read_text())
-    return load_table.fn(config_path.parent / config["data"]["test"], "text", "label", "test")
+    return load_table(config_path.parent / config["data"]["test"], "text", "label", "test")
 
 
 def weight_bytes(folder: Path, form: str) -> int:
@@ -145,8 +145,7 @@ def bench(name: str, workdir: Path, distill: bool, repeats: int) -> dict[str, An
     for form in detail.forms:  # a refused form is measured too (it is on disk); a failed one has nothing to run
         gates[form.form] = form.status
         if form.artifact_path:
-            verify_files(Path(form.artifact_path), form.files)
-            scorers[form.form] = load_form(Path(form.artifact_path), form.form, fp32.scorer.max_length)
+            scorers[form.form] = load_form(ModelFiles(Path(form.artifact_path), form.files).verified())
             sizes[form.form] = weight_bytes(form.artifact_path, form.form)
     predictions = {form: [scorer.labels[i] for i in scorer.logits(texts, BATCH).argmax(-1).tolist()]
                    for form, scorer in scorers.items()}

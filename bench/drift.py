@@ -56,6 +56,7 @@ from benchmarks import (  # bench/benchmarks.py, beside this file
     read_domain,
 )
 
+from core.hashing import ModelFiles
 from steward.cli import QUIET_THIRD_PARTY_DEFAULTS
 from tasks.data import TextTable, make_table
 from tasks.drift import LABEL, ScoredBatch, compare_batches, score_batch
@@ -151,8 +152,9 @@ def steward(*argv: str, env: dict[str, str]) -> dict:
     return json.loads(done.stdout)
 
 
-def train_champion(project: Path, name: str, data: dict[str, list], finetuning: dict, env: dict[str, str]) -> Path:
-    """`steward run` (pretraining off) on the given splits; returns the champion's model directory."""
+def train_champion(project: Path, name: str, data: dict[str, list], finetuning: dict,
+                   env: dict[str, str]) -> ModelFiles:
+    """`steward run` (pretraining off) on the given splits; returns the champion's model files."""
     paths = {split: str(write_csv(project / "data" / f"{split}.csv", rows, ("text", "label")))
              for split, rows in data.items()}
     config = {
@@ -167,7 +169,7 @@ def train_champion(project: Path, name: str, data: dict[str, list], finetuning: 
     progress(f"{name} champion v{outcome['version']}: test macro-F1 {outcome['metrics']['macro_f1']:.3f}")
     registry = f"sqlite:///{project / '.steward' / 'registry.db'}"
     show = steward("registry", "show", f"{name}:{outcome['version']}", "--registry", registry, env=env)
-    return Path(show["version"]["artifact_path"])
+    return ModelFiles(Path(show["version"]["artifact_path"]), {f["relative_path"]: f["sha256"] for f in show["files"]})
 
 
 def kotzias_pools(project: Path, env: dict[str, str]) -> dict[str, ScoredBatch]:
@@ -175,7 +177,7 @@ def kotzias_pools(project: Path, env: dict[str, str]) -> dict[str, ScoredBatch]:
     rows = table_rows(domains["amazon"])
     random.Random(0).shuffle(rows)
     champion = train_champion(project, "reviews", {"train": rows[:800], "test": rows[800:]}, {"epochs": 1}, env)
-    pools = {name: score_batch.fn(table, champion, POOL_CAP, 13, MAX_SEQ_LENGTH) for name, table in domains.items()}
+    pools = {name: score_batch(table, champion, POOL_CAP, 13) for name, table in domains.items()}
     return {**pools, **halves(pools["amazon"], ("amazon-a", "amazon-b"))}
 
 
@@ -184,8 +186,8 @@ def fortunes_pools(project: Path, env: dict[str, str]) -> dict[str, ScoredBatch]
     data = {"train": table_rows(split.train), "validation": table_rows(split.validation),
             "test": table_rows(split.test)}
     champion = train_champion(project, "fortunes", data, {"epochs": 4}, env)
-    return {"fortunes-test": score_batch.fn(split.test, champion, POOL_CAP, 13, MAX_SEQ_LENGTH),
-            "fortunes-natural": score_batch.fn(labelled(split.corpus), champion, POOL_CAP, 13, MAX_SEQ_LENGTH)}
+    return {"fortunes-test": score_batch(split.test, champion, POOL_CAP, 13),
+            "fortunes-natural": score_batch(labelled(split.corpus), champion, POOL_CAP, 13)}
 
 
 def labelled(corpus: TextTable) -> TextTable:
@@ -237,7 +239,7 @@ def run_scenario(scenario: Scenario, pools: dict[str, ScoredBatch], size: int, d
         reference = side(source, draw(source, size, rng, scenario.bootstrap), "reference", keep_labels=True)
         current = side(target, draw(target, size, rng, scenario.bootstrap, scenario.current_positive_share),
                        "current", keep_labels=False)
-        result = compare_batches.fn(reference, current, THRESHOLD, reports / f"check-{size}-{seed}.html")
+        result = compare_batches(reference, current, THRESHOLD, reports / f"check-{size}-{seed}.html")
         findings[result.finding] += 1
         for signal in result.signals:
             tally = tallies.setdefault(signal.name, SignalTally(signal.effect_threshold))

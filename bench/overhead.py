@@ -4,7 +4,7 @@
 
 1. Overhead: `steward finetune --config <demo config>` as a whole process against the same work done
    by a plain Python script, also a fresh process: load the three tables, validate them with the same
-   Great Expectations suite, `fine_tune.fn`, `evaluate_model.fn` on the test set, with no Prefect, no
+   Great Expectations suite, `fine_tune`, `evaluate_model` on the test set, with no Prefect, no
    registry and no audit log. Overhead = steward − script, in seconds and in percent of the script: what
    the orchestration itself (Prefect flow and task runs, the registry, the audit log, hashing and
    registering the weights) costs. `steward finetune` is timed twice: with Prefect's temporary
@@ -41,8 +41,8 @@ from pathlib import Path
 
 import yaml
 
+from core.config import load_config
 from steward.cli import QUIET_THIRD_PARTY_DEFAULTS
-from steward.config import load_config
 from steward.demo import write_demo
 
 STEWARD = Path(sys.executable).with_name("steward")
@@ -100,26 +100,27 @@ def overhead_config(workdir: Path, epochs: int | None) -> Path:
 
 def run_plain_script(config_path: Path, output_dir: Path) -> None:
     """What `steward finetune` computes, called directly: no Prefect, no registry, no audit log."""
+    from core.hashing import ModelFiles
     from tasks.data import load_table
     from tasks.evaluate import evaluate_model
-    from tasks.finetune import fine_tune
+    from tasks.finetune import FineTuneJob, fine_tune
     from tasks.modeling import resolve_base_model
     from tasks.validation import validate_table
 
     config = load_config(config_path)
     data = config.data
     tables = {
-        role: load_table.fn(config.resolve(path), data.text_column, data.label_column, role)
+        role: load_table(config.resolve(path), data.text_column, data.label_column, role)
         for role, path in (("train", data.train), ("validation", data.validation), ("test", data.test))
     }
     allowed = sorted(set(tables["train"].labels or []) - {None})
     for table in tables.values():
-        if not validate_table.fn(table, config.validation, allowed, data.text_column, data.label_column).success:
+        if not validate_table(table, config.validation, allowed, data.text_column, data.label_column).success:
             raise SystemExit(f"overhead: {table.source} fails validation")
-    result = fine_tune.fn(resolve_base_model(config.base_model, config.workdir), tables["train"],
-                          tables["validation"], config.finetuning, config.seed, output_dir,
-                          config.evaluation.primary_metric)
-    evaluate_model.fn(result.model_dir, tables["test"], config.finetuning.max_seq_length)
+    result = fine_tune(FineTuneJob(resolve_base_model(config.base_model, config.workdir), tables["train"],
+                                   tables["validation"], config.finetuning, config.seed, output_dir,
+                                   config.evaluation.primary_metric))
+    evaluate_model(ModelFiles.of(result.model_dir), tables["test"])
 
 
 def time_plain_script(config_path: Path, output_dir: Path) -> float:

@@ -41,15 +41,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from core.config import FinetuningConfig, PretrainingConfig, load_config
 from steward.cli import QUIET_THIRD_PARTY_DEFAULTS
-from steward.config import FinetuningConfig, PretrainingConfig, load_config
 from steward.demo import write_demo
-from tasks import pretrain, training
+from tasks import training
 from tasks.classifier import load_saved_classifier
 from tasks.data import TextTable, load_corpus, load_table, make_table
-from tasks.finetune import fine_tune
+from tasks.finetune import FineTuneJob, fine_tune
 from tasks.modeling import load_tokenizer, pick_device, quiet_transformers, resolve_base_model
-from tasks.pretrain import continue_pretraining, load_language_model, pack_corpus
+from tasks.objectives.base import DEFAULT_LEARNING_RATES, PretrainJob
+from tasks.objectives.language_modelling import load_language_model, pack_corpus
+from tasks.pretrain import continue_pretraining
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, Trainer
@@ -119,16 +121,16 @@ def rows(table: TextTable, count: int) -> TextTable:
 def demo_workload(workdir: Path, args: argparse.Namespace) -> Workload:
     config = load_config(write_demo(workdir / "demo"))
     data = config.data
-    train = load_table.fn(config.resolve(data.train), data.text_column, data.label_column, "train")
-    validation = load_table.fn(config.resolve(data.validation), data.text_column, data.label_column, "validation")
+    train = load_table(config.resolve(data.train), data.text_column, data.label_column, "train")
+    validation = load_table(config.resolve(data.validation), data.text_column, data.label_column, "validation")
     return Workload(
         model_dir=resolve_base_model("minilm"),
         train=rows(train, args.examples),
         validation=rows(validation, args.val_examples),
-        corpus=load_corpus.fn(config),
+        corpus=load_corpus(config),
         finetuning=config.finetuning.model_copy(update={"epochs": args.epochs}),
         pretraining=config.pretraining.model_copy(
-            update={"objective": "mlm", "learning_rate": pretrain.DEFAULT_LEARNING_RATES["mlm"],
+            update={"objective": "mlm", "learning_rate": DEFAULT_LEARNING_RATES["mlm"],
                     "max_steps": args.mlm_steps, "head_warmup_steps": 0, "save_steps": args.mlm_steps + 1}
         ),
         workdir=workdir,
@@ -204,10 +206,8 @@ def hf_finetune(work: Workload, out: Path) -> tuple[Measurement, Parameters]:
 
 
 def steward_finetune(work: Workload, out: Path) -> tuple[Measurement, Parameters]:
-    result = fine_tune.fn(
-        work.model_dir, work.train, work.validation, work.finetuning, SEED, out, "macro_f1"
-    )
-    encoder = load_saved_classifier(result.model_dir, work.finetuning.max_seq_length, pick_device()).model.encoder
+    result = fine_tune(FineTuneJob(work.model_dir, work.train, work.validation, work.finetuning, SEED, out, "macro_f1"))
+    encoder = load_saved_classifier(result.model_dir, pick_device()).model.encoder
     return Measurement(result.trained_tokens, result.training_seconds), parameter_count(encoder)
 
 
@@ -232,9 +232,8 @@ def hf_pretrain(work: Workload, out: Path) -> tuple[Measurement, Parameters]:
 
 
 def steward_pretrain(work: Workload, out: Path) -> tuple[Measurement, Parameters]:
-    result = continue_pretraining.fn(
-        work.model_dir, work.corpus, work.pretraining, SEED, out / "work", out / "cache"
-    )
+    result = continue_pretraining(PretrainJob(work.model_dir, work.corpus, work.pretraining, SEED, out / "work",
+                                              out / "cache"))
     model = load_language_model(result.model_dir, pick_device()).model
     return Measurement(result.trained_tokens, result.training_seconds), parameter_count(model)
 
