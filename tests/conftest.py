@@ -24,6 +24,19 @@ for _key, _value in QUIET_THIRD_PARTY_DEFAULTS.items():
     os.environ.setdefault(_key, _value)
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+# Under CI (`.ci/run` sets CI=true) a test never skips for a service or dataset that CI is meant to provide.
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+SHARED_DATA = Path(os.environ.get("STEWARD_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def require(available: object, what: str) -> None:
+    """Go on when `available`; else skip on a developer's machine, with the reason, and fail under CI, where
+    `.ci/run` installs or starts everything the suite needs: a green CI run has tested what it claims."""
+    if available:
+        return
+    if IN_CI:
+        pytest.fail(f"CI must test this with {what}, which is missing (.ci/run installs or starts it)", pytrace=False)
+    pytest.skip(f"{what} is missing")
 
 
 @pytest.fixture(scope="session")
@@ -43,8 +56,7 @@ def pg_admin_url() -> str | None:
 @pytest.fixture
 def pg_url(pg_admin_url: str | None) -> Iterator[str]:
     """URL of a new, empty PostgreSQL database, dropped after the test."""
-    if pg_admin_url is None:
-        pytest.skip("no PostgreSQL server at STEWARD_TEST_PG_URL")
+    require(pg_admin_url, "a PostgreSQL server at STEWARD_TEST_PG_URL")
     with scratch_database(pg_admin_url) as url:
         yield url
 

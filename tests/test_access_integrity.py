@@ -16,9 +16,9 @@ import yaml
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
+from core.hashing import sha256_files
 from governance.registry import Registry
 from steward.cli import main
-from tasks.modeling import sha256_files
 from tests.test_bad_input import default_registry, one_error_line
 from tests.test_flow_retrain import write_project
 from tests.test_registry import start_run

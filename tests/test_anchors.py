@@ -13,6 +13,8 @@ import pytest
 import yaml
 from sqlalchemy import create_engine, text
 
+from core.config import load_config
+from core.errors import BadInputError, ConfigError
 from flows.anchor import anchor_audit
 from flows.deployments import build_deployments
 from governance.anchors import (
@@ -31,8 +33,6 @@ from governance.events import InputRejected
 from governance.redact import mask_url
 from governance.registry import Registry
 from steward.cli import main
-from steward.config import load_config
-from steward.errors import BadInputError, ConfigError
 from tests.conftest import tamper
 
 
@@ -300,7 +300,7 @@ def test_serve_adds_the_anchor_deployment_only_with_anchor_cron(tmp_path: Path, 
     assert (served.anchor.name, served.anchor.flow_name) == ("tickets-audit-anchor", "steward-audit-anchor")
     (schedule,) = served.anchor.schedules
     assert schedule.schedule.cron == "*/30 * * * *"
-    assert served.anchor.parameters == {"config_path": str(path.resolve()), "registry_url": None}
+    assert served.anchor.parameters == {"config_path": str(path.resolve())}
     assert served.anchor.concurrency_limit == 1
     assert served.anchor in served.all()
 
@@ -312,9 +312,10 @@ def test_serve_adds_the_anchor_deployment_only_with_anchor_cron(tmp_path: Path, 
         build_deployments(load_config(missing_key), missing_key)
 
 
+@pytest.mark.usefixtures("prefect_harness")
 def test_the_anchor_flow_writes_into_the_configured_directory(tmp_path: Path, keys: KeyFiles) -> None:
     path = _config(tmp_path, anchor_cron="0 * * * *", anchor_dir="anchors", anchor_key=str(keys.private_key))
-    written = anchor_audit.fn(str(path))
+    written = anchor_audit(str(path))
     assert written.path.parent == tmp_path / "anchors"
     assert written.digest.head_seq == 0
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from core.config import load_config
 from steward.cli import main
-from steward.config import load_config
 
 STEWARD = [sys.executable, "-m", "steward.cli"]
 

@@ -11,6 +11,7 @@ import pytest
 import tasks.compress
 from steward import load_model
 from steward.cli import main
+from tasks.classifier import MANIFEST_FILE
 from tests.test_flow_retrain import _sentences, registry_for, run_json, write_project
 from tests.test_monitor import _write_texts
 from tests.test_predict import registry_url
@@ -39,7 +40,7 @@ def test_the_stage_registers_a_passing_int8_form_that_serves_like_the_fp32_model
     int8 = detail.form("int8")
     assert int8 is not None and int8.status == "passed", int8
     assert int8.metrics["agreement"] >= 0.98 and int8.metrics["metric_drop"] <= 0.01
-    assert {"model.onnx", "label_map.json"} <= set(int8.files) and int8.size_bytes > 0
+    assert {"model.onnx", MANIFEST_FILE} <= set(int8.files) and int8.size_bytes > 0
     assert set(int8.per_class_f1_delta) == {"billing", "complaint", "praise"}
     [event] = events(project, "compression_passed")
     assert event.subject == "tickets:1" and event.payload["sha256"] == int8.files
@@ -140,7 +141,8 @@ def test_a_distilled_student_is_made_quantized_and_judged_like_the_teacher(
     assert student.status in ("passed", "refused"), student.reasons
     assert student.method == "distill-1-layers+onnx-int8"
     assert student.size_bytes < int8.size_bytes  # one transformer layer of two
-    assert json.loads((Path(student.artifact_path) / "label_map.json").read_text())["temperature"] > 0
+    manifest = json.loads((Path(student.artifact_path) / MANIFEST_FILE).read_text())
+    assert manifest["temperature"] > 0 and manifest["form"] == "student"
     assert 0.0 <= student.metrics["agreement"] <= 1.0 and "macro_f1" in student.metrics
     assert not Path(f"{detail.version.artifact_path}-student.checkpoints").exists()
     if student.passed:

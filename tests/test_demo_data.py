@@ -1,4 +1,4 @@
-"""The bundled demo dataset (steward/demo.py): shape, splits, determinism, config, and difficulty."""
+"""The bundled demo dataset (steward/demo/): shape, splits, determinism, config, and difficulty."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from core.config import load_config
 from steward import demo
-from steward.config import load_config
 
 SPLITS = ("train", "val", "test")
 
@@ -108,7 +108,8 @@ def test_same_seed_writes_the_same_bytes(tmp_path: Path, workdir: Path) -> None:
     first = demo.write_demo(tmp_path / "a").parent
     demo.write_demo(first)  # rewriting in place changes nothing either
     files = sorted(path.relative_to(workdir) for path in workdir.rglob("*") if path.is_file())
-    assert len(files) == 7
+    assert len(files) == 8  # six data files and two configs
+    assert {demo.CONFIG_FILE, demo.QUICK_CONFIG_FILE} <= {str(path) for path in files}
     for relative in files:
         assert (first / relative).read_bytes() == (workdir / relative).read_bytes(), relative
 
@@ -139,18 +140,19 @@ def test_config_loads_and_points_at_the_data(workdir: Path) -> None:
 
 def test_every_template_fills() -> None:
     rng = random.Random(0)
-    slots = {**demo.SLOTS, **demo.DRIFT_SLOTS}
-    templates = [t for group in demo.TICKET_TEMPLATES.values() for t in group]
-    templates += [t for group in demo.AMBIGUOUS_TEMPLATES.values() for t in group]
-    templates += [t for group in demo.VAGUE_TEMPLATES.values() for t in group]
-    templates += [*demo.GENERIC_VAGUE, *demo.GREETINGS, *demo.SIGNOFFS, *demo.EXTRAS, *demo.PREFIXES]
-    templates += [*demo.AGENT_REPLIES, *demo.KB_SNIPPETS, *demo.STATUS_UPDATES]
-    templates += [*demo.NIMBUS_TICKETS, *demo.SECURITY_TICKETS]
-    templates += [t for script in demo.CHAT_SCRIPTS for _, alternatives in script for t in alternatives]
+    blocks = demo.blocks()  # steward/demo/templates.yaml
+    slots = {**demo.slots(), **blocks["drift_slots"]}
+    templates = [t for group in blocks["ticket_templates"].values() for t in group]
+    templates += [t for group in blocks["ambiguous_templates"].values() for t in group]
+    templates += [t for group in blocks["vague_templates"].values() for t in group]
+    templates += [*blocks["generic_vague"], *blocks["greetings"], *blocks["signoffs"], *blocks["extras"]]
+    templates += [*blocks["prefixes"], *blocks["agent_replies"], *blocks["kb_snippets"], *blocks["status_updates"]]
+    templates += [*blocks["nimbus_tickets"], *blocks["security_tickets"]]
+    templates += [t for script in blocks["chat_scripts"] for turn in script for t in turn["says"]]
     for template in templates:
         assert "{" not in demo.fill(template, rng, slots), template
-    assert set(demo.TICKET_TEMPLATES) == set(demo.AMBIGUOUS_TEMPLATES) == set(demo.LABELS)
-    assert all(len(group) >= 15 for group in demo.TICKET_TEMPLATES.values())
+    assert set(blocks["ticket_templates"]) == set(blocks["ambiguous_templates"]) == set(demo.LABELS)
+    assert all(len(group) >= 15 for group in blocks["ticket_templates"].values())
 
 
 def test_module_imports_without_pandas() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.finetune import fine_tune
+from tasks.finetune import FineTuneJob, fine_tune
 from tests.test_flow_retrain import registry_for, run_json, write_project
 from tests.test_tasks_finetune import PARAMS, VALIDATION, tickets
 
@@ -92,8 +92,9 @@ def test_a_last_batch_smaller_than_the_world_gives_the_same_training(
     part in the gradient all-reduce (with a zero-weight loss)."""
     train = tickets("train", 145, 1)
     params = PARAMS.model_copy(update={"epochs": 2})
-    one = fine_tune.fn(dropout_free_model, train, VALIDATION, params, 11, tmp_path / "one", "macro_f1")
-    two = fine_tune.fn(dropout_free_model, train, VALIDATION, params, 11, tmp_path / "two", "macro_f1", nproc=2)
+    one = fine_tune(FineTuneJob(dropout_free_model, train, VALIDATION, params, 11, tmp_path / "one", "macro_f1"))
+    two = fine_tune(FineTuneJob(dropout_free_model, train, VALIDATION, params, 11, tmp_path / "two", "macro_f1"),
+                    nproc=2)
     assert len(two.loss_curve) == len(one.loss_curve) == 2 * 19
     assert losses(two.loss_curve) == pytest.approx(losses(one.loss_curve), rel=CURVE_TOLERANCE)
     assert [score.accuracy for score in two.epoch_scores] == [score.accuracy for score in one.epoch_scores]

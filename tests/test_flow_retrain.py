@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from core.hashing import sha256_files
 from governance.registry import Registry
 from steward.cli import main
-from tasks.modeling import sha256_files
 
 LABEL_WORDS = {
     "praise": ["good", "great", "love", "excellent", "wonderful", "amazing", "happy", "perfect"],
@@ -216,7 +216,7 @@ def test_the_baseline_gate_refuses_a_candidate_below_the_classical_baseline(
         decision = registry.gate_decisions("tickets")[-1]
         assert (decision.passed, decision.outcome, decision.champion_version) == (False, "rejected", None)
         assert decision.min_score == pytest.approx(classical)
-        assert decision.reasons.split("; ")[0] == reason
+        assert decision.reasons[0] == reason
         assert registry.run_metrics(payload["run_id"])["classical_baseline_macro_f1"] == classical
 
 

@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
+from core.config import StewardConfig
 from governance.registry import Registry
 from steward.cli import main
-from steward.config import StewardConfig
 from tests.test_bad_input import one_error_line
 from tests.test_flow_retrain import write_project
 

@@ -13,10 +13,10 @@ from prefect.events import DeploymentEventTrigger
 from prefect.flows import load_flow_from_entrypoint
 from sqlalchemy.engine import make_url
 
+from core.config import parse_config
 from flows.deployments import build_deployments
 from steward.cli import build_parser
-from steward.config import parse_config
-from steward.demo import CONFIG_YAML
+from steward.demo import config_yaml
 
 INFRA = Path(__file__).resolve().parent.parent / "infra"
 REPO = INFRA.parent
@@ -48,7 +48,7 @@ def test_every_entrypoint_is_a_flow_that_accepts_its_parameters(
 
 def test_prefect_yaml_schedules_limits_and_trigger_match_steward_serve(prefect_yaml: dict) -> None:
     """The worker deployments behave like the ones `steward serve` builds for the demo config at /project."""
-    raw = yaml.safe_load(CONFIG_YAML)
+    raw = yaml.safe_load(config_yaml())
     config = parse_config({**raw, "monitoring": {**raw["monitoring"], "current": "data/current.csv"}},
                           "demo", Path("/project"))
     served = build_deployments(config, Path("/project/steward.yaml"))

@@ -314,8 +314,8 @@ def test_served_traffic_is_monitored_from_the_prediction_log(
 
 
 def test_the_log_writer_counts_what_an_unreachable_database_loses_and_keeps_running(three_versions: Path) -> None:
+    from core.refs import ModelRef
     from steward import load_model
-    from steward.loading import ModelRef
     from steward.server import Metrics, PredictionLogWriter, ServerSettings
 
     registry = f"sqlite:///{three_versions.parent / '.steward' / 'registry.db'}"

@@ -81,16 +81,26 @@ def test_batch_from_the_training_distribution_is_not_flagged(
 ) -> None:
     fresh = [text for text, _ in _sentences(random.Random(99), 120)]
     current = _write_texts(champion_project.parent / "fresh.csv", fresh)
+    before = _cached_results(champion_project)  # what the run cached (its evaluations)
     code, outcome = run_json(
         capsys, "monitor", "--config", str(champion_project), "--current", str(current), "--fail-on-drift"
     )
     assert (code, outcome["drift_detected"]) == (0, False)
     assert outcome["drift_share"] < 0.3
-    cached = list((champion_project.parent / ".steward" / "cache" / "drift").glob("*.parquet"))
-    assert len(cached) == 1  # the champion's scored reference, reused by the next check
+    (reference,) = _cached_results(champion_project) - before  # the champion's scored reference, in Prefect's cache
+    assert "tasks.drift.ScoredBatch" in reference.read_text(encoding="utf-8")
+    written = reference.stat().st_mtime_ns
 
     code, again = run_json(capsys, "monitor", "--config", str(champion_project), "--current", str(current))
     assert (code, again["drift_share"]) == (0, outcome["drift_share"])
+    assert _cached_results(champion_project) == before | {reference}  # reused by the next check, not scored again
+    assert reference.stat().st_mtime_ns == written
+
+
+def _cached_results(config: Path) -> set[Path]:
+    """The task results Prefect keeps in the workspace (flows/steps.py: evaluations, scored references)."""
+    folder = config.parent / ".steward" / "cache" / "prefect-results"
+    return {path for path in folder.iterdir() if path.is_file()} if folder.is_dir() else set()
 
 
 @pytest.mark.usefixtures("prefect_harness")

@@ -26,6 +26,7 @@ from sqlalchemy.exc import DBAPIError
 
 from governance.registry import STALE_RUN_ERROR, Registry
 from steward.cli import main
+from tests.conftest import require
 from tests.test_bad_input import one_error_line
 from tests.test_flow_retrain import write_project
 
@@ -74,12 +75,12 @@ class PrivatePostgres:
 def private_postgres() -> Iterator[PrivatePostgres]:
     bin_dir = _postgres_bin()
     if bin_dir is None:
-        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) on this machine")
+        require(False, "PostgreSQL's server binaries (initdb, pg_ctl)")
     as_owner: list[str] = []
     data_dir = Path(tempfile.mkdtemp(prefix="steward-pg-"))
     if getpass.getuser() == "root":  # initdb refuses to run as root
         if shutil.which("runuser") is None or subprocess.run(["id", "postgres"], capture_output=True).returncode:
-            pytest.skip("running as root without a 'postgres' OS user to own a private cluster")
+            require(False, "a 'postgres' OS user to own a private cluster (initdb refuses root)")
         shutil.chown(data_dir, "postgres")
         as_owner = ["runuser", "-u", "postgres", "--"]
     server = PrivatePostgres(bin_dir, data_dir / "cluster", _free_port(), as_owner)

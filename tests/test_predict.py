@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from core.errors import BadInputError, CheckFailedError
 from steward import load_model
-from steward.errors import BadInputError, CheckFailedError
 from tests.test_flow_retrain import _sentences, registry_for, run_json, write_project
 from tests.test_monitor import _write_texts
 

@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from core.errors import BadInputError
 from governance.prediction_log import PredictionLog
 from governance.records import ServedPredictionIn
-from steward.errors import BadInputError
 
 
 def rows(replica: str, count: int, served_at: datetime, version: int = 1) -> list[ServedPredictionIn]:

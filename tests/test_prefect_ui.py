@@ -241,7 +241,7 @@ def test_serve_registers_scheduled_deployments_and_sigterm_leaves_schedules_acti
         assert deployment.global_concurrency_limit is not None
         assert deployment.global_concurrency_limit.limit == 1
     # `--registry` reaches the served runs through serve's environment, never Prefect's stored parameters.
-    assert retrain.parameters == {"config_path": str(project), "registry_url": None}
+    assert retrain.parameters == {"config_path": str(project)}
     assert monitor.parameters == {**retrain.parameters, "current_path": str(project.parent / "data" / "current.csv")}
 
 
@@ -307,7 +307,7 @@ def test_retrain_trigger_matches_the_drift_event_and_starts_a_retrain(
 
         (run,) = eventually(lambda: _retrain_runs(client, retrain.id), "the drift trigger to create a retrain run")
     assert run.created_by.display_value == automation.name
-    assert run.parameters == {"config_path": str(project), "registry_url": None}
+    assert run.parameters == {"config_path": str(project)}
 
 
 def test_a_second_drift_check_in_the_same_episode_starts_no_retrain(

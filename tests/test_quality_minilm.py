@@ -3,24 +3,24 @@ Yelp, a domain it never saw (sentiment labelled sentences, Kotzias et al., KDD 2
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
-from steward.config import FinetuningConfig
+from core.config import FinetuningConfig
+from core.hashing import ModelFiles
 from tasks.classifier import accuracy_and_macro_f1
 from tasks.data import TextTable, make_table, split_validation
 from tasks.evaluate import evaluate_model
-from tasks.finetune import fine_tune
+from tasks.finetune import FineTuneJob, fine_tune
 from tasks.modeling import resolve_base_model
+from tests.conftest import SHARED_DATA, require
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
-BESIDE_CHECKOUT = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-DATA_DIR = Path(os.environ.get("STEWARD_SHARED_DATA", BESIDE_CHECKOUT)) / "sentiment_labelled_sentences"
+DATA_DIR = SHARED_DATA / "sentiment_labelled_sentences"
 SEED = 13
 TRAIN_LIMIT = 1_200  # stratified subsample of the Amazon + IMDB train split: minutes, not tens, on 2 CPU cores
 PARAMS = FinetuningConfig(epochs=2, batch_size=16, max_seq_length=64, learning_rate=5e-5, early_stopping_patience=2)
@@ -67,13 +67,12 @@ def macro_f1(pipeline: Pipeline, table: TextTable) -> float:
 @pytest.mark.minilm
 @pytest.mark.slow
 def test_minilm_beats_tfidf_across_domains(tmp_path: Path) -> None:
-    if not DATA_DIR.is_dir():
-        pytest.skip(f"shared sentiment data not found at {DATA_DIR} (set STEWARD_SHARED_DATA)")
+    require(DATA_DIR.is_dir(), f"the shared data at {DATA_DIR} (set STEWARD_SHARED_DATA)")
     train, validation = train_and_validation(["amazon_cells", "imdb"], TRAIN_LIMIT, SEED)
     test = read_domain("yelp")
     candidates = [tfidf_pipeline(train, c) for c in BASELINE_C]
     baseline = macro_f1(max(candidates, key=lambda pipeline: macro_f1(pipeline, validation)), test)
     base_model = resolve_base_model("minilm")
-    tuned = fine_tune.fn(base_model, train, validation, PARAMS, SEED, tmp_path / "model", "macro_f1")
-    minilm = evaluate_model.fn(tuned.model_dir, test, PARAMS.max_seq_length).macro_f1
+    tuned = fine_tune(FineTuneJob(base_model, train, validation, PARAMS, SEED, tmp_path / "model", "macro_f1"))
+    minilm = evaluate_model(ModelFiles.of(tuned.model_dir), test).macro_f1
     assert minilm > baseline, f"Yelp macro F1: MiniLM {minilm:.3f} vs TF-IDF + LR {baseline:.3f} ({train.rows} train)"

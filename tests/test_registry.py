@@ -13,15 +13,10 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from governance.records import (
-    DriftReportIn,
-    GateDecisionIn,
-    ModelVersionRecord,
-    RunRecord,
-    ValidationResultIn,
-)
+from core.errors import BadInputError, CheckFailedError
+from core.results import DriftResult, DriftSignal, GateOutcome
+from governance.records import ModelVersionRecord, RunRecord, ValidationResultIn
 from governance.registry import Registry, mask_url
-from steward.errors import BadInputError, CheckFailedError
 from tests.conftest import ActAs
 
 MODEL = "support-tickets"
@@ -259,32 +254,57 @@ def test_validation_gate_and_drift_records(registry: Registry) -> None:
         ("text", True, 0),
         (None, False, {"rows": 3}),
     ]
+    outcome = GateOutcome(
+        passed=True,
+        outcome="promoted",
+        primary_metric="macro_f1",
+        candidate_score=0.81,
+        champion_score=0.78,
+        reasons=["beats champion by 0.03"],
+        min_score=0.5,
+        floor_source="min_score",
+        min_improvement=0.01,
+    )
     decision = registry.record_gate_decision(
-        GateDecisionIn(
-            run_id=run.id,
-            candidate_version_id=candidate.id,
-            champion_version_id=champion.id,
-            primary_metric="macro_f1",
-            candidate_score=0.81,
-            champion_score=0.78,
-            min_score=0.5,
-            min_improvement=0.01,
-            passed=True,
-            outcome="promoted",
-            reasons="beats champion by 0.03",
-        )
+        outcome, run_id=run.id, candidate_version_id=candidate.id, champion_version_id=champion.id
     )
     assert (decision.candidate_version, decision.champion_version) == (2, 1)
+    assert (decision.run_id, decision.candidate_version_id, decision.champion_version_id) == (
+        run.id, candidate.id, champion.id,
+    )
+    assert (decision.reasons, decision.min_score, decision.floor_source, decision.alias) == (
+        ["beats champion by 0.03"], 0.5, "min_score", "champion",
+    )
     assert registry.get_version(MODEL, 2).gate_decision == decision
     assert registry.gate_decisions(MODEL) == [decision]
     gate_event = registry.audit.events(f"{MODEL}:2")[-1]
     assert gate_event.event_type == "gate_decision" and gate_event.payload["candidate_score"] == 0.81
-    calm = registry.record_drift_report(DriftReportIn(MODEL, 0.1, "/r/1.html", {"p": float("nan")}))
-    drift = registry.record_drift_report(DriftReportIn(MODEL, 0.6, "/r/2.html", {}, finding="drift",
-                                                           retrain="requested", version_id=champion.id))
-    assert registry.drift_reports(MODEL) == [calm, drift] and calm.details == {"p": None}
+    calm = registry.record_drift_report(drift_result(0.1, "/r/1.html", effect=float("nan")), model_name=MODEL,
+                                        retrain="not_needed", current="current.csv", reference="test split")
+    drift = registry.record_drift_report(drift_result(0.6, "/r/2.html", drifted=True), model_name=MODEL,
+                                         retrain="requested", current="current.csv", reference="test split",
+                                         version_id=champion.id)
+    assert registry.drift_reports(MODEL) == [calm, drift]
+    assert calm.details["signals"][0]["effect"] is None  # NaN is stored (and handed back) as null
+    assert (calm.finding, calm.drift_detected, calm.retrain, calm.report_path) == (
+        "none", False, "not_needed", "/r/1.html",
+    )
+    assert (drift.finding, drift.drift_detected, drift.retrain, drift.version_id) == (
+        "drift", True, "requested", champion.id,
+    )
+    assert (drift.details["current"], drift.details["reference"], drift.details["threshold"]) == (
+        "current.csv", "test split", 0.3,
+    )
     assert event_types(registry, MODEL)[-2:] == ["drift_report", "drift_detected"]
     assert registry.audit.verify().ok
+
+
+def drift_result(share: float, report_path: str, *, drifted: bool = False, effect: float = 0.9) -> DriftResult:
+    signal = DriftSignal(name="text", kind="covariate", method="perc_text_content_drift", effect=effect,
+                         effect_threshold=0.65, significant=drifted, drifted=drifted)
+    return DriftResult(drift_detected=drifted, prior_shift=False, drift_share=share, threshold=0.3, signals=[signal],
+                       reference_rows=500, reference_scored=500, current_rows=400, current_scored=400,
+                       covariate_reference_rows=500, report_path=Path(report_path))
 
 
 def test_metrics_must_be_finite(registry: Registry) -> None:

@@ -1,6 +1,6 @@
 """Audit reports of real flow runs on the tiny model: promoted, rejected and awaiting approval.
 
-The HTML is rendered in headless Chromium (Debian's `chromium`; these tests skip without it) and the
+The HTML is rendered in headless Chromium (Debian's `chromium`; these tests need it) and the
 screenshots land in `test-output/` for a person to look at.
 """
 
@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from governance.report import write_report
+from reports.audit import write_report
 from steward.cli import main
+from tests.conftest import require
 from tests.test_flow_retrain import registry_for, write_project
 
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-output"
@@ -73,7 +74,7 @@ def chromium(tmp_path: Path) -> list[str]:
     """The headless Chromium command line, with a throwaway profile."""
     binary = shutil.which("chromium") or shutil.which("chromium-browser")
     if binary is None:
-        pytest.skip("chromium is not installed (.ci/run installs Debian's package)")
+        require(False, "headless Chromium (Debian's chromium package)")
     return [binary, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
 
 

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from governance.records import ClassScore, EvaluationDetailIn, GateDecisionIn, ReliabilityBin
+from core.config import parse_config
+from core.errors import BadInputError
+from core.results import GateOutcome
+from governance.records import ClassScore, EvaluationDetailIn, ReliabilityBin
 from governance.registry import Registry
-from governance.report import write_report
-from steward.config import parse_config
-from steward.errors import BadInputError
+from reports.audit import write_report
 from tasks.evaluate import expected_calibration_error, reliability_bins
 from tests.conftest import ActAs
 from tests.test_registry import MODEL, SHA_A, event_types, register, start_run
@@ -138,13 +139,14 @@ def _gated_version(registry: Registry, min_score: object, metrics: dict[str, flo
     registry.log_metrics(run_id=run.id, version_id=version.id, metrics=metrics)
     classical = {"macro_f1": 0.66, "accuracy": 0.7, "c": 10.0, "seconds": 1.3}
     registry.log_metrics(run_id=run.id, metrics={f"classical_baseline_{k}": v for k, v in classical.items()})
-    floor = 0.66 if min_score == "baseline" else float(min_score)
-    registry.record_gate_decision(GateDecisionIn(
-        run_id=run.id, candidate_version_id=version.id, champion_version_id=None, primary_metric="macro_f1",
-        candidate_score=metrics["macro_f1"], champion_score=None, min_score=floor, min_improvement=0.0,
-        passed=False, outcome="rejected",
-        reasons="macro_f1 0.6100 is below the classical baseline (TF-IDF + LR) 0.6600; no champion yet",
-    ))
+    floor, source = (0.66, "classical baseline") if min_score == "baseline" else (float(min_score), "min_score")
+    outcome = GateOutcome(
+        passed=False, outcome="rejected", primary_metric="macro_f1", candidate_score=metrics["macro_f1"],
+        champion_score=None, reasons=["macro_f1 0.6100 is below the classical baseline (TF-IDF + LR) 0.6600",
+                                      "no champion yet"],
+        min_score=floor, floor_source=source, min_improvement=0.0,
+    )
+    registry.record_gate_decision(outcome, run_id=run.id, candidate_version_id=version.id, champion_version_id=None)
 
 
 def test_report_shows_the_classical_baseline_beside_the_model_and_the_floor_it_set(

@@ -12,10 +12,10 @@ import yaml
 from prefect.client.schemas.objects import ConcurrencyLimitStrategy
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from core.config import load_config
 from flows.deployments import build_deployments
 from flows.events import DRIFT_EVENT
 from steward.cli import main
-from steward.config import load_config
 
 
 def _write_config(folder: Path, **sections: dict) -> Path:
@@ -32,12 +32,13 @@ def _cron(deployment) -> str:
 
 def test_retrain_runs_on_its_cron_and_on_drift_one_run_at_a_time(tmp_path: Path) -> None:
     path = _write_config(tmp_path, schedule={"retrain_cron": "15 2 * * 0"})
-    served = build_deployments(load_config(path), path, "sqlite:///registry.db")
+    served = build_deployments(load_config(path), path)
 
     retrain = served.retrain
     assert (retrain.name, retrain.flow_name) == ("tickets-retrain", "steward-retrain")
     assert _cron(retrain) == "15 2 * * 0"
-    assert retrain.parameters == {"config_path": str(path.resolve()), "registry_url": "sqlite:///registry.db"}
+    # the registry is no parameter (Prefect shows parameters, a password included): runs resolve it themselves
+    assert retrain.parameters == {"config_path": str(path.resolve())}
     assert retrain.concurrency_limit == 1
     assert retrain.concurrency_options.collision_strategy == ConcurrencyLimitStrategy.CANCEL_NEW
     (trigger,) = retrain.triggers
@@ -60,7 +61,6 @@ def test_monitor_is_served_only_when_the_config_names_the_current_batch(tmp_path
     assert monitor.parameters == {
         "config_path": str(path.resolve()),
         "current_path": str(tmp_path.resolve() / "batches" / "today.csv"),
-        "registry_url": None,
     }
     assert monitor.concurrency_limit == 1
 

@@ -9,15 +9,15 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 
-from steward.errors import BadInputError
+from core.errors import BadInputError
 from tasks.baseline import C_GRID, BaselineResult, fit_classical_baseline
-from tasks.data import make_table
+from tasks.data import Splits, make_table
 from tests.test_tasks_finetune import TEST, TRAIN, VALIDATION, tickets
 
 
 @pytest.fixture(scope="module")
 def baseline() -> BaselineResult:
-    return fit_classical_baseline.fn(TRAIN, VALIDATION, TEST, "macro_f1")
+    return fit_classical_baseline(Splits(TRAIN, VALIDATION, TEST), "macro_f1")
 
 
 def test_the_baseline_learns_separable_tickets_and_reports_its_choice(baseline: BaselineResult) -> None:
@@ -47,19 +47,19 @@ def test_test_metrics_are_sklearns_on_the_chosen_model(baseline: BaselineResult)
 
 
 def test_the_primary_metric_chooses_c() -> None:
-    by_accuracy = fit_classical_baseline.fn(TRAIN, VALIDATION, TEST, "accuracy")
+    by_accuracy = fit_classical_baseline(Splits(TRAIN, VALIDATION, TEST), "accuracy")
     assert by_accuracy.validation_scores[by_accuracy.c] == max(by_accuracy.validation_scores.values())
     with pytest.raises(BadInputError, match="no 'auc' metric"):
-        fit_classical_baseline.fn(TRAIN, VALIDATION, TEST, "auc")
+        fit_classical_baseline(Splits(TRAIN, VALIDATION, TEST), "auc")
 
 
 def test_a_test_label_unseen_in_training_is_named() -> None:
     unseen = tickets("test", 12, 4, labels=["billing", "mystery"])
     with pytest.raises(BadInputError, match="test labels not seen in training: mystery"):
-        fit_classical_baseline.fn(TRAIN, VALIDATION, unseen, "macro_f1")
+        fit_classical_baseline(Splits(TRAIN, VALIDATION, unseen), "macro_f1")
 
 
 def test_one_training_label_is_bad_input() -> None:
     single = make_table("train", Path("train.csv"), ["a b", "c d", None], ["x", "x", "x"], {})
     with pytest.raises(BadInputError, match=r"training needs at least two labels, found \['x'\]"):
-        fit_classical_baseline.fn(single, VALIDATION, TEST, "macro_f1")
+        fit_classical_baseline(Splits(single, VALIDATION, TEST), "macro_f1")

@@ -9,9 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from steward.config import parse_config
-from steward.errors import BadInputError
+from core.config import parse_config
+from core.errors import BadInputError
 from tasks.data import TextTable, fingerprint_rows, load_corpus, load_table, split_validation
+from tests.conftest import SHARED_DATA, require
 
 ROWS = [
     ("The battery died after two days.", 0),
@@ -47,7 +48,7 @@ def write_format(directory: Path, kind: str) -> Path:
 
 @pytest.mark.parametrize("kind", ["csv", "tsv", "jsonl", "parquet", "datasets"])
 def test_every_format_loads_to_the_same_rows_and_fingerprint(tmp_path: Path, kind: str) -> None:
-    table = load_table.fn(write_format(tmp_path, kind), "text", "label", "train")
+    table = load_table(write_format(tmp_path, kind), "text", "label", "train")
     assert isinstance(table, TextTable)
     assert table.texts == [t for t, _ in ROWS]
     assert table.labels == ["0", "1", "1", "0"]
@@ -67,15 +68,15 @@ def test_fingerprint_normalises_unicode_and_whitespace_but_sees_changes() -> Non
 
 def test_a_changed_row_changes_the_file_fingerprint(tmp_path: Path) -> None:
     path = write_format(tmp_path, "csv")
-    before = load_table.fn(path, "text", "label", "train").fingerprint
+    before = load_table(path, "text", "label", "train").fingerprint
     path.write_text(path.read_text().replace("two days", "three days"))
-    assert load_table.fn(path, "text", "label", "train").fingerprint != before
+    assert load_table(path, "text", "label", "train").fingerprint != before
 
 
 def test_txt_corpus_is_one_document_per_line(tmp_path: Path) -> None:
     path = tmp_path / "corpus.txt"
     path.write_text("first document\n\n  \nsecond document\n", encoding="utf-8")
-    table = load_table.fn(path, "text", None, "corpus")
+    table = load_table(path, "text", None, "corpus")
     assert table.texts == ["first document", "second document"]
     assert table.labels is None
 
@@ -84,17 +85,17 @@ def test_load_corpus_from_config_and_empty_corpus(tmp_path: Path) -> None:
     (tmp_path / "corpus.jsonl").write_text('{"text": "a b c"}\n{"text": null}\n{"text": "d e"}\n')
     raw = {"name": "x", "data": {"train": "t.csv", "test": "t.csv", "domain_corpus": "corpus.jsonl"}}
     config = parse_config(raw, "steward.yaml", tmp_path)
-    corpus = load_corpus.fn(config)
+    corpus = load_corpus(config)
     assert corpus.texts == ["a b c", "d e"] and corpus.role == "corpus"
     (tmp_path / "corpus.jsonl").write_text('{"text": "   "}\n')
     with pytest.raises(BadInputError, match=r"corpus\.jsonl: the domain corpus has no text"):
-        load_corpus.fn(config)
+        load_corpus(config)
 
 
 def test_nulls_are_kept_for_validation_to_report(tmp_path: Path) -> None:
     path = tmp_path / "nulls.csv"
     path.write_text('text,label\n"",1\nNone,\nNA,0\n')
-    table = load_table.fn(path, "text", "label", "train")
+    table = load_table(path, "text", "label", "train")
     assert table.texts == [None, "None", "NA"]  # only an empty field is null; "NA" is a word
     assert table.labels == ["1", None, "0"]
     assert table.complete_rows() == (["NA"], ["0"])
@@ -103,7 +104,7 @@ def test_nulls_are_kept_for_validation_to_report(tmp_path: Path) -> None:
 def test_tsv_keeps_quotes_inside_text(tmp_path: Path) -> None:
     path = tmp_path / "reviews.tsv"
     path.write_text('sentence\tscore\n"Great" movie, really\t1\nno "quotes" here\t0\n')
-    table = load_table.fn(path, "sentence", "score", "train")
+    table = load_table(path, "sentence", "score", "train")
     assert table.texts == ['"Great" movie, really', 'no "quotes" here']
 
 
@@ -114,23 +115,22 @@ def test_rfc4180_quoting_loads_as_written(tmp_path: Path) -> None:
         b'text,label\r\n"a, b and c",1\r\n"she said ""never again""",0\r\n"two\nlines",1\r\n'
         b'"crlf\r\ninside","0"\r\n"",1\r\nplain,"1"'
     )
-    table = load_table.fn(path, "text", "label", "train")
+    table = load_table(path, "text", "label", "train")
     assert table.texts == [*texts[:4], None, "plain"]
     assert table.labels == ["1", "0", "1", "0", "1", "1"]
     assert table.fingerprint == fingerprint_rows(table.texts, table.labels)
     written = tmp_path / "written.csv"  # what pandas itself writes loads back the same
     pd.DataFrame({"text": texts[:4] + texts[5:], "label": [1, 0, 1, 0, 1]}).to_csv(written, index=False)
-    assert load_table.fn(written, "text", "label", "train").texts == texts[:4] + texts[5:]
+    assert load_table(written, "text", "label", "train").texts == texts[:4] + texts[5:]
 
 
 def test_kotzias_tsv_with_quotes_still_loads(tmp_path: Path) -> None:
-    source = Path(__file__).resolve().parents[2] / "shared" / "data" / "sentiment_labelled_sentences"
-    if not source.is_dir():
-        pytest.skip(f"no {source}")
+    source = SHARED_DATA / "sentiment_labelled_sentences"
+    require(source.is_dir(), f"the shared data at {source} (set STEWARD_SHARED_DATA)")
     for name in ("amazon_cells_labelled", "imdb_labelled", "yelp_labelled"):
         path = tmp_path / f"{name}.tsv"
         path.write_bytes((source / f"{name}.txt").read_bytes())
-        table = load_table.fn(path, "sentence", "score", "train")
+        table = load_table(path, "sentence", "score", "train")
         assert table.rows == 1000 and set(table.labels) == {"0", "1"}
         assert any('"' in text for text in table.texts)
 
@@ -144,17 +144,17 @@ def test_datasets_dict_picks_the_split_by_role_and_maps_class_labels(tmp_path: P
     train = datasets.Dataset.from_dict({"text": ["a", "b"], "label": [0, 1]}, features=features)
     test = datasets.Dataset.from_dict({"text": ["c"], "label": [1]}, features=features)
     datasets.DatasetDict({"train": train, "test": test}).save_to_disk(str(tmp_path / "dd"))
-    assert load_table.fn(tmp_path / "dd", "text", "label", "test").labels == ["pos"]
-    assert load_table.fn(tmp_path / "dd", "text", "label", "train").labels == ["neg", "pos"]
+    assert load_table(tmp_path / "dd", "text", "label", "test").labels == ["pos"]
+    assert load_table(tmp_path / "dd", "text", "label", "train").labels == ["neg", "pos"]
     with pytest.raises(BadInputError, match="splits train, test and none named 'validation'"):
-        load_table.fn(tmp_path / "dd", "text", "label", "validation")
+        load_table(tmp_path / "dd", "text", "label", "validation")
 
 
 def test_a_huge_single_text_is_kept(tmp_path: Path) -> None:
     huge = "word " * 250_000  # 1.25 MB in one cell
     path = tmp_path / "huge.jsonl"
     path.write_text(json.dumps({"text": huge, "label": "a"}) + "\n")
-    assert load_table.fn(path, "text", "label", "test").texts == [huge]
+    assert load_table(path, "text", "label", "test").texts == [huge]
 
 
 def write_bytes(path: Path, data: bytes) -> Path:
@@ -226,23 +226,23 @@ def test_unreadable_files_are_one_line_errors_naming_file_and_line(
     tmp_path: Path, name: str, data: bytes, message: str
 ) -> None:
     with pytest.raises(BadInputError, match=message) as caught:
-        load_table.fn(write_bytes(tmp_path / name, data), "text", "label", "train")
+        load_table(write_bytes(tmp_path / name, data), "text", "label", "train")
     assert "\n" not in str(caught.value)
 
 
 def test_missing_file_and_columns_name_what_is_missing(tmp_path: Path) -> None:
     with pytest.raises(BadInputError, match=r"nope\.csv: file not found"):
-        load_table.fn(tmp_path / "nope.csv", "text", "label", "train")
+        load_table(tmp_path / "nope.csv", "text", "label", "train")
     path = write_format(tmp_path, "csv")
     with pytest.raises(BadInputError, match=r"no text column 'body' \(columns found: text, label, id\)"):
-        load_table.fn(path, "body", "label", "train")
+        load_table(path, "body", "label", "train")
     with pytest.raises(
         BadInputError, match=r"rows\.csv: no label column 'intent' \(columns found: text, label, id\)"
     ):
-        load_table.fn(path, "text", "intent", "train")
+        load_table(path, "text", "intent", "train")
     (tmp_path / "plain_dir").mkdir()
     with pytest.raises(BadInputError, match="not a dataset saved with `datasets`"):
-        load_table.fn(tmp_path / "plain_dir", "text", "label", "train")
+        load_table(tmp_path / "plain_dir", "text", "label", "train")
 
 
 def labelled_table(count_per_label: dict[str, int]) -> TextTable:

@@ -9,8 +9,8 @@ from tasks.drift import PREDICTION, ScoredBatch, class_matched
 
 def batch(counts: dict[str, int]) -> ScoredBatch:
     labels = [label for label, count in counts.items() for _ in range(count)]
-    return ScoredBatch("test", len(labels), pd.DataFrame({PREDICTION: labels, "text": [f"t{i}" for i in
-                                                                                         range(len(labels))]}))
+    texts = [f"t{i}" for i in range(len(labels))]
+    return ScoredBatch.of_frame("test", len(labels), pd.DataFrame({PREDICTION: labels, "text": texts}))
 
 
 def test_the_reference_takes_the_current_mix_with_as_many_rows_as_its_rarest_share_allows() -> None:

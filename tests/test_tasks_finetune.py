@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from steward.config import FinetuningConfig
-from steward.errors import BadInputError
-from tasks.data import TextTable, make_table
+from core.config import FinetuningConfig
+from core.errors import BadInputError
+from core.hashing import ModelFiles
+from tasks.classifier import MANIFEST_FILE
+from tasks.data import Splits, TextTable, make_table
 from tasks.evaluate import EvaluationResult, evaluate_model, expected_calibration_error
-from tasks.finetune import FineTuneResult, fine_tune, fit_temperature
+from tasks.finetune import FineTuneJob, FineTuneResult, fine_tune, fit_temperature
 
 LABEL_WORDS = {
     "billing": ["refund", "invoice", "payment", "price", "order"],
@@ -46,12 +48,12 @@ TRAIN, VALIDATION, TEST = tickets("train", 150, 1), tickets("validation", 45, 2)
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> FineTuneResult:
     output_dir = tmp_path_factory.mktemp("finetuned")
-    return fine_tune.fn(tiny_model_dir, TRAIN, VALIDATION, PARAMS, SEED, output_dir, "macro_f1")
+    return fine_tune(FineTuneJob(tiny_model_dir, TRAIN, VALIDATION, PARAMS, SEED, output_dir, "macro_f1"))
 
 
 @pytest.fixture(scope="module")
 def evaluation(trained: FineTuneResult) -> EvaluationResult:
-    return evaluate_model.fn(trained.model_dir, TEST, max_seq_length=32)
+    return evaluate_model(ModelFiles.of(trained.model_dir), TEST)
 
 
 def test_fine_tuning_learns_and_saves_the_best_epoch(trained: FineTuneResult) -> None:
@@ -63,9 +65,9 @@ def test_fine_tuning_learns_and_saves_the_best_epoch(trained: FineTuneResult) ->
     assert trained.train_examples == 150 and trained.resumed_from_epoch is None
     assert len(trained.loss_curve) == trained.epochs_run * 19  # 150 examples / 8 per batch
     saved = {path.name for path in trained.model_dir.iterdir()}
-    assert {"model.safetensors", "config.json", "tokenizer.json", "label_map.json"} <= saved
+    assert {"model.safetensors", "config.json", "tokenizer.json", MANIFEST_FILE} <= saved
     assert not any(name.startswith("checkpoint-") for name in saved)
-    assert json.loads((trained.model_dir / "label_map.json").read_text())["labels"] == trained.labels
+    assert json.loads((trained.model_dir / MANIFEST_FILE).read_text())["labels"] == trained.labels
 
 
 def test_throughput_figures_count_real_tokens_and_step_time(
@@ -81,15 +83,15 @@ def test_throughput_figures_count_real_tokens_and_step_time(
 
 def test_a_progress_callback_needs_one_process(tiny_model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="on_epoch runs inside the training process: it needs nproc=1"):
-        fine_tune.fn(
-            tiny_model_dir, TRAIN, VALIDATION, PARAMS, SEED, tmp_path, "macro_f1", on_epoch=print, nproc=2
+        fine_tune(
+            FineTuneJob(tiny_model_dir, TRAIN, VALIDATION, PARAMS, SEED, tmp_path, "macro_f1"), nproc=2, on_epoch=print
         )
 
 
 def test_same_seed_gives_identical_runs(
     trained: FineTuneResult, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    again = fine_tune.fn(tiny_model_dir, TRAIN, VALIDATION, PARAMS, SEED, tmp_path, "macro_f1")
+    again = fine_tune(FineTuneJob(tiny_model_dir, TRAIN, VALIDATION, PARAMS, SEED, tmp_path, "macro_f1"))
     assert again.epoch_scores == trained.epoch_scores
     assert again.loss_curve == trained.loss_curve
 
@@ -105,11 +107,11 @@ def test_an_interrupted_run_resumes_from_its_last_epoch(
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        fine_tune.fn(
-            tiny_model_dir, TRAIN, VALIDATION, PARAMS, SEED, tmp_path, "macro_f1", on_epoch=stop_after_two
+        fine_tune(
+            FineTuneJob(tiny_model_dir, TRAIN, VALIDATION, PARAMS, SEED, tmp_path, "macro_f1"), on_epoch=stop_after_two
         )
     assert [path.name for path in tmp_path.iterdir() if path.is_dir()] == ["checkpoint-2"]
-    resumed = fine_tune.fn(tiny_model_dir, TRAIN, VALIDATION, PARAMS, SEED, tmp_path, "macro_f1")
+    resumed = fine_tune(FineTuneJob(tiny_model_dir, TRAIN, VALIDATION, PARAMS, SEED, tmp_path, "macro_f1"))
     assert resumed.resumed_from_epoch == 2
     assert resumed.validation_scores == pytest.approx(trained.validation_scores)
     assert resumed.best_epoch == trained.best_epoch
@@ -117,7 +119,7 @@ def test_an_interrupted_run_resumes_from_its_last_epoch(
 
 def test_early_stopping_ends_after_patience_epochs_without_gain(tiny_model_dir: Path, tmp_path: Path) -> None:
     frozen = PARAMS.model_copy(update={"learning_rate": 1e-12, "early_stopping_patience": 1})
-    result = fine_tune.fn(tiny_model_dir, TRAIN, VALIDATION, frozen, SEED, tmp_path, "accuracy")
+    result = fine_tune(FineTuneJob(tiny_model_dir, TRAIN, VALIDATION, frozen, SEED, tmp_path, "accuracy"))
     assert (result.epochs_run, result.best_epoch) == (2, 1)
     assert result.primary_metric == "accuracy"
 
@@ -127,7 +129,7 @@ def test_validation_labels_unseen_in_training_are_refused(tiny_model_dir: Path, 
     with pytest.raises(
         BadInputError, match=r"validation.csv: validation labels not seen in training: refunds-v2"
     ):
-        fine_tune.fn(tiny_model_dir, TRAIN, odd, PARAMS, SEED, tmp_path, "macro_f1")
+        fine_tune(FineTuneJob(tiny_model_dir, TRAIN, odd, PARAMS, SEED, tmp_path, "macro_f1"))
 
 
 def test_evaluation_agrees_with_sklearn(evaluation: EvaluationResult) -> None:
@@ -184,18 +186,18 @@ def test_expected_calibration_error_by_hand() -> None:
 def test_test_labels_the_model_does_not_know_are_named(trained: FineTuneResult) -> None:
     odd = tickets("test", 9, 5, labels=["billing", "shipping", "zebra"])
     with pytest.raises(BadInputError, match=r"test.csv: test labels not seen in training: shipping, zebra"):
-        evaluate_model.fn(trained.model_dir, odd, max_seq_length=32)
+        evaluate_model(ModelFiles.of(trained.model_dir), odd)
 
 
 def test_a_megabyte_text_is_truncated_not_fatal(trained: FineTuneResult) -> None:
     huge = " ".join(["refund invoice payment"] * 70_000)  # ~1.5 MB
     table = make_table("test", Path("huge.csv"), [huge, "love it great"], ["billing", "praise"], {})
-    assert evaluate_model.fn(trained.model_dir, table, max_seq_length=32).examples == 2
+    assert evaluate_model(ModelFiles.of(trained.model_dir), table).examples == 2
 
 
-def test_a_directory_without_label_map_is_not_a_classifier(tiny_model_dir: Path) -> None:
-    with pytest.raises(BadInputError, match="not a fine-tuned Steward model"):
-        evaluate_model.fn(tiny_model_dir, TEST, max_seq_length=32)
+def test_a_directory_without_a_steward_manifest_is_not_a_classifier(tiny_model_dir: Path) -> None:
+    with pytest.raises(BadInputError, match=f"not a trained Steward model \\(no {MANIFEST_FILE}\\)"):
+        evaluate_model(ModelFiles.of(tiny_model_dir), TEST)
 
 
 def test_temperature_scaling_recovers_the_overconfidence_factor() -> None:
@@ -225,7 +227,7 @@ def test_calibration_lowers_ece_of_an_overconfident_model(trained: FineTuneResul
     from tasks.modeling import pick_device
 
     device = pick_device()
-    classifier = load_saved_classifier(trained.model_dir, 32, device)
+    classifier = load_saved_classifier(trained.model_dir, device)
     with torch.no_grad():
         classifier.model.head.weight.mul_(8.0)
         classifier.model.head.bias.mul_(8.0)
@@ -234,13 +236,13 @@ def test_calibration_lowers_ece_of_an_overconfident_model(trained: FineTuneResul
     logits, _ = batched_logits(classifier, encode(classifier, texts, labels), 64, device)
     classifier.temperature = fit_temperature(logits, [classifier.labels.index(label) for label in labels])
     save_classifier(classifier, tmp_path / "calibrated")
-    result = evaluate_model.fn(tmp_path / "calibrated", with_wrong_labels(tickets("test", 300, 8), 3), 32)
+    result = evaluate_model(ModelFiles.of(tmp_path / "calibrated"), with_wrong_labels(tickets("test", 300, 8), 3))
     assert classifier.temperature > 2.0 and result.temperature == classifier.temperature
     assert result.ece < result.ece_uncalibrated
 
 
 def test_pseudo_labels_are_confident_class_balanced_and_new(trained: FineTuneResult) -> None:
-    from steward.config import SelfTrainingConfig
+    from core.config import SelfTrainingConfig
     from tasks.self_training import pseudo_labelled, quotas, unlabelled_sample
 
     lopsided = tickets("corpus", 300, 21, labels=["billing"] * 4 + ["login", "praise"])  # mostly billing
@@ -248,7 +250,7 @@ def test_pseudo_labels_are_confident_class_balanced_and_new(trained: FineTuneRes
     texts = unlabelled_sample(corpus, (TRAIN,), 20_000, SEED)
     wanted = quotas(TRAIN, SelfTrainingConfig(ratio=0.5))
     assert wanted == {label: 25 for label in trained.labels}  # 0.5 × 50 labelled rows per class
-    pseudo = pseudo_labelled(trained.model_dir, TRAIN, corpus, texts, wanted, 0.6, 32)
+    pseudo = pseudo_labelled(trained.model_dir, TRAIN, corpus, texts, wanted, 0.6)
 
     counts = {label: pseudo.labels.count(label) for label in trained.labels}
     assert all(0 < count <= 25 for count in counts.values()), counts
@@ -256,7 +258,7 @@ def test_pseudo_labels_are_confident_class_balanced_and_new(trained: FineTuneRes
     truth = dict(zip(lopsided.texts, lopsided.labels, strict=True))
     correct = sum(truth[text] == label for text, label in zip(pseudo.texts, pseudo.labels, strict=True))
     assert correct / pseudo.rows > 0.9  # the confident ones are right
-    strict = pseudo_labelled(trained.model_dir, TRAIN, corpus, texts, wanted, 1.0, 32)
+    strict = pseudo_labelled(trained.model_dir, TRAIN, corpus, texts, wanted, 1.0)
     assert strict.rows < pseudo.rows
 
 
@@ -306,8 +308,8 @@ def test_averaged_weights_are_the_mean_of_the_two_models(trained: FineTuneResult
     from tasks.modeling import pick_device
     from tasks.self_training import average_weights
 
-    first = load_saved_classifier(trained.model_dir, 32, pick_device()).model
-    other = load_saved_classifier(trained.model_dir, 32, pick_device()).model
+    first = load_saved_classifier(trained.model_dir, pick_device()).model
+    other = load_saved_classifier(trained.model_dir, pick_device()).model
     with torch.no_grad():
         for tensor in other.parameters():
             tensor.add_(1.0)
@@ -318,23 +320,24 @@ def test_averaged_weights_are_the_mean_of_the_two_models(trained: FineTuneResult
 
 
 def test_self_training_keeps_the_average_of_the_first_model_and_the_student(
-    trained: FineTuneResult, tiny_model_dir: Path, tmp_path: Path, prefect_harness: None
+    trained: FineTuneResult, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     from tasks.classifier import load_saved_classifier
     from tasks.modeling import pick_device
     from tasks.self_training import self_train
 
     corpus = make_table("corpus", Path("corpus.txt"), tickets("corpus", 320, 31).texts, None, {})
-    outcome = self_train(trained, tiny_model_dir, TRAIN, VALIDATION, TEST, corpus, PARAMS, SEED, tmp_path, "macro_f1")
+    job = FineTuneJob(tiny_model_dir, TRAIN, VALIDATION, PARAMS, SEED, tmp_path, "macro_f1")
+    outcome = self_train(trained, job, Splits(TRAIN, VALIDATION, TEST, corpus))
 
     assert outcome.kept_candidate and 0 < outcome.pseudo_labels <= 2 * 150
     assert outcome.result.model_dir.parent == tmp_path and outcome.result.best_score == outcome.candidate_score
     assert [path.name for path in tmp_path.iterdir()] == [outcome.result.model_dir.name]  # the student is gone
-    first = load_saved_classifier(trained.model_dir, 32, pick_device()).model.state_dict()
-    kept = load_saved_classifier(outcome.result.model_dir, 32, pick_device())
+    first = load_saved_classifier(trained.model_dir, pick_device()).model.state_dict()
+    kept = load_saved_classifier(outcome.result.model_dir, pick_device())
     assert kept.temperature == outcome.result.temperature
     assert not torch.equal(kept.model.state_dict()["head.weight"], first["head.weight"])
-    assert evaluate_model.fn(outcome.result.model_dir, TEST, 32).macro_f1 > 0.8
+    assert evaluate_model(ModelFiles.of(outcome.result.model_dir), TEST).macro_f1 > 0.8
 
 
 def test_self_training_skips_a_corpus_too_small_to_choose_from(
@@ -343,7 +346,8 @@ def test_self_training_skips_a_corpus_too_small_to_choose_from(
     from tasks.self_training import self_train
 
     corpus = make_table("corpus", Path("corpus.txt"), tickets("corpus", 299, 31).texts, None, {})
-    outcome = self_train(trained, tiny_model_dir, TRAIN, VALIDATION, TEST, corpus, PARAMS, SEED, tmp_path, "macro_f1")
+    job = FineTuneJob(tiny_model_dir, TRAIN, VALIDATION, PARAMS, SEED, tmp_path, "macro_f1")
+    outcome = self_train(trained, job, Splits(TRAIN, VALIDATION, TEST, corpus))
 
     assert outcome.result == trained and (outcome.pseudo_labels, outcome.kept_candidate) == (0, False)
     assert outcome.skipped_because == ("299 new corpus texts to choose from, fewer than the 300 pseudo-labels it "

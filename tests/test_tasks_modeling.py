@@ -7,15 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from steward.errors import BadInputError, CheckFailedError
-from tasks.modeling import (
-    is_causal_lm,
-    pick_device,
-    resolve_base_model,
-    sha256_files,
-    verify_files,
-    weight_format_kwargs,
-)
+from core.errors import BadInputError, CheckFailedError
+from core.hashing import ModelFiles, sha256_files, verify_files
+from tasks.modeling import is_causal_lm, pick_device, resolve_base_model, weight_format_kwargs
 
 
 def test_minilm_resolves_to_the_packaged_model() -> None:
@@ -61,12 +55,15 @@ def test_sha256_verification_detects_a_modified_weight_file(tmp_path: Path, tiny
     recorded = sha256_files(model_dir)
     assert set(recorded) == {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
     verify_files(model_dir, recorded)  # unchanged: no error
+    assert ModelFiles(model_dir, recorded).verified() == model_dir
     weights = bytearray((model_dir / "model.safetensors").read_bytes())
     weights[-1] ^= 0xFF
     (model_dir / "model.safetensors").write_bytes(bytes(weights))
     expected = recorded["model.safetensors"][:12]
     with pytest.raises(CheckFailedError, match=f"model.safetensors: sha256 mismatch \\(expected {expected}…"):
         verify_files(model_dir, recorded)
+    with pytest.raises(CheckFailedError, match=r"model\.safetensors: sha256 mismatch"):
+        ModelFiles(model_dir, recorded).verified()  # what every loader of a registered model goes through
 
 
 def test_verification_names_missing_and_unrecorded_files(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -9,14 +9,17 @@ import random
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from steward.config import PretrainingConfig
-from steward.errors import BadInputError
+from core.config import PretrainingConfig
+from core.errors import BadInputError
 from tasks.data import TextTable, make_table
-from tasks.pretrain import cache_key, continue_pretraining, group_texts, resolve_objective
+from tasks.objectives.base import PretrainJob
+from tasks.objectives.language_modelling import group_texts
+from tasks.pretrain import cache_key, continue_pretraining, resolve_objective
 from tests.tiny_model import build_tiny_bert, tiny_vocab
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +43,7 @@ def test_pretraining_lowers_heldout_perplexity_then_hits_the_cache(
 ) -> None:
     corpus = repetitive_corpus()
     output_dir, cache_root = tmp_path / "run", tmp_path / "cache"
-    result = continue_pretraining.fn(tiny_model_dir, corpus, FAST, 7, output_dir, cache_root)
+    result = continue_pretraining(PretrainJob(tiny_model_dir, corpus, FAST, 7, output_dir, cache_root))
 
     assert not result.cache_hit and result.resumed_from_step is None
     assert result.objective == "mlm"
@@ -55,7 +58,7 @@ def test_pretraining_lowers_heldout_perplexity_then_hits_the_cache(
     }
     assert list(output_dir.iterdir()) == []  # checkpoints are gone once the cache holds the result
 
-    again = continue_pretraining.fn(tiny_model_dir, corpus, FAST, 7, output_dir, cache_root)
+    again = continue_pretraining(PretrainJob(tiny_model_dir, corpus, FAST, 7, output_dir, cache_root))
     assert again.cache_hit and again.cache_key == result.cache_key
     assert again.perplexity_after == result.perplexity_after and again.loss_curve == result.loss_curve
     assert again.seconds < 1.0
@@ -65,8 +68,8 @@ def test_the_adapted_checkpoint_has_a_trained_head(tmp_path: Path, tiny_model_di
     from transformers import AutoModelForMaskedLM
 
     params = FAST.model_copy(update={"max_steps": 3, "head_warmup_steps": 2})
-    result = continue_pretraining.fn(
-        tiny_model_dir, repetitive_corpus(40), params, 1, tmp_path / "o", tmp_path / "c"
+    result = continue_pretraining(
+        PretrainJob(tiny_model_dir, repetitive_corpus(40), params, 1, tmp_path / "o", tmp_path / "c")
     )
     _, info = AutoModelForMaskedLM.from_pretrained(
         result.model_dir, output_loading_info=True, use_safetensors=True
@@ -76,16 +79,18 @@ def test_the_adapted_checkpoint_has_a_trained_head(tmp_path: Path, tiny_model_di
 
 def test_cache_key_changes_with_each_input(tiny_model_dir: Path) -> None:
     corpus = repetitive_corpus()
-    key = cache_key(tiny_model_dir, corpus, FAST, 7)
-    assert cache_key(tiny_model_dir, corpus, FAST, 7) == key
-    assert cache_key(tiny_model_dir, corpus, FAST, 8) != key
-    assert cache_key(tiny_model_dir, repetitive_corpus(seed=1), FAST, 7) != key
-    assert cache_key(tiny_model_dir, corpus, FAST.model_copy(update={"learning_rate": 1e-3}), 7) != key
+    job = PretrainJob(tiny_model_dir, corpus, FAST, 7, Path("run"), Path("cache"))
+    key = cache_key(job)
+    assert cache_key(PretrainJob(tiny_model_dir, corpus, FAST, 7, Path("run"), Path("cache"))) == key
+    assert cache_key(replace(job, seed=8)) != key
+    assert cache_key(replace(job, corpus=repetitive_corpus(seed=1))) != key
+    assert cache_key(replace(job, params=FAST.model_copy(update={"learning_rate": 1e-3}))) != key
 
 
 KILLED_RUN = """
 import json, os, signal, sys
 from pathlib import Path
+from tasks.objectives.base import PretrainJob
 from tasks.pretrain import continue_pretraining
 from tests.test_tasks_pretrain import FAST, repetitive_corpus
 
@@ -96,7 +101,8 @@ def die_at(step: int, loss: float) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 corpus = repetitive_corpus()
-continue_pretraining.fn(Path(model_dir), corpus, FAST, 7, Path(output_dir), Path(cache_root), on_step=die_at)
+job = PretrainJob(Path(model_dir), corpus, FAST, 7, Path(output_dir), Path(cache_root))
+continue_pretraining(job, on_step=die_at)
 """
 
 
@@ -115,11 +121,11 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path, tiny_mode
     assert [p.name for p in output_dir.iterdir() if not p.name.startswith(".")] == ["checkpoint-20"]
     assert not cache_root.exists() or not any(cache_root.iterdir())
 
-    resumed = continue_pretraining.fn(tiny_model_dir, repetitive_corpus(), FAST, 7, output_dir, cache_root)
+    resumed = continue_pretraining(PretrainJob(tiny_model_dir, repetitive_corpus(), FAST, 7, output_dir, cache_root))
     assert resumed.resumed_from_step == 20 and not resumed.cache_hit
 
-    uninterrupted = continue_pretraining.fn(
-        tiny_model_dir, repetitive_corpus(), FAST, 7, tmp_path / "other-run", tmp_path / "other-cache"
+    uninterrupted = continue_pretraining(
+        PretrainJob(tiny_model_dir, repetitive_corpus(), FAST, 7, tmp_path / "other-run", tmp_path / "other-cache")
     )
     assert resumed.cache_key == uninterrupted.cache_key
     assert [step for step, _ in resumed.loss_curve] == list(range(1, 51))
@@ -145,14 +151,14 @@ def test_a_corpus_too_small_for_two_blocks_is_bad_input(tmp_path: Path, tiny_mod
     with pytest.raises(
         BadInputError, match=r"tiny.txt: the domain corpus has 5 tokens, too few for two blocks of 32"
     ):
-        continue_pretraining.fn(tiny_model_dir, corpus, FAST, 0, tmp_path / "o", tmp_path / "c")
+        continue_pretraining(PretrainJob(tiny_model_dir, corpus, FAST, 0, tmp_path / "o", tmp_path / "c"))
 
 
 def test_a_base_model_with_its_mlm_head_skips_the_warmup(tmp_path: Path) -> None:
     with_head = build_tiny_bert(tmp_path / "with-head", with_mlm_head=True)
     params = FAST.model_copy(update={"max_steps": 4})
-    result = continue_pretraining.fn(
-        with_head, repetitive_corpus(40), params, 0, tmp_path / "o", tmp_path / "c"
+    result = continue_pretraining(
+        PretrainJob(with_head, repetitive_corpus(40), params, 0, tmp_path / "o", tmp_path / "c")
     )
     assert (result.head_warmup_steps, result.steps) == (0, 4)
 
@@ -172,7 +178,7 @@ def build_tiny_gpt2(directory: Path, bert_dir: Path) -> Path:
 def test_a_decoder_is_pretrained_as_a_causal_lm(tmp_path: Path, tiny_model_dir: Path) -> None:
     gpt2 = build_tiny_gpt2(tmp_path / "gpt2", tiny_model_dir)
     params = FAST.model_copy(update={"max_steps": 30})
-    result = continue_pretraining.fn(gpt2, repetitive_corpus(), params, 0, tmp_path / "o", tmp_path / "c")
+    result = continue_pretraining(PretrainJob(gpt2, repetitive_corpus(), params, 0, tmp_path / "o", tmp_path / "c"))
     assert result.objective == "clm" and result.head_warmup_steps == 0
     assert result.perplexity_after < 0.5 * result.perplexity_before
 
@@ -186,8 +192,8 @@ def test_minilm_gets_its_missing_mlm_head_warmed_up(tmp_path: Path) -> None:
         learning_rate=1e-4, save_steps=50,
     )
     corpus = make_table("corpus", Path("support.txt"), SUPPORT_SENTENCES, None, {})
-    result = continue_pretraining.fn(
-        resolve_base_model("minilm"), corpus, params, 0, tmp_path / "o", tmp_path / "c"
+    result = continue_pretraining(
+        PretrainJob(resolve_base_model("minilm"), corpus, params, 0, tmp_path / "o", tmp_path / "c")
     )
     assert result.head_warmup_steps == 5 and result.steps == 10 and len(result.loss_curve) == 10
     assert 1.0 < result.perplexity_after < float("inf")
@@ -207,9 +213,9 @@ def test_simcse_adapts_a_sentence_encoder_and_auto_leaves_it_alone(tmp_path: Pat
     assert resolve_objective("auto", minilm) is None
     with pytest.raises(BadInputError, match=r"pretraining.objective 'auto' runs no continued pretraining for the "
                                             r"sentence encoder .*name one \(simcse, tsdae, mlm\)"):
-        continue_pretraining.fn(minilm, corpus, params, 0, tmp_path / "auto", tmp_path / "c")
+        continue_pretraining(PretrainJob(minilm, corpus, params, 0, tmp_path / "auto", tmp_path / "c"))
     simcse = params.model_copy(update={"objective": "simcse"})
-    result = continue_pretraining.fn(minilm, corpus, simcse, 0, tmp_path / "o", tmp_path / "c")
+    result = continue_pretraining(PretrainJob(minilm, corpus, simcse, 0, tmp_path / "o", tmp_path / "c"))
     assert (result.objective, result.head_warmup_steps, result.steps) == ("simcse", 0, 6)
     assert result.perplexity_before is None and result.perplexity_after is None
     assert result.heldout_loss_after < result.heldout_loss_before
@@ -219,7 +225,9 @@ def test_simcse_adapts_a_sentence_encoder_and_auto_leaves_it_alone(tmp_path: Pat
 def test_an_objective_that_does_not_fit_the_base_is_bad_input(tmp_path: Path, tiny_model_dir: Path) -> None:
     clm = FAST.model_copy(update={"objective": "clm"})
     with pytest.raises(BadInputError, match=r"pretraining.objective 'clm' does not fit .*: it is an encoder"):
-        continue_pretraining.fn(tiny_model_dir, repetitive_corpus(), clm, 7, tmp_path / "o", tmp_path / "c")
+        continue_pretraining(
+            PretrainJob(tiny_model_dir, repetitive_corpus(), clm, 7, tmp_path / "o", tmp_path / "c")
+        )
 
 
 SUPPORT_SENTENCES = [
@@ -239,7 +247,7 @@ def test_masked_positions_only_loss_equals_the_full_forward(tmp_path: Path) -> N
     from transformers import DataCollatorForLanguageModeling
 
     from tasks.modeling import pick_device
-    from tasks.pretrain import load_language_model, predicted_count, token_loss_module
+    from tasks.objectives.language_modelling import load_language_model, predicted_count, token_loss_module
 
     lm = load_language_model(build_tiny_bert(tmp_path / "m", with_mlm_head=True), pick_device())
     lm.model.eval()
@@ -255,7 +263,7 @@ def test_a_batch_with_nothing_masked_has_zero_loss_and_zero_gradients(tmp_path: 
     import torch
 
     from tasks.modeling import pick_device
-    from tasks.pretrain import load_language_model, token_loss_module
+    from tasks.objectives.language_modelling import load_language_model, token_loss_module
 
     lm = load_language_model(build_tiny_bert(tmp_path / "m", with_mlm_head=True), pick_device())
     input_ids = torch.arange(5, 37).repeat(2, 1)
@@ -276,7 +284,7 @@ def test_sentence_objectives_train_the_encoder_and_resume(
 
     params = FAST.model_copy(update={"objective": objective, "max_steps": 20, "learning_rate": 3e-3})
     corpus = repetitive_corpus()
-    whole = continue_pretraining.fn(tiny_model_dir, corpus, params, 7, tmp_path / "a", tmp_path / "ca")
+    whole = continue_pretraining(PretrainJob(tiny_model_dir, corpus, params, 7, tmp_path / "a", tmp_path / "ca"))
     assert (whole.objective, whole.head_warmup_steps, whole.steps) == (objective, 0, 20)
     assert whole.heldout_loss_after < whole.heldout_loss_before and whole.perplexity_after is None
     assert load_encoder(whole.model_dir).config.hidden_size == 32
@@ -286,8 +294,10 @@ def test_sentence_objectives_train_the_encoder_and_resume(
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        continue_pretraining.fn(tiny_model_dir, corpus, params, 7, tmp_path / "b", tmp_path / "cb", on_step=stop_at_ten)
-    resumed = continue_pretraining.fn(tiny_model_dir, corpus, params, 7, tmp_path / "b", tmp_path / "cb")
+        continue_pretraining(
+            PretrainJob(tiny_model_dir, corpus, params, 7, tmp_path / "b", tmp_path / "cb"), on_step=stop_at_ten
+        )
+    resumed = continue_pretraining(PretrainJob(tiny_model_dir, corpus, params, 7, tmp_path / "b", tmp_path / "cb"))
     assert resumed.resumed_from_step == 10
     assert [loss for _, loss in resumed.loss_curve] == pytest.approx([loss for _, loss in whole.loss_curve])
 
@@ -297,5 +307,5 @@ def test_a_small_corpus_is_passed_over_max_epochs_times_not_drilled_for_max_step
 ) -> None:
     corpus = repetitive_corpus()
     params = FAST.model_copy(update={"objective": "simcse", "max_steps": 500, "max_epochs": 2.0})
-    result = continue_pretraining.fn(tiny_model_dir, corpus, params, 7, tmp_path / "o", tmp_path / "c")
+    result = continue_pretraining(PretrainJob(tiny_model_dir, corpus, params, 7, tmp_path / "o", tmp_path / "c"))
     assert 0 < result.steps <= math.ceil(2.0 * len(corpus.texts) / params.batch_size) < params.max_steps

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from steward.config import ValidationConfig
+from core.config import ValidationConfig
 from tasks.data import TextTable, make_table
 from tasks.validation import ValidationReport, validate_table
 
@@ -29,7 +29,7 @@ def clean_rows(count: int = 20) -> tuple[list[str | None], list[str | None]]:
 def validate(
     data: TextTable, allowed: list[str] | None = None, config: ValidationConfig = CONFIG
 ) -> ValidationReport:
-    return validate_table.fn(data, config, allowed, "text", "label")
+    return validate_table(data, config, allowed, "text", "label")
 
 
 def failing(report: ValidationReport) -> dict[str, object]:
