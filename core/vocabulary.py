@@ -12,12 +12,16 @@ REGISTRY_URL_ENV = "STEWARD_REGISTRY_URL"  # where the registry is, when --regis
 CHAMPION = "champion"  # the alias the gate moves and the server follows by default
 CHALLENGER = "challenger"  # the alias of a candidate that passed but waits for approval
 
-TaskName = Literal["text-classification"]  # what a model does (config `task`)
+# What a model does (config `task`): a classifier of texts, or a causal language model adapted to a domain.
+TaskName = Literal["text-classification", "causal-lm"]
+CLASSIFICATION: TaskName = "text-classification"
+CAUSAL_LM: TaskName = "causal-lm"
 TASKS: tuple[str, ...] = get_args(TaskName)
 
 GateOutcomeName = Literal["promoted", "challenger", "rejected"]
 GATE_OUTCOMES: tuple[str, ...] = get_args(GateOutcomeName)
-FloorSource = Literal["min_score", "classical baseline"]  # where the gate's floor came from
+# Where the gate's floor came from; a language model's first champion must beat its base model.
+FloorSource = Literal["min_score", "classical baseline", "base model"]
 
 CLASSICAL_BASELINE_NAME = "TF-IDF + LR"  # the classical baseline, as reasons and reports name it
 CLASSICAL_BASELINE_PREFIX = "classical_baseline_"  # its run metrics: classical_baseline_macro_f1, _accuracy, _c, ...

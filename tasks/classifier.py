@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from core.errors import BadInputError
-from core.vocabulary import FP32, FormName, TaskName
+from core.vocabulary import FP32, FormName
+from tasks.manifest import ModelManifest, Pooling
 from tasks.modeling import Device, load_tokenizer, weight_format_kwargs
 
 if TYPE_CHECKING:
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 
     from tasks.data import TextTable
 
-MANIFEST_FILE = "steward_model.json"
 HEAD_FILE = "head.safetensors"
 POOLING_DIR = "1_Pooling"  # sentence-transformers' pooling module folder
 # Texts are cut to max_length × 64 characters before tokenising, so a 1 MB text costs no more than a
@@ -39,31 +39,7 @@ POOLING_DIR = "1_Pooling"  # sentence-transformers' pooling module folder
 CHARS_PER_TOKEN_CAP = 64
 DEFAULT_HEAD_DROPOUT = 0.1  # for encoder configs that name no dropout
 
-Pooling = Literal["mean", "cls"]
 Example = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class ModelManifest:
-    """`steward_model.json`: what a saved model is and everything needed to load and use it."""
-
-    task: TaskName
-    form: FormName  # fp32 (the PyTorch classifier) or a compressed form (an ONNX graph)
-    labels: list[str]  # class ids are positions in this list
-    pooling: Pooling
-    max_length: int  # tokens read per text
-    temperature: float  # probabilities are softmax(logits / temperature)
-    base_fingerprint: str  # the files of the checkpoint it was fine-tuned from (`core.hashing.ModelFiles`)
-
-    def write(self, folder: Path) -> None:
-        (Path(folder) / MANIFEST_FILE).write_text(json.dumps(asdict(self), indent=2))
-
-    @classmethod
-    def read(cls, folder: Path) -> ModelManifest:
-        path = Path(folder) / MANIFEST_FILE
-        if not path.is_file():
-            raise BadInputError(f"{folder}: not a trained Steward model (no {MANIFEST_FILE})")
-        return cls(**json.loads(path.read_text()))
 
 
 def base_pooling(model_dir: Path) -> Pooling:
@@ -126,8 +102,8 @@ class Classifier:
     temperature: float = 1.0
 
     def manifest(self) -> ModelManifest:
-        return ModelManifest("text-classification", FP32, self.labels, self.model.pooling, self.max_length,
-                             self.temperature, self.base_fingerprint)
+        return ModelManifest("text-classification", FP32, self.max_length, self.base_fingerprint, self.labels,
+                             self.model.pooling, self.temperature)
 
 
 def calibrated(logits: torch.Tensor, temperature: float) -> torch.Tensor:

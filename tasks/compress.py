@@ -35,8 +35,9 @@ from typing import TYPE_CHECKING
 from core.errors import BadInputError, exception_line
 from core.hashing import sha256_files
 from core.vocabulary import CompressionStatusName, FormName
-from tasks.classifier import ModelManifest, clip_text, form_manifest, load_saved_classifier
+from tasks.classifier import clip_text, form_manifest, load_saved_classifier
 from tasks.evaluate import EvaluationResult, evaluate_scorer
+from tasks.manifest import ModelManifest
 from tasks.modeling import cpu_device, load_tokenizer, quiet_transformers
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ from governance.db import scratch_database
 from governance.registry import Registry
 from governance.roles import APPROVER, READER, TRAINER
 from steward.cli import QUIET_THIRD_PARTY_DEFAULTS
-from tests.tiny_model import tiny_model_dir  # noqa: F401 - shared fixture
+from tests.tiny_model import tiny_llama_dir, tiny_model_dir  # noqa: F401 - shared fixtures
 
 # The same quiet, offline environment the command line sets for itself.
 for _key, _value in QUIET_THIRD_PARTY_DEFAULTS.items():

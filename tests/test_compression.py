@@ -11,7 +11,7 @@ import pytest
 import tasks.compress
 from steward import load_model
 from steward.cli import main
-from tasks.classifier import MANIFEST_FILE
+from tasks.manifest import MANIFEST_FILE
 from tests.test_flow_retrain import _sentences, registry_for, run_json, write_project
 from tests.test_monitor import _write_texts
 from tests.test_predict import registry_url

@@ -12,10 +12,10 @@ import torch
 from core.config import FinetuningConfig
 from core.errors import BadInputError
 from core.hashing import ModelFiles
-from tasks.classifier import MANIFEST_FILE
 from tasks.data import Splits, TextTable, make_table
 from tasks.evaluate import EvaluationResult, evaluate_model, expected_calibration_error
 from tasks.finetune import FineTuneJob, FineTuneResult, fine_tune, fit_temperature
+from tasks.manifest import MANIFEST_FILE
 
 LABEL_WORDS = {
     "billing": ["refund", "invoice", "payment", "price", "order"],
