@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.errors import ConfigError
-from core.vocabulary import REGISTRY_URL_ENV, TaskName
+from core.vocabulary import CAUSAL_LM, REGISTRY_URL_ENV, TaskName
 
 BASELINE_FLOOR = "baseline"  # evaluation.min_score: the classical baseline's score on the same test set
 
@@ -23,12 +23,17 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    train: Path
+    """A classifier needs `train` and `test`; a causal language model needs only `domain_corpus`, which it splits
+    by document into train / validation / test (`corpus_validation`, `corpus_test`: the shares held out)."""
+
+    train: Path | None = None
     validation: Path | None = None
-    test: Path
+    test: Path | None = None
     text_column: str = "text"
     label_column: str = "label"
     domain_corpus: Path | None = None
+    corpus_validation: float = Field(0.05, gt=0.0, lt=0.5)
+    corpus_test: float = Field(0.1, gt=0.0, lt=0.5)
 
 
 class TextLengthBounds(_Section):
@@ -43,10 +48,24 @@ class ValidationConfig(_Section):
     text_length: TextLengthBounds = TextLengthBounds()
     allowed_labels: list[str] | None = None
     min_examples_per_label: int = Field(5, ge=1)  # training rows each label needs
+    min_tokens: int = Field(4_096, ge=1)  # causal-lm: the corpus's tokens in all, under the base's tokenizer
+
+
+class LoraConfig(_Section):
+    """Low-rank adapters (Hu et al. 2021, through `peft`): what `pretraining.method: lora` trains instead of
+    every weight. The defaults adapt every attention projection of a Llama-style decoder."""
+
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1)
 
 
 class PretrainingConfig(_Section):
     enabled: bool = True
+    method: Literal["full", "lora"] = "full"  # causal-lm: `lora` unless the config says otherwise
+    lora: LoraConfig = LoraConfig()
+    early_stopping_patience: int | None = Field(None, ge=1)  # evaluations without a better validation loss
     objective: Literal["auto", "mlm", "clm", "simcse", "tsdae"] = "auto"  # see tasks/pretrain.py
     max_steps: int = Field(200, ge=1)
     max_epochs: float = Field(1.0, gt=0)  # passes over the corpus (+ train texts); stops first if fewer steps
@@ -82,6 +101,13 @@ class EvaluationConfig(_Section):
     min_score: float | Literal["baseline"] = BASELINE_FLOOR  # a number, or the classical baseline's score
     min_improvement: float = 0.0
     require_approval: bool = False
+    # causal-lm: the first champion must lower the domain test perplexity by this share against the base, with
+    # the bootstrap interval of the gain above 0; a challenger must beat the champion's perplexity.
+    min_perplexity_gain: float = Field(0.05, ge=0.0, lt=1.0)
+    # causal-lm: the largest relative increase of cross-entropy on the reference texts (forgetting) allowed.
+    max_forgetting: float = Field(0.10, ge=0.0)
+    reference_text: Path | None = None  # causal-lm: a general text file (one per line); default: base samples
+    reference_samples: int = Field(32, ge=2)  # texts sampled from the base when reference_text is not set
 
     @field_validator("min_score", mode="before")
     @classmethod
@@ -245,11 +271,37 @@ class StewardConfig(_Section):
     card: CardConfig = CardConfig()
     workdir: Path = Path(".")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _lora_for_language_models(cls, raw: object) -> object:
+        """A causal language model adapts through LoRA unless `pretraining.method` says otherwise."""
+        if not isinstance(raw, dict) or raw.get("task") != CAUSAL_LM:
+            return raw
+        pretraining = raw.get("pretraining")
+        if pretraining is None:
+            return {**raw, "pretraining": {"method": "lora"}}
+        if isinstance(pretraining, dict) and "method" not in pretraining:
+            return {**raw, "pretraining": {**pretraining, "method": "lora"}}
+        return raw
+
     @model_validator(mode="after")
     def _length_bounds_ordered(self) -> StewardConfig:
         bounds = self.validation.text_length
         if bounds.min > bounds.max:
             raise ValueError("validation.text_length.min is greater than validation.text_length.max")
+        return self
+
+    @model_validator(mode="after")
+    def _data_for_the_task(self) -> StewardConfig:
+        if self.task == CAUSAL_LM:
+            if self.data.domain_corpus is None:
+                raise ValueError("task causal-lm needs data.domain_corpus (the documents it adapts to)")
+            return self
+        missing = [f"data.{key}" for key in ("train", "test") if getattr(self.data, key) is None]
+        if missing:
+            raise ValueError(f"task {self.task} needs {' and '.join(missing)}")
+        if self.pretraining.method == "lora":
+            raise ValueError("pretraining.method lora is for task causal-lm")
         return self
 
     def resolve(self, path: Path) -> Path:

@@ -4,14 +4,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 from prefect import flow
 
 from core.hashing import ModelFiles
+from core.vocabulary import CAUSAL_LM
 from flows.artifacts import publish_gate_decision, publish_metrics, publish_report
 from flows.context import RunContext, Workspace, audit_resumptions, opened_registry, prefect_ui_url, tracked_run
+from flows.language_model import (
+    champion_version,
+    evaluate_language_model,
+    gate_language_model,
+    load_valid_corpus,
+    package_candidate,
+    register_language_model,
+)
 from flows.stages import (
     adapt_if_configured,
+    adapt_to_domain,
     apply_gate,
     base_model_dir,
     compress_candidate,
@@ -36,18 +47,21 @@ class RetrainOutcome:
     promoted: bool
     decision: str
     reasons: list[str]
-    metrics: dict[str, float]
+    metrics: dict[str, Any]  # a language model's also hold `perplexity_ci`, the interval as a pair
     baseline_metrics: dict[str, float] | None  # the champion's, on the same test set
     baseline_version: int | None
-    classical_baseline_metrics: dict[str, float]  # TF-IDF + logistic regression on the same split
+    classical_baseline_metrics: dict[str, float] | None  # TF-IDF + logistic regression on the same split
     pretraining_cache_hit: bool | None
     pretraining_resumed_from_step: int | None = None  # set when an interrupted run's checkpoint was resumed
     finetuning_resumed_from_epoch: int | None = None
+    base_metrics: dict[str, float] | None = None  # a language model's base, on the same test documents
     report: str = ""
 
 
 def retrain_once(context: RunContext) -> RetrainOutcome:
     """The whole lifecycle for one config inside one registry run."""
+    if context.config.task == CAUSAL_LM:
+        return retrain_language_model(context)
     config = context.config
     start_dir = base_model_dir(context)
     data = load_valid_data(context)
@@ -82,6 +96,31 @@ def retrain_once(context: RunContext) -> RetrainOutcome:
         pretraining_cache_hit=pretrained.cache_hit if pretrained else None,
         pretraining_resumed_from_step=resumed_step,
         finetuning_resumed_from_epoch=finetuned.resumed_from_epoch,
+    )
+
+
+def retrain_language_model(context: RunContext) -> RetrainOutcome:
+    """The causal-lm lifecycle (`flows.language_model`) inside one registry run."""
+    config = context.config
+    start_dir = base_model_dir(context)
+    data = load_valid_corpus(context, start_dir)
+    adapted = adapt_to_domain(context, data, start_dir)
+    audit_resumptions(context, {"continued pretraining": ("step", adapted.resumed_from_step)})
+    model = package_candidate(context, adapted, start_dir)
+    champion = champion_version(context)
+    scores = evaluate_language_model(context, data, model, start_dir, champion)
+    candidate = register_language_model(context, data, model, scores, champion)
+    outcome = gate_language_model(context, candidate, scores, champion)
+    metrics = scores.metrics()
+    publish_metrics(config.name, metrics, scores.champion_metrics(), None)
+    publish_gate_decision(config.name, candidate.version, outcome)
+    return RetrainOutcome(
+        run_id=context.run.id, model=config.name, version=candidate.version,
+        promoted=outcome.outcome == "promoted", decision=outcome.outcome, reasons=outcome.reasons,
+        metrics={**metrics, "perplexity_ci": [metrics["perplexity_ci_low"], metrics["perplexity_ci_high"]]},
+        baseline_metrics=scores.champion_metrics(), baseline_version=champion.version if champion else None,
+        classical_baseline_metrics=None, pretraining_cache_hit=adapted.cache_hit,
+        pretraining_resumed_from_step=adapted.resumed_from_step, base_metrics=scores.base_metrics(),
     )
 
 

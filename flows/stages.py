@@ -13,7 +13,7 @@ from pathlib import Path
 from core.errors import CheckFailedError
 from core.hashing import ModelFiles
 from core.results import GateOutcome
-from core.vocabulary import CHAMPION
+from core.vocabulary import CAUSAL_LM, CHAMPION
 from flows import steps
 from flows.artifacts import publish_validation
 from flows.context import RunContext, progress, stage
@@ -45,7 +45,7 @@ class ChampionScore:
     metrics: dict[str, float]
 
 
-def _record(context: RunContext, table: TextTable) -> int:
+def record_dataset(context: RunContext, table: TextTable) -> int:
     record = context.registry.record_dataset(
         role=table.role, source=str(table.source), fingerprint=table.fingerprint,
         rows=table.rows, schema=table.schema,
@@ -66,7 +66,7 @@ def load_data(context: RunContext, train_override: Path | None = None) -> Loaded
             train, validation = split_validation(train, VALIDATION_SPLIT_FRACTION, config.seed)
         corpus = steps.load_corpus(config) if data.domain_corpus is not None else None
         splits = Splits(train, validation, test, corpus)
-        dataset_ids = {table.role: _record(context, table) for table in splits.tables()}
+        dataset_ids = {table.role: record_dataset(context, table) for table in splits.tables()}
     return LoadedData(splits, dataset_ids)
 
 
@@ -77,19 +77,22 @@ def validate_data(context: RunContext, data: LoadedData) -> list[ValidationRepor
     columns = (config.data.text_column, config.data.label_column)
     with stage(context, "validate"):
         reports = [steps.validate_table(table, config.validation, allowed, *columns) for table in splits.labelled()]
-        for report in reports:
-            context.registry.record_validation(
-                run_id=context.run.id,
-                dataset_id=data.dataset_ids.get(report.role),
-                results=[
-                    ValidationResultIn(o.expectation, o.column, o.success, o.observed, o.details)
-                    for o in report.outcomes
-                ],
-            )
-        failures = failed_expectations(reports)
-        if failures:
-            context.registry.audit.append(context.subject, ValidationFailed(context.run.id, failures))
+        record_validation(context, reports, data.dataset_ids)
     return reports
+
+
+def record_validation(context: RunContext, reports: list[ValidationReport], dataset_ids: dict[str, int]) -> None:
+    """Keep every expectation's outcome against its dataset; audit the failures."""
+    for report in reports:
+        context.registry.record_validation(
+            run_id=context.run.id,
+            dataset_id=dataset_ids.get(report.role),
+            results=[ValidationResultIn(o.expectation, o.column, o.success, o.observed, o.details)
+                     for o in report.outcomes],
+        )
+    failures = failed_expectations(reports)
+    if failures:
+        context.registry.audit.append(context.subject, ValidationFailed(context.run.id, failures))
 
 
 def failed_expectations(reports: list[ValidationReport]) -> list[str]:
@@ -112,11 +115,11 @@ def load_valid_data(context: RunContext) -> LoadedData:
     return data
 
 
-def adaptation_corpus(splits: Splits) -> TextTable:
-    """The domain corpus and the labelled training texts together (task-adaptive pretraining, Gururangan
-    et al. 2020: the task's own texts are the most in-domain text there is); the training texts alone
-    when there is no corpus."""
-    if splits.corpus is None:
+def adaptation_corpus(splits: Splits, task: str) -> TextTable:
+    """A causal language model's training documents; for a classifier the domain corpus and the labelled training
+    texts together (task-adaptive pretraining, Gururangan et al. 2020: the task's own texts are the most in-domain
+    text there is), or the training texts alone when there is no corpus."""
+    if task == CAUSAL_LM or splits.corpus is None:
         return splits.train
     texts = splits.corpus.texts + splits.train.texts
     return make_table(splits.corpus.role, splits.corpus.source, texts, None, splits.corpus.schema)
@@ -141,11 +144,13 @@ def adapt_to_domain(context: RunContext, data: LoadedData, base_model_dir: Path,
     """Continued pretraining on the adaptation corpus (`nproc` > 1: in that many torchrun workers; this
     process keeps the registry)."""
     config = context.config
-    corpus = adaptation_corpus(data.splits)
+    corpus = adaptation_corpus(data.splits, config.task)
+    # A language model stops early on its own validation documents; a classifier's are labelled sentences.
+    validation = data.splits.validation if config.task == CAUSAL_LM else None
     with stage(context, "continued pretraining"):
         with context.workspace.claimed_work_dir("pretrain", context.run.id) as work_dir:
             job = PretrainJob(base_model_dir, corpus, config.pretraining, config.seed, work_dir,
-                              context.workspace.pretrain_cache)
+                              context.workspace.pretrain_cache, validation)
             result = steps.continue_pretraining(job, nproc)
         metrics = {
             "pretrain_heldout_loss_before": result.heldout_loss_before,
@@ -156,7 +161,7 @@ def adapt_to_domain(context: RunContext, data: LoadedData, base_model_dir: Path,
         if result.perplexity_before is not None and result.perplexity_after is not None:
             metrics |= {"pretrain_perplexity_before": result.perplexity_before,
                         "pretrain_perplexity_after": result.perplexity_after}
-        corpus_role = data.splits.corpus.role if data.splits.corpus else "train"
+        corpus_role = corpus.role
         context.registry.log_metrics(run_id=context.run.id, dataset_id=data.dataset_ids.get(corpus_role),
                                      metrics=metrics)
         context.registry.log_curve(run_id=context.run.id, key="pretrain_loss", points=result.loss_curve)

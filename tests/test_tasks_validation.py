@@ -59,7 +59,7 @@ def test_short_and_long_texts_fail_the_length_rule_with_counts() -> None:
     texts[0], texts[1] = "ok", "x" * 201
     report = validate(table(texts, labels))
     assert failing(report) == {"expect_column_value_lengths_to_be_between": 10.0}
-    assert report.summary_lines() == ["train: text length between 3 and 200 — 2 rows outside (10.0%)"]
+    assert report.summary_lines() == ["train: text length between 3 and 200 — 2 rows outside (10.0%), first at row 1"]
 
 
 def test_nulls_fail_for_text_and_label_columns() -> None:

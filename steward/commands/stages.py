@@ -36,12 +36,21 @@ def _classical_line(metrics: dict[str, float]) -> str:
     )
 
 
+def _base_line(metrics: dict[str, float]) -> str:
+    return (f"Base model (same test documents): perplexity {metrics['perplexity']:.3f} "
+            f"(95% interval {metrics['perplexity_ci_low']:.3f}–{metrics['perplexity_ci_high']:.3f})")
+
+
 def _print_retrain(outcome) -> None:
     out = console()
     baseline = f" against champion v{outcome.baseline_version}" if outcome.baseline_version else ""
+    scalar = {name: value for name, value in outcome.metrics.items() if isinstance(value, int | float)}
     out.print(_metrics_table(f"{outcome.model} v{outcome.version}: test metrics{baseline}",
-                             outcome.metrics, outcome.baseline_metrics))
-    out.print(_classical_line(outcome.classical_baseline_metrics))
+                             scalar, outcome.baseline_metrics))
+    if outcome.classical_baseline_metrics is not None:
+        out.print(_classical_line(outcome.classical_baseline_metrics))
+    if outcome.base_metrics is not None:
+        out.print(_base_line(outcome.base_metrics))
     style = {"promoted": "bold green", "challenger": "bold yellow"}.get(outcome.decision, "bold red")
     out.print(f"Gate: [{style}]{outcome.decision}[/] — " + "; ".join(outcome.reasons))
     out.print(f"Audit report: {outcome.report}")

@@ -27,6 +27,10 @@ IGNORED = -100  # the label of a position that is not predicted
 # `pretraining.learning_rate` unset: MLM's rate from run_mlm.py-style recipes; SimCSE's from Gao et al. (3e-5
 # for BERT-base): a sentence encoder's pooled space is easily knocked out of shape by more.
 DEFAULT_LEARNING_RATES = {"mlm": 1e-4, "clm": 1e-4, "simcse": 3e-5, "tsdae": 3e-5}
+# LoRA's adapters start at zero and hold ~1% of the weights: they take a rate ~10x a full update's (Hu et al.
+# 2021 use 2e-4 to 5e-4 on models of 125M-355M parameters).
+LORA_LEARNING_RATE = 5e-4
+BEST_WEIGHTS = "best"  # the checkpoint's copy of the trainable weights at the best validation loss
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class PretrainJob:
     seed: int
     output_dir: Path
     cache_root: Path
+    validation: TextTable | None = None  # held-out documents; None: ~5% of the corpus's blocks are held out
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -48,6 +53,7 @@ class PretrainJob:
             "seed": self.seed,
             "output_dir": str(self.output_dir),
             "cache_root": str(self.cache_root),
+            "validation": None if self.validation is None else table_to_json(self.validation),
         }
 
     @classmethod
@@ -59,12 +65,14 @@ class PretrainJob:
             seed=data["seed"],
             output_dir=Path(data["output_dir"]),
             cache_root=Path(data["cache_root"]),
+            validation=None if data.get("validation") is None else table_from_json(data["validation"]),
         )
 
 
 class Adaptation(training.Recipe):
-    """What every objective's recipe shares: the run key, checkpoints every `save_steps`, no early stop,
-    and the held-out loss measured before the first full-model step."""
+    """What every objective's recipe shares: the run key, checkpoints every `save_steps`, the held-out loss
+    measured before the first full-model step, and (with `early_stopping_patience`) early stopping on the
+    held-out loss, measured every `save_steps`, keeping the trainable weights of the best evaluation."""
 
     model: torch.nn.Module  # what trains (and what a checkpoint saves)
     published: PreTrainedModel  # what the cache entry keeps: the adapted encoder (with its LM head, if any)
@@ -76,6 +84,8 @@ class Adaptation(training.Recipe):
         self.device, self.ranks = device, ranks
         self.output_dir, self.interval = job.output_dir, job.params.save_steps
         self.heldout_loss_before = math.nan
+        self.best_loss, self.evaluations_since_best = math.inf, 0
+        self.best_weights: dict[str, torch.Tensor] = {}
 
     def full_phase(self, learning_rate: float) -> training.Phase:
         """`max_steps`, or fewer when `max_epochs` passes over the training blocks / sentences take fewer: a small
@@ -91,12 +101,42 @@ class Adaptation(training.Recipe):
         if phase.name == "full" and math.isnan(self.heldout_loss_before):
             self.heldout_loss_before = self.heldout_loss()
 
+    def evaluate(self, step: int) -> bool:
+        """With early stopping: stop after `early_stopping_patience` evaluations without a lower held-out loss."""
+        patience = self.params.early_stopping_patience
+        if patience is None:
+            return False
+        loss = self.heldout_loss()
+        if loss < self.best_loss:
+            self.best_loss, self.evaluations_since_best = loss, 0
+            self.best_weights = self._trainable_copy()
+        else:
+            self.evaluations_since_best += 1
+        return self.evaluations_since_best >= patience
+
+    def keep_best(self) -> None:
+        """After training: back to the best evaluation's weights (when early stopping kept any)."""
+        if self.best_weights:
+            self.model.load_state_dict(self.best_weights, strict=False)
+
+    def _trainable_copy(self) -> dict[str, torch.Tensor]:
+        return {name: p.detach().cpu().clone() for name, p in self.model.named_parameters() if p.requires_grad}
+
     def state(self) -> dict[str, Any]:
-        return {"heldout_loss_before": None if math.isnan(self.heldout_loss_before) else self.heldout_loss_before}
+        return {"heldout_loss_before": None if math.isnan(self.heldout_loss_before) else self.heldout_loss_before,
+                "best_loss": None if math.isinf(self.best_loss) else self.best_loss,
+                "evaluations_since_best": self.evaluations_since_best}
+
+    def extra_weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {BEST_WEIGHTS: self.best_weights} if self.best_weights else {}
 
     def restore(self, state: dict[str, Any], found: checkpoints.FoundCheckpoint) -> None:
-        before = state["heldout_loss_before"]
+        before, best = state["heldout_loss_before"], state.get("best_loss")
         self.heldout_loss_before = math.nan if before is None else before
+        self.best_loss = math.inf if best is None else best
+        self.evaluations_since_best = state.get("evaluations_since_best", 0)
+        if best is not None:
+            self.best_weights = checkpoints.load_extra_weights(found, BEST_WEIGHTS)
 
 
 class BlockOrder:

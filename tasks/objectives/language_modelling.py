@@ -1,14 +1,18 @@
 """`mlm` and `clm`: masked or causal language modelling on packed blocks of the corpus, as Hugging Face's
 `run_mlm.py` / `run_clm.py` prepare them: corpus → tokens → concatenated and cut into blocks of
 `max_seq_length` (the remainder dropped, no padding) → 80/10/10 masking for a masked LM, the block itself for a
-causal one. A checkpoint that ships no MLM head first trains the head alone with the encoder frozen
-(`head_warmup_steps`)."""
+causal one, each document ended by the end-of-sequence token so the model learns where documents end. A
+checkpoint that ships no MLM head first trains the head alone with the encoder frozen (`head_warmup_steps`).
+
+`pretraining.method: lora` trains low-rank adapters on `lora.target_modules` (through `peft`) and publishes the
+adapter alone; the job's `validation` documents, when given, are the held-out blocks (a causal-lm run's own
+validation split) instead of a random 5% of the corpus's blocks."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +25,7 @@ from tasks.objectives.base import (
     DEFAULT_LEARNING_RATES,
     HELDOUT_FRACTION,
     IGNORED,
+    LORA_LEARNING_RATE,
     Adaptation,
     BlockOrder,
     PretrainJob,
@@ -30,6 +35,7 @@ from tasks.objectives.base import (
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from core.config import LoraConfig
     from tasks.data import TextTable
     from tasks.distributed import Ranks
 
@@ -74,9 +80,12 @@ class LanguageModelling(Adaptation):
 
         super().__init__(job, run_key, device, ranks)
         self.lm = load_language_model(job.base_model_dir, device)
-        self.published = self.model = self.lm.model
         self.tokenizer = self.lm.tokenizer
-        self.packed = pack_corpus(self.tokenizer, job.corpus, self.params.max_seq_length, self.lm.causal, self.seed)
+        if self.params.method == "lora":
+            self.lm = replace(self.lm, model=with_lora(self.lm.model, self.params.lora))
+        self.published = self.model = self.lm.model
+        self.packed = pack_corpus(self.tokenizer, job.corpus, self.params.max_seq_length, self.lm.causal, self.seed,
+                                  job.validation)
         self.units = len(self.packed.train) + len(self.packed.heldout)
         self.train_tokens = len(self.packed.train) * self.packed.block_size
         self.head_warmup_steps = self.params.head_warmup_steps if self.lm.head_missing else 0
@@ -88,9 +97,17 @@ class LanguageModelling(Adaptation):
         self.order = BlockOrder(len(self.packed.train), self.seed)
 
     def phases(self) -> list[training.Phase]:
-        learning_rate = self.params.learning_rate or DEFAULT_LEARNING_RATES["mlm"]
+        default_rate = LORA_LEARNING_RATE if self.params.method == "lora" else DEFAULT_LEARNING_RATES["mlm"]
+        learning_rate = self.params.learning_rate or default_rate
         head = training.Phase("head", self.head_warmup_steps, learning_rate, frozen=self.model.base_model)
         return ([head] if self.head_warmup_steps else []) + [self.full_phase(learning_rate)]
+
+    def set_trainable(self, phase: training.Phase) -> None:
+        """LoRA trains its adapters alone; otherwise every weight outside `phase.frozen`."""
+        if self.params.method != "lora":
+            return super().set_trainable(phase)
+        for name, parameter in self.model.named_parameters():
+            parameter.requires_grad_("lora_" in name)
 
     def step_loss(self, trainer: torch.nn.Module, step: int) -> tuple[torch.Tensor, int]:
         """This rank's share of the global batch, divided by the global count of predicted tokens, so DDP's
@@ -156,34 +173,65 @@ def load_language_model(model_dir: Path, device: Device) -> LanguageModel:
         )
     return LanguageModel(model.to(device.torch_device), tokenizer, causal, head_missing)
 
+def with_lora(model: PreTrainedModel, lora: LoraConfig) -> PreTrainedModel:
+    """`model` with low-rank adapters on `lora.target_modules`; a module name it lacks is bad input."""
+    import peft
+
+    try:
+        return peft.get_peft_model(model, peft.LoraConfig(
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules),
+            task_type=peft.TaskType.CAUSAL_LM,
+        ))
+    except ValueError as exc:
+        raise BadInputError(f"pretraining.lora.target_modules {lora.target_modules}: {exc}") from None
+
 def pack_corpus(
-    tokenizer: PreTrainedTokenizerBase, corpus: TextTable, max_seq_length: int, causal: bool, seed: int
+    tokenizer: PreTrainedTokenizerBase, corpus: TextTable, max_seq_length: int, causal: bool, seed: int,
+    validation: TextTable | None = None,
 ) -> PackedCorpus:
-    """Tokenise every document, pack into blocks (`group_texts`), hold out ~5% of blocks (seeded)."""
+    """Tokenise every document, pack into blocks (`group_texts`); hold out the `validation` documents' blocks,
+    else ~5% of the corpus's blocks (seeded)."""
     import torch
 
     block_size = min(max_seq_length, _model_max_length(tokenizer))
-    encoded = tokenizer(
-        corpus.present_texts(),
-        return_special_tokens_mask=not causal,
-        return_attention_mask=False,
-        return_token_type_ids=False,
-    )
-    blocks = group_texts(dict(encoded), block_size)
-    if len(blocks) < 2:
-        tokens = sum(len(ids) for ids in encoded["input_ids"])
-        raise BadInputError(
-            f"{corpus.source}: the domain corpus has {tokens} tokens, too few for two blocks of {block_size}"
-        )
-    order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(seed)).tolist()
-    heldout_count = max(1, round(HELDOUT_FRACTION * len(blocks)))
-    stacked = Blocks(
-        torch.tensor([block["input_ids"] for block in blocks]),
-        None if causal else torch.tensor([block["special_tokens_mask"] for block in blocks]),
-    )
+    stacked = _stacked_blocks(tokenizer, corpus, block_size, causal)
+    if validation is not None:
+        heldout_size = min(block_size, max(2, _token_count(tokenizer, validation, causal)))
+        return PackedCorpus(stacked, _stacked_blocks(tokenizer, validation, heldout_size, causal), block_size)
+    order = torch.randperm(len(stacked), generator=torch.Generator().manual_seed(seed)).tolist()
+    heldout_count = max(1, round(HELDOUT_FRACTION * len(stacked)))
     return PackedCorpus(
         stacked.rows(sorted(order[heldout_count:])), stacked.rows(sorted(order[:heldout_count])), block_size
     )
+
+def _stacked_blocks(tokenizer: PreTrainedTokenizerBase, table: TextTable, block_size: int, causal: bool) -> Blocks:
+    import torch
+
+    encoded = _encoded(tokenizer, table, causal)
+    blocks = group_texts(encoded, block_size)
+    if len(blocks) < 2 and table.role in ("corpus", "train"):
+        tokens = sum(len(ids) for ids in encoded["input_ids"])
+        raise BadInputError(
+            f"{table.source}: the domain corpus has {tokens} tokens, too few for two blocks of {block_size}"
+        )
+    return Blocks(
+        torch.tensor([block["input_ids"] for block in blocks]),
+        None if causal else torch.tensor([block["special_tokens_mask"] for block in blocks]),
+    )
+
+def _encoded(tokenizer: PreTrainedTokenizerBase, table: TextTable, causal: bool) -> dict[str, list[list[int]]]:
+    """Token ids of every document; a causal LM's each end with the end-of-sequence token."""
+    encoded = dict(tokenizer(
+        table.present_texts(), return_special_tokens_mask=not causal, return_attention_mask=False,
+        return_token_type_ids=False,
+    ))
+    if causal and tokenizer.eos_token_id is not None:
+        encoded["input_ids"] = [ids if ids[-1:] == [tokenizer.eos_token_id] else [*ids, tokenizer.eos_token_id]
+                                for ids in encoded["input_ids"]]
+    return encoded
+
+def _token_count(tokenizer: PreTrainedTokenizerBase, table: TextTable, causal: bool) -> int:
+    return sum(len(ids) for ids in _encoded(tokenizer, table, causal)["input_ids"])
 
 def group_texts(examples: dict[str, list[list[int]]], block_size: int) -> list[Block]:
     """run_mlm.py's `group_texts`: concatenate all documents, split into blocks, drop the remainder."""
