@@ -146,6 +146,9 @@ class MonitoringConfig(_Section):
     reference: str = Field("test", min_length=1)
     cooldown: timedelta = timedelta(days=1)  # at most one drift-triggered retrain per champion in this time
     retrain_on_prior_shift: bool = False  # a change of the class mix alone does not retrain unless true
+    # causal-lm: the champion's perplexity on the batch this much above its reference's (0.25: 25% higher), with a
+    # bootstrap interval above 0, is drift on its own (`tasks/lm_drift.py`).
+    max_perplexity_increase: float = Field(0.25, ge=0.0)
 
     @field_validator("cooldown", mode="before")
     @classmethod

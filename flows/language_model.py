@@ -1,6 +1,7 @@
 """The causal-lm lifecycle, stage by stage: validate the corpus → split it by document → continued pretraining
 (LoRA by default) → package → perplexity of the base, the champion and the candidate on the same test documents,
-forgetting on the reference texts → register → gate.
+forgetting on the reference texts → register, with the per-document losses and the fixed prompts answered by the
+base and the candidate (what the audit report shows) → gate.
 
 Each stage records what it produced in the registry and audits it, as the classification stages do
 (`flows.stages`); `flows.retrain` runs this lifecycle for a config whose task is causal-lm.
@@ -21,15 +22,25 @@ from flows.context import RunContext, stage
 from flows.events import announce_alias_move
 from flows.stages import (
     LoadedData,
+    base_model_dir,
     record_dataset,
     record_validation,
     stop_unless_valid,
 )
-from governance.registry import ModelVersionRecord
+from governance.registry import (
+    REFERENCE_SAMPLED_FROM_BASE,
+    DocumentScores,
+    LanguageModelEvaluationIn,
+    LanguageModelEvaluationRecord,
+    ModelVersionRecord,
+    PromptAnswer,
+)
+from tasks.causal_lm import PROMPT_TOKENS, PROMPTS
 from tasks.data import Splits, TextTable, make_table, split_documents
 from tasks.modeling import load_tokenizer
 from tasks.perplexity import DocumentLosses, relative_gain, relative_increase
 from tasks.pretrain import PretrainResult
+from tasks.validation import TOKENS_COLUMN
 
 BOOTSTRAP_SEED = 0  # the bootstrap's resampling: fixed, so the same losses give the same intervals
 
@@ -43,6 +54,7 @@ class LanguageModelScores:
     champion: DocumentLosses | None
     candidate_reference: DocumentLosses
     base_reference: DocumentLosses
+    reference_source: str  # the evaluation.reference_text file, or REFERENCE_SAMPLED_FROM_BASE
 
     def metrics(self) -> dict[str, float]:
         """What the registry keeps for the candidate (floats only; `steward run --json` shows the interval as a
@@ -122,6 +134,8 @@ def evaluate_language_model(context: RunContext, data: LoadedData, candidate: Mo
             champion=None if champion_files is None else DocumentLosses.from_json(score(champion_files, test, length)),
             candidate_reference=DocumentLosses.from_json(score(candidate, reference, length, str(base_dir))),
             base_reference=DocumentLosses.from_json(score(base, reference, length)),
+            reference_source=(REFERENCE_SAMPLED_FROM_BASE if config.evaluation.reference_text is None
+                              else str(reference.source)),
         )
 
 
@@ -153,7 +167,50 @@ def register_language_model(context: RunContext, data: LoadedData, model: ModelF
                                      dataset_id=data.dataset_ids["test"], metrics=scores.metrics())
         context.registry.log_metrics(run_id=context.run.id, dataset_id=data.dataset_ids["test"],
                                      metrics={f"base_{key}": value for key, value in scores.base_metrics().items()})
+    record_language_model_evaluation(context, data, version, model, scores)
     return version
+
+
+def record_language_model_evaluation(context: RunContext, data: LoadedData, version: ModelVersionRecord,
+                                     model: ModelFiles, scores: LanguageModelScores) -> LanguageModelEvaluationRecord:
+    """Answer the fixed prompts (`tasks.causal_lm.PROMPTS`) with the base and the registered candidate, and keep
+    them in the registry with the per-document losses already computed, each set's perplexity and interval, and
+    the corpus's token count: the audit report is built from the registry alone."""
+    base_dir = base_model_dir(context)
+    with stage(context, "answer fixed prompts"):
+        answer = steps.cached(steps.answer_prompts, context.workspace.results)
+        base = answer(ModelFiles.of(base_dir), PROMPTS, PROMPT_TOKENS)
+        candidate = answer(model, PROMPTS, PROMPT_TOKENS, str(base_dir))
+        return context.registry.record_language_model_evaluation(LanguageModelEvaluationIn(
+            run_id=context.run.id, version_id=version.id, dataset_id=data.dataset_ids["test"],
+            base_test=document_scores(scores.base),
+            champion_test=None if scores.champion is None else document_scores(scores.champion),
+            candidate_test=document_scores(scores.candidate),
+            base_reference=document_scores(scores.base_reference),
+            candidate_reference=document_scores(scores.candidate_reference),
+            reference_source=scores.reference_source,
+            corpus_tokens=_corpus_tokens(context, data),
+            samples=tuple(PromptAnswer(*answers) for answers in zip(PROMPTS, base, candidate, strict=True)),
+        ))
+
+
+def document_scores(losses: DocumentLosses) -> DocumentScores:
+    """The losses as the registry keeps them, with the perplexity and interval the run's metrics carry."""
+    low, high = losses.interval(BOOTSTRAP_SEED)
+    pairs = tuple(zip(losses.nll.tolist(), losses.tokens.tolist(), strict=True))
+    return DocumentScores(pairs, losses.perplexity, low, high, losses.cross_entropy)
+
+
+def _corpus_tokens(context: RunContext, data: LoadedData) -> int | None:
+    """The corpus's tokens under the base's tokenizer, as its validation summed them (`load_valid_corpus`; GX
+    reports the sum as text)."""
+    corpus_id = data.dataset_ids.get("corpus")
+    totals = [result.observed for result in context.registry.validation_results(context.run.id)
+              if result.dataset_id == corpus_id and result.column == TOKENS_COLUMN]
+    try:
+        return int(float(str(totals[-1]))) if totals else None
+    except ValueError:
+        return None
 
 
 def gate_language_model(context: RunContext, candidate: ModelVersionRecord, scores: LanguageModelScores,

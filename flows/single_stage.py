@@ -8,8 +8,10 @@ from pathlib import Path
 from prefect import flow
 
 from core.hashing import ModelFiles
+from core.vocabulary import CAUSAL_LM
 from flows.artifacts import publish_validation
 from flows.context import flow_run, stage
+from flows.language_model import load_valid_corpus
 from flows.stages import (
     adapt_if_configured,
     adapt_to_domain,
@@ -75,7 +77,9 @@ def pretrain_only(config_path: str, nproc: int = 1) -> PretrainResult:
     `nproc` > 1 trains in that many torchrun workers."""
     with flow_run(config_path, "pretrain") as context:
         start_dir = base_model_dir(context)
-        return adapt_to_domain(context, load_valid_data(context), start_dir, nproc)
+        causal = context.config.task == CAUSAL_LM
+        data = load_valid_corpus(context, start_dir) if causal else load_valid_data(context)
+        return adapt_to_domain(context, data, start_dir, nproc)
 
 
 @flow(name="steward-finetune", log_prints=False)

@@ -2,13 +2,15 @@
 timeout and caching. The functions themselves know nothing of Prefect; called outside a flow (by `steward predict`,
 a benchmark or a test) they are plain Python.
 
-Four are cached by Prefect across runs, in result storage under the workspace (`cached`), as JSON:
+Five are cached by Prefect across runs, in result storage under the workspace (`cached`), as JSON:
 - `evaluate_model`, keyed by the model's recorded file hashes and the test set's fingerprint: the champion is
   scored on a test set once, whether by the run that trained it or by the run that next challenges it;
 - `score_documents`, keyed the same way: a language model's base and champion are scored on test documents once;
 - `score_reference`, keyed the same way by the reference data: monitoring scores a champion's reference once;
-- `sample_reference`, keyed by the base's file hashes, the count, length and seed: a base's reference texts.
-Both keys also hold the task's source (`TASK_SOURCE`), so a changed evaluation recipe is not served stale results.
+  a causal-lm champion's goes through `score_documents`, where its own run left its test split's losses;
+- `sample_reference`, keyed by the base's file hashes, the count, length and seed: a base's reference texts;
+- `answer_prompts`, keyed by the model's file hashes and the prompts: the base answers the report's prompts once.
+Every key also holds the task's source (`TASK_SOURCE`), so a changed evaluation recipe is not served stale results.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from tasks import (
     evaluate,
     finetune,
     gate,
+    lm_drift,
     pretrain,
     self_training,
     validation,
@@ -52,7 +55,7 @@ def _model_and_data_key(_: TaskRunContext, parameters: dict[str, Any]) -> str:
     """The cache key of scoring a model on a dataset: the model's file hashes and the data's fingerprint."""
     table = parameters.get("test", parameters.get("table"))
     inputs = {"model": parameters["model"].sha256, "data": None if table is None else table.fingerprint}
-    extra = {name: value for name, value in parameters.items() if isinstance(value, int | float | str)}
+    extra = {name: value for name, value in parameters.items() if isinstance(value, int | float | str | tuple)}
     return run_key({**inputs, **extra})
 
 
@@ -76,10 +79,13 @@ decide_promotion = task(gate.decide_promotion, name="promotion-gate", cache_poli
 package_model = task(causal_lm.package_model, name="package-model", cache_policy=NO_CACHE)
 score_documents = task(causal_lm.score_documents, name="score-documents", **_CACHED)
 sample_reference = task(causal_lm.sample_reference, name="sample-reference", **_CACHED)
+answer_prompts = task(causal_lm.answer_prompts, name="answer-prompts", **_CACHED)
 decide_language_model = task(gate.decide_language_model, name="perplexity-gate", cache_policy=NO_CACHE)
 score_reference = task(drift.score_batch, name="score-reference", **_CACHED)
 score_current = task(drift.score_batch, name="score-current", cache_policy=NO_CACHE)
 compare_batches = task(drift.compare_batches, name="compare-batches", cache_policy=NO_CACHE)
+score_current_documents = task(causal_lm.score_documents, name="score-current-documents", cache_policy=NO_CACHE)
+compare_documents = task(lm_drift.compare_documents, name="compare-documents", cache_policy=NO_CACHE)
 
 
 def cached(step: Task, results: Path) -> Task:

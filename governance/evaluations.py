@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 
 from sqlalchemy import select
 
@@ -13,15 +14,26 @@ from governance.audit import canonical_json
 from governance.events import (
     EvaluationRecorded,
     GateDecided,
+    LanguageModelEvaluationRecorded,
     MetricCurveLogged,
     MetricsLogged,
     ValidationRecorded,
 )
-from governance.models import EvaluationDetail, GateDecision, Metric, RegisteredModel, ValidationResult
+from governance.models import (
+    EvaluationDetail,
+    GateDecision,
+    LanguageModelEvaluation,
+    Metric,
+    RegisteredModel,
+    ValidationResult,
+)
 from governance.records import (
+    DocumentScores,
     EvaluationDetailIn,
     EvaluationDetailRecord,
     GateDecisionRecord,
+    LanguageModelEvaluationIn,
+    LanguageModelEvaluationRecord,
     ValidationResultIn,
     ValidationResultRecord,
 )
@@ -134,6 +146,46 @@ class EvaluationStore(RegistryStore):
             ).first()
             return None if row is None else row.to_record()
 
+    def record_language_model_evaluation(self, evaluation: LanguageModelEvaluationIn) -> LanguageModelEvaluationRecord:
+        """Store a causal-lm version's per-document losses and prompt answers (one audit event).
+
+        The event carries the sha256 of the whole record, so the chain covers every loss and every answer.
+        """
+        _check_language_model_evaluation(evaluation)
+        with self._write() as session:
+            self._run(session, evaluation.run_id)
+            version = self._version_by_id(session, evaluation.version_id)
+            if evaluation.dataset_id is not None:
+                self._dataset(session, evaluation.dataset_id)
+            row = LanguageModelEvaluation.from_evaluation(evaluation)
+            session.add(row)
+            session.flush()
+            columns = LanguageModelEvaluation.columns_of(evaluation)
+            payload = LanguageModelEvaluationRecorded(
+                run_id=evaluation.run_id,
+                version_id=evaluation.version_id,
+                dataset_id=evaluation.dataset_id,
+                test_documents=evaluation.candidate_test.documents,
+                reference_texts=evaluation.candidate_reference.documents,
+                reference_source=evaluation.reference_source,
+                champion_scored=evaluation.champion_test is not None,
+                prompts=len(evaluation.samples),
+                sha256=hashlib.sha256(canonical_json(columns).encode()).hexdigest(),
+            )
+            self._event(session, subject_of(version.model_name, version.version), payload)
+            return row.to_record()
+
+    def language_model_evaluation(self, version_id: int) -> LanguageModelEvaluationRecord | None:
+        """The latest causal-lm evaluation recorded for the version; None when there is none (a classifier)."""
+        with self._read() as session:
+            row = session.scalars(
+                select(LanguageModelEvaluation)
+                .where(LanguageModelEvaluation.version_id == version_id)
+                .order_by(LanguageModelEvaluation.id.desc())
+                .limit(1)
+            ).first()
+            return None if row is None else row.to_record()
+
     def record_validation(self, *, run_id: str, dataset_id: int | None, results: list[ValidationResultIn]) -> None:
         with self._write() as session:
             run = self._run(session, run_id)
@@ -193,3 +245,32 @@ def _check_evaluation(detail: EvaluationDetailIn) -> None:
     bins = {f"bin{i}.{name}": getattr(b, name) for i, b in enumerate(detail.reliability)
             for name in ("lower", "upper", "mean_confidence", "accuracy")}
     finite_metrics({**scores, **bins})
+
+
+def _check_language_model_evaluation(evaluation: LanguageModelEvaluationIn) -> None:
+    """Every model on a set scored on the same non-empty documents, every number finite, no negative token count,
+    a prompt for each pair of answers: what the report's table, histogram and side-by-side answers rely on."""
+    sets = {
+        "test": {"base": evaluation.base_test, "champion": evaluation.champion_test,
+                 "candidate": evaluation.candidate_test},
+        "reference": {"base": evaluation.base_reference, "candidate": evaluation.candidate_reference},
+    }
+    for documents, models in sets.items():
+        scored = {model: scores for model, scores in models.items() if scores is not None}
+        counts = {model: scores.documents for model, scores in scored.items()}
+        if len(set(counts.values())) != 1 or 0 in counts.values():
+            raise BadInputError(f"every model must be scored on the same non-empty {documents} documents, got {counts}")
+        for model, scores in scored.items():
+            _check_scores(f"{model} on the {documents} documents", scores)
+    if not evaluation.reference_source:
+        raise BadInputError("a language-model evaluation must name the source of its reference texts")
+    if any(not sample.prompt for sample in evaluation.samples):
+        raise BadInputError("every answered prompt must be a non-empty text")
+
+
+def _check_scores(what: str, scores: DocumentScores) -> None:
+    summary = [scores.perplexity, scores.ci_low, scores.ci_high, scores.cross_entropy]
+    if not all(math.isfinite(value) for value in summary + [nll for nll, _ in scores.losses]):
+        raise BadInputError(f"{what}: losses, perplexity and interval must be finite numbers")
+    if any(tokens < 0 for _, tokens in scores.losses):
+        raise BadInputError(f"{what}: predicted token counts must not be negative")

@@ -33,6 +33,7 @@ class EventType(StrEnum):
     METRICS_LOGGED = "metrics_logged"
     METRIC_CURVE_LOGGED = "metric_curve_logged"
     EVALUATION_RECORDED = "evaluation_recorded"
+    LANGUAGE_MODEL_EVALUATION_RECORDED = "language_model_evaluation_recorded"
     COMPRESSION_PASSED = "compression_passed"
     COMPRESSION_REFUSED = "compression_refused"
     COMPRESSION_FAILED = "compression_failed"
@@ -241,6 +242,23 @@ class EvaluationRecorded(EventPayload):
     labels: list[str]
     examples: int
     adapted_checkpoint_key: str | None
+    sha256: str
+
+
+@dataclass(frozen=True)
+class LanguageModelEvaluationRecorded(EventPayload):
+    """A causal-lm version's per-document losses and prompt answers: the sha256 of the whole record, so the chain
+    covers every loss and every answer."""
+
+    TYPE: ClassVar[EventType] = EventType.LANGUAGE_MODEL_EVALUATION_RECORDED
+    run_id: str
+    version_id: int
+    dataset_id: int | None
+    test_documents: int
+    reference_texts: int
+    reference_source: str
+    champion_scored: bool
+    prompts: int
     sha256: str
 
 

@@ -39,11 +39,15 @@ from governance.records import (
     CompressedFormIn,
     CompressedFormRecord,
     DatasetRecord,
+    DocumentScores,
     DriftReportRecord,
     EvaluationDetailIn,
     EvaluationDetailRecord,
     GateDecisionRecord,
+    LanguageModelEvaluationIn,
+    LanguageModelEvaluationRecord,
     ModelVersionRecord,
+    PromptAnswer,
     RunRecord,
     ValidationResultIn,
     ValidationResultRecord,
@@ -428,7 +432,9 @@ class EvaluationDetail(Base):
 
 class ServedPrediction(Base):
     """One text a model server answered: what it predicted, with which version, when. Append-only; old rows go
-    by `serving.log_retention`. `text` is null when the server runs with `serving.log_text: false`."""
+    by `serving.log_retention`. `text` is null when the server runs with `serving.log_text: false`. A language
+    model's row: `text` is the prompt, `completion` what it wrote, `label` the finish reason, `score` the
+    completion's tokens."""
 
     __tablename__ = "served_predictions"
     __table_args__ = (Index("ix_served_predictions_model_name_served_at", "model_name", "served_at"),)
@@ -443,6 +449,7 @@ class ServedPrediction(Base):
     label: Mapped[str] = mapped_column(_NAME)
     score: Mapped[float] = mapped_column(Float)
     probabilities: Mapped[dict[str, Any]]
+    completion: Mapped[str | None] = mapped_column(Text)  # added by migration 0011
 
 
 # Added by migration 0007.
@@ -473,3 +480,57 @@ class CompressedForm(Base):
 
     def to_record(self) -> CompressedFormRecord:
         return self._as(CompressedFormRecord, reasons=tuple(self.reasons))
+
+
+# Added by migration 0010.
+
+
+class LanguageModelEvaluation(Base):
+    """A causal-lm version's evaluation beyond the scalar metrics: per-document losses of the base, the champion
+    and the candidate on the test documents and of the base and the candidate on the reference texts (each with its
+    perplexity and interval), and the fixed prompts answered by the base and the candidate."""
+
+    __tablename__ = "language_model_evaluations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"))
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id"))
+    base_test: Mapped[dict[str, Any]]  # each: {"losses": [[nll, tokens], ...], "perplexity", "ci_low", ...}
+    champion_test: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    candidate_test: Mapped[dict[str, Any]]
+    base_reference: Mapped[dict[str, Any]]
+    candidate_reference: Mapped[dict[str, Any]]
+    reference_source: Mapped[str] = mapped_column(Text)
+    corpus_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    samples: Mapped[list[dict[str, Any]]] = mapped_column(JSON)  # [{prompt, base, candidate}]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    SCORES = ("base_test", "champion_test", "candidate_test", "base_reference", "candidate_reference")
+
+    @classmethod
+    def columns_of(cls, evaluation: LanguageModelEvaluationIn) -> dict[str, Any]:
+        """The evaluation as this table's columns (plain JSON data; also what its audit event's sha256 covers)."""
+        # The input fields only: a stored record (re-recorded, say) brings an id and created_at of its own.
+        columns = {f.name: getattr(evaluation, f.name) for f in fields(LanguageModelEvaluationIn)}
+        for name in cls.SCORES:
+            scores: DocumentScores | None = columns[name]
+            if scores is not None:
+                columns[name] = {**asdict(scores), "losses": [[nll, tokens] for nll, tokens in scores.losses]}
+        return {**columns, "samples": [asdict(sample) for sample in evaluation.samples]}
+
+    @classmethod
+    def from_evaluation(cls, evaluation: LanguageModelEvaluationIn) -> LanguageModelEvaluation:
+        return cls(**cls.columns_of(evaluation), created_at=utcnow())
+
+    def to_record(self) -> LanguageModelEvaluationRecord:
+        scores = {name: _document_scores(getattr(self, name)) for name in self.SCORES}
+        return self._as(LanguageModelEvaluationRecord, **scores,
+                        samples=tuple(PromptAnswer(**sample) for sample in self.samples))
+
+
+def _document_scores(column: dict[str, Any] | None) -> DocumentScores | None:
+    if column is None:
+        return None
+    losses = tuple((float(nll), int(tokens)) for nll, tokens in column["losses"])
+    return DocumentScores(**{**column, "losses": losses})

@@ -244,8 +244,72 @@ class ServedPredictionIn:
     label: str
     score: float
     probabilities: dict[str, float]
+    completion: str | None = None  # a language model's answer (None for a classifier, or without log_text)
 
 
 @dataclass(frozen=True)
 class ServedPredictionRecord(ServedPredictionIn):
     id: int = 0
+
+
+# -- a causal language model's evaluation ---------------------------------------------------------------
+
+REFERENCE_SAMPLED_FROM_BASE = "sampled from the base"  # reference_source when no evaluation.reference_text is set
+
+
+@dataclass(frozen=True)
+class DocumentScores:
+    """One model on one set of documents: each document's summed next-token loss (nats) and predicted tokens, and
+    the perplexity with its 95% bootstrap interval as the run computed them (the report cannot redo the bootstrap:
+    it reads the registry alone)."""
+
+    losses: tuple[tuple[float, int], ...]  # (nll, tokens) per document, in the set's order
+    perplexity: float
+    ci_low: float
+    ci_high: float
+    cross_entropy: float  # nats per predicted token over the whole set (token-weighted)
+
+    @property
+    def documents(self) -> int:
+        return len(self.losses)
+
+    @property
+    def tokens(self) -> int:
+        return sum(tokens for _, tokens in self.losses)
+
+    def per_token(self) -> list[float]:
+        """Each document's loss in nats per token (documents with nothing to predict left out)."""
+        return [nll / tokens for nll, tokens in self.losses if tokens]
+
+
+@dataclass(frozen=True)
+class PromptAnswer:
+    """One fixed prompt and the greedy continuations of the base and the candidate."""
+
+    prompt: str
+    base: str
+    candidate: str
+
+
+@dataclass(frozen=True)
+class LanguageModelEvaluationIn:
+    """How a causal-lm version did against its base (and the champion) on the same test documents and reference
+    texts, document by document, plus the fixed prompts answered by both: what its audit report shows."""
+
+    run_id: str
+    version_id: int
+    dataset_id: int | None  # the test documents
+    base_test: DocumentScores
+    champion_test: DocumentScores | None  # None when there was no champion to score
+    candidate_test: DocumentScores
+    base_reference: DocumentScores
+    candidate_reference: DocumentScores
+    reference_source: str  # the evaluation.reference_text file, or REFERENCE_SAMPLED_FROM_BASE
+    corpus_tokens: int | None  # the whole corpus under the base's tokenizer, as validation counted it
+    samples: tuple[PromptAnswer, ...]
+
+
+@dataclass(frozen=True)
+class LanguageModelEvaluationRecord(LanguageModelEvaluationIn):
+    id: int = 0
+    created_at: datetime | None = None

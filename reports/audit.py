@@ -2,7 +2,9 @@
 
 Built from the registry alone (no training code): the gate decision, a model card, metrics against
 the champion, per-class results, calibration, training curves, validation, drift, lineage, artifacts,
-environment and the audit trail. Rendered as self-contained HTML (`reports.render`) or markdown.
+environment and the audit trail. A causal language model's report has its perplexity against the base and
+the champion and the fixed prompts answered side by side instead (`reports.language_model`). Rendered as
+self-contained HTML (`reports.render`) or markdown.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from governance.records import (
     RunRecord,
 )
 from governance.registry import Registry
+from reports import language_model
 from reports.evidence import Evidence, gather
 from reports.plots import compression_svg, confusion_matrix_svg, curves_svg, reliability_svg
 from reports.render import (
@@ -110,7 +113,10 @@ def _badge(evidence: Evidence) -> Badge:
                  f"passed the gate; needs an approver other than {evidence.detail.run.author}")
 
 
-def _gate_numbers(gate: GateDecisionRecord, floor_is_classical_baseline: bool) -> str:
+def _gate_numbers(evidence: Evidence, gate: GateDecisionRecord) -> str:
+    if gate.floor_source == "base model":  # a perplexity ceiling: lower is better
+        return language_model.gate_numbers(evidence, gate)
+    floor_is_classical_baseline = evidence.floor_is_classical_baseline
     champion = "no champion to beat" if gate.champion_score is None else (
         f"champion v{gate.champion_version} {gate.champion_score:.4f} "
         f"(Δ {gate.candidate_score - gate.champion_score:+.4f})"
@@ -160,8 +166,9 @@ def _summary(evidence: Evidence) -> Section:
     detail, gate, run = evidence.detail, evidence.gate, evidence.detail.run
     facts: list[tuple[str, Cell]] = [
         ("Gate decision", _decision(gate)),
-        ("Gate numbers", _gate_numbers(gate, evidence.floor_is_classical_baseline) if gate else "—"),
-        ("Classical baseline", _classical_summary(evidence)),
+        ("Gate numbers", _gate_numbers(evidence, gate) if gate else "—"),
+        ("Compared with", language_model.comparison(evidence)) if evidence.is_language_model
+        else ("Classical baseline", _classical_summary(evidence)),
         ("Aliases", ", ".join(detail.aliases) or "none"),
         ("Approver", _approver(evidence)),
         ("Registered", f"{_when(detail.version.created_at)} by {detail.version.created_by}"),
@@ -171,6 +178,8 @@ def _summary(evidence: Evidence) -> Section:
     blocks: list = [Facts(facts)]
     if gate is not None:
         blocks.append(Bullets(list(gate.reasons), title="Why"))
+        if gate.floor_source == "base model":
+            blocks.append(language_model.CEILING_NOTE)
     if evidence.moves:
         blocks.append(_alias_table(evidence.moves))
     return Section("summary", "Summary", blocks)
@@ -190,10 +199,16 @@ def _alias_table(moves: list[AliasMove]) -> Table:
 
 def _dataset_line(role: str, evidence: Evidence) -> str:
     dataset = evidence.detail.datasets[role]
-    return f"{role}: {dataset.source} — {dataset.rows} rows (sha256 {dataset.fingerprint[:12]}…)"
+    unit = "documents" if evidence.is_language_model else "rows"
+    return f"{role}: {dataset.source} — {dataset.rows} {unit} (sha256 {dataset.fingerprint[:12]}…)"
 
 
 def _derived_limitations(evidence: Evidence) -> list[str]:
+    found = language_model.limitations(evidence) if evidence.is_language_model else _classifier_limitations(evidence)
+    return found + _drift_limitations(evidence)
+
+
+def _classifier_limitations(evidence: Evidence) -> list[str]:
     lines = []
     evaluation, ece = evidence.evaluation, evidence.detail.metrics.get("ece")
     if evaluation is not None:
@@ -204,6 +219,11 @@ def _derived_limitations(evidence: Evidence) -> list[str]:
                      "inputs may score lower.")
     if ece is not None and ece > POORLY_CALIBRATED_ECE:
         lines.append(f"Confidences are poorly calibrated (ECE {ece:.3f}): do not read them as probabilities.")
+    return lines
+
+
+def _drift_limitations(evidence: Evidence) -> list[str]:
+    lines = []
     drifted = [d for d in evidence.drift if d.finding == "drift"]
     if drifted:
         lines.append(f"Drift detected {len(drifted)} time(s), last on {_when(drifted[-1].created_at)}.")
@@ -217,14 +237,12 @@ def _derived_limitations(evidence: Evidence) -> list[str]:
 def _card_facts(evidence: Evidence) -> Facts:
     card, version = evidence.card, evidence.detail.version
     task = evidence.detail.run.config.get("task", "text-classification")
-    labels = ", ".join(evidence.evaluation.labels) if evidence.evaluation else "—"
     intended: Cell = card.get("intended_use") or Styled("not stated: add card.intended_use to the config", "muted")
-    return Facts([
-        ("Model", f"{version.model_name} v{version.version}: {task}, fine-tuned from {version.base_model}"),
-        ("Intended use", intended),
-        ("Classes", labels),
-        ("Contact", card.get("contact") or "—"),
-    ])
+    model: Cell = f"{version.model_name} v{version.version}: {task}, fine-tuned from {version.base_model}"
+    trained_on: tuple[str, Cell] = ("Classes", ", ".join(evidence.evaluation.labels) if evidence.evaluation else "—")
+    if evidence.is_language_model:
+        model, trained_on = language_model.model_line(evidence), ("Corpus", language_model.corpus_line(evidence))
+    return Facts([("Model", model), ("Intended use", intended), trained_on, ("Contact", card.get("contact") or "—")])
 
 
 def _card_metrics(evidence: Evidence) -> list[Cell]:
@@ -238,15 +256,21 @@ def _card_metrics(evidence: Evidence) -> list[Cell]:
 
 
 def _model_card(evidence: Evidence) -> Section:
-    datasets, card = evidence.detail.datasets, evidence.card
+    datasets, card, causal = evidence.detail.datasets, evidence.card, evidence.is_language_model
+    evaluated = [_dataset_line("test", evidence)] if "test" in datasets else []
+    if causal:
+        evaluated.append(language_model.reference_line(evidence))
+    metrics = language_model.card_metrics(evidence) if causal else _card_metrics(evidence)
     blocks: list = [
         _card_facts(evidence),
         Bullets([_dataset_line(r, evidence) for r in TRAINING_ROLES if r in datasets] or ["not recorded"],
                 "Training data"),
-        Bullets([_dataset_line("test", evidence)] if "test" in datasets else ["not recorded"], "Evaluation data"),
-        Bullets(_card_metrics(evidence) or ["none recorded"], "Metrics (test set)"),
+        Bullets(evaluated or ["not recorded"], "Evaluation data"),
+        Bullets(metrics or ["none recorded"], "Metrics (test documents)" if causal else "Metrics (test set)"),
         Bullets([*card.get("limitations", []), *_derived_limitations(evidence)] or ["none stated"], "Limitations"),
     ]
+    if causal:
+        blocks.append(Bullets(language_model.not_evaluated(evidence), "Not evaluated"))
     if card.get("out_of_scope"):
         blocks.append(Bullets(list(card["out_of_scope"]), "Out of scope"))
     return Section("model-card", "Model card", blocks)
@@ -398,7 +422,8 @@ def _pretraining_facts(evidence: Evidence) -> Facts:
     before, after = metrics.get("pretrain_heldout_loss_before"), metrics.get("pretrain_heldout_loss_after")
     change = f" ({(after - before) / before:+.1%})" if before and after is not None else ""
     cache = metrics.get("pretrain_cache_hit")
-    key = evaluation.adapted_checkpoint_key if evaluation else None
+    adapted = _adaptation_event(evidence)
+    key = evaluation.adapted_checkpoint_key if evaluation else adapted.get("cache_key") if adapted else None
     rows = [("Held-out loss before → after", f"{_num(before, 3)} → {_num(after, 3)}{change}")]
     if "pretrain_perplexity_before" in metrics:
         rows.append(("Perplexity before → after", f"{_num(metrics['pretrain_perplexity_before'], 2)} → "
@@ -412,17 +437,25 @@ def _pretraining_facts(evidence: Evidence) -> Facts:
     ])
 
 
+def _adaptation_event(evidence: Evidence) -> dict | None:
+    """The payload of the run's `domain_adapted` audit event (objective, steps, cache key), if it adapted."""
+    payloads = [event.payload for event in evidence.events
+                if event.event_type == "domain_adapted" and event.payload.get("run_id") == evidence.detail.run.id]
+    return payloads[-1] if payloads else None
+
+
 def _adaptation_objective(evidence: Evidence) -> str:
     """The objective that ran (what `auto` chose), from the run's `domain_adapted` audit event."""
     configured = (evidence.detail.run.config.get("pretraining") or {}).get("objective", "auto")
-    ran = [event.payload.get("objective") for event in evidence.events
-           if event.event_type == "domain_adapted" and event.payload.get("run_id") == evidence.detail.run.id]
-    return f"{ran[-1]} (configured: {configured})" if ran else configured
+    adapted = _adaptation_event(evidence)
+    ran = adapted.get("objective") if adapted else None
+    return f"{ran} (configured: {configured})" if ran else configured
 
 
 def _training(evidence: Evidence) -> Section:
-    primary = evidence.primary_metric
-    titles = {"pretrain_loss": ("Continued pretraining loss", "optimizer step", "objective's loss"),
+    primary, causal = evidence.primary_metric, evidence.is_language_model
+    pretrain_unit = "next-token loss (nats per token)" if causal else "objective's loss"
+    titles = {"pretrain_loss": ("Continued pretraining loss", "optimizer step", pretrain_unit),
               "finetune_loss": ("Fine-tuning loss", "optimizer step", "loss"),
               f"validation_{primary}": (f"Validation {primary}", "epoch", primary)}
     curves = [(*titles[key], points) for key, points in evidence.curves.items() if points]
@@ -434,7 +467,7 @@ def _training(evidence: Evidence) -> Section:
         blocks.append(Figure("Loss and validation curves of the training run", lambda: curves_svg(curves), summary))
     else:
         blocks.append("No training curves were recorded for this run.")
-    return Section("training", "Pretraining and fine-tuning", blocks)
+    return Section("training", "Continued pretraining" if causal else "Pretraining and fine-tuning", blocks)
 
 
 def _observed(value: object) -> str:
@@ -499,16 +532,20 @@ def _datasets(detail: ModelVersionDetail) -> list[tuple[str, DatasetRecord]]:
 
 def _lineage_chain(evidence: Evidence) -> Chain:
     detail, evaluation = evidence.detail, evidence.evaluation
-    data = [f"{role}: {d.rows} rows · {d.fingerprint[:12]}…" for role, d in _datasets(detail)]
+    unit = "documents" if evidence.is_language_model else "rows"
+    data = [f"{role}: {d.rows} {unit} · {d.fingerprint[:12]}…" for role, d in _datasets(detail)]
     adapted = (["cache key " + evaluation.adapted_checkpoint_key[:12] + "…"]
                if evaluation and evaluation.adapted_checkpoint_key else ["none recorded"])
     parent = detail.version.parent_version
+    version = [f"{evidence.name} v{evidence.number}", f"parent v{parent}" if parent else "no parent version"]
+    if evidence.is_language_model:  # the version is the adapted checkpoint itself
+        return Chain([("Datasets", data or ["none recorded"]), ("Base model", [detail.version.base_model]),
+                      ("Adapted version", version)])
     return Chain([
         ("Datasets", data or ["none recorded"]),
         ("Base model", [detail.version.base_model]),
         ("Adapted checkpoint", adapted),
-        ("Fine-tuned version", [f"{evidence.name} v{evidence.number}",
-                                f"parent v{parent}" if parent else "no parent version"]),
+        ("Fine-tuned version", version),
     ])
 
 
@@ -530,11 +567,10 @@ def _lineage(evidence: Evidence) -> Section:
     datasets = Table(("role", "source", "rows", "sha256 fingerprint"), [
         (role, d.source, str(d.rows), d.fingerprint) for role, d in _datasets(detail)
     ], "Datasets")
-    facts = Facts([
-        ("Base model", detail.version.base_model),
-        ("Adapted checkpoint", adapted_path or "—"),
-        ("Fine-tuned weights", detail.version.artifact_path),
-    ])
+    weights: list[tuple[str, Cell]] = [("Adapted weights", detail.version.artifact_path)]  # a causal-lm version
+    if not evidence.is_language_model:
+        weights = [("Adapted checkpoint", adapted_path or "—"), ("Fine-tuned weights", detail.version.artifact_path)]
+    facts = Facts([("Base model", detail.version.base_model), *weights])
     return Section("lineage", "Lineage", [_lineage_chain(evidence), facts, datasets, _runs_table(evidence)])
 
 
@@ -592,10 +628,13 @@ def document(evidence: Evidence) -> Document:
     detail = evidence.detail
     subtitle = (f"{detail.run.config.get('task', 'text-classification')} · base model {detail.version.base_model}"
                 f" · registered {_when(detail.version.created_at)} · report generated {_when(datetime.now(UTC))}")
+    if evidence.is_language_model:  # no classes, confidences or compressed forms: perplexity and answers instead
+        quality = [language_model.perplexity_section(evidence), language_model.samples_section(evidence)]
+    else:
+        quality = [_metrics(evidence), _per_class(evidence), _calibration(evidence), _compression(evidence)]
     sections = [
-        _summary(evidence), _model_card(evidence), _metrics(evidence), _per_class(evidence),
-        _calibration(evidence), _compression(evidence), _training(evidence), _validation(evidence), _drift(evidence),
-        _lineage(evidence), _artifacts(evidence), _environment(evidence), _audit_trail(evidence),
+        _summary(evidence), _model_card(evidence), *quality, _training(evidence), _validation(evidence),
+        _drift(evidence), _lineage(evidence), _artifacts(evidence), _environment(evidence), _audit_trail(evidence),
     ]
     return Document(f"Audit report: {evidence.name} v{evidence.number}", subtitle, _badge(evidence), sections)
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.vocabulary import CLASSICAL_BASELINE_PREFIX
+from core.vocabulary import CAUSAL_LM, CLASSICAL_BASELINE_PREFIX
 from governance.audit import AuditEventRecord, ChainVerification
 from governance.records import (
     AliasMove,
     DriftReportRecord,
     EvaluationDetailRecord,
     GateDecisionRecord,
+    LanguageModelEvaluationRecord,
     ModelVersionDetail,
     RunRecord,
     ValidationResultRecord,
@@ -18,6 +19,7 @@ from governance.records import (
 from governance.registry import Registry
 
 CLASSICAL_METRICS = ("macro_f1", "accuracy")
+LANGUAGE_MODEL_METRIC = "perplexity"  # what a causal-lm gate judges (tasks.gate.PERPLEXITY), lower is better
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,7 @@ class Evidence:
 
     detail: ModelVersionDetail
     evaluation: EvaluationDetailRecord | None
+    language_model: LanguageModelEvaluationRecord | None  # a causal-lm version's losses and prompt answers
     champion_metrics: dict[str, float] | None
     moves: list[AliasMove]  # alias moves to or away from this version
     run_metrics: dict[str, float]
@@ -45,6 +48,10 @@ class Evidence:
     @property
     def number(self) -> int:
         return self.detail.version.version
+
+    @property
+    def is_language_model(self) -> bool:
+        return self.detail.run.config.get("task") == CAUSAL_LM
 
     @property
     def gate(self) -> GateDecisionRecord | None:
@@ -77,8 +84,11 @@ class Evidence:
 
 
 def _primary_metric(detail: ModelVersionDetail) -> str:
+    """The metric the gate judged: a causal-lm config still carries the classifiers' `primary_metric` default."""
     configured = detail.run.config.get("evaluation", {}).get("primary_metric")
     gate = detail.gate_decision
+    if detail.run.config.get("task") == CAUSAL_LM:
+        return LANGUAGE_MODEL_METRIC
     return configured or (gate.primary_metric if gate else "macro_f1")
 
 
@@ -91,6 +101,7 @@ def gather(registry: Registry, model_name: str, version: int, ui_url: str | None
     return Evidence(
         detail=detail,
         evaluation=registry.evaluation(detail.version.id),
+        language_model=registry.language_model_evaluation(detail.version.id),
         champion_metrics=registry.metrics_for_version(gate.champion_version_id)
         if gate and gate.champion_version_id else None,
         moves=[m for m in registry.alias_history(model_name) if version in (m.version, m.previous_version)],

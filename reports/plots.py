@@ -131,3 +131,34 @@ def compression_svg(forms: Sequence[tuple[str, float, float, float]]) -> str:
         axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=len(series), frameon=False)
 
     return _svg(draw, (2.2 + 1.8 * len(forms), 3.4))
+
+
+LossSeries = tuple[str, list[float], float]  # label, per-document loss (nats per token), the set's cross-entropy
+LossPanel = tuple[str, list[LossSeries]]  # title, the series overlaid in it
+
+
+def loss_histograms_svg(panels: Sequence[LossPanel]) -> str:
+    """Per panel (one set of documents), the per-document loss of each model as overlaid histograms on shared bins,
+    each model's token-weighted cross-entropy a dashed line in its colour: a shift left is lower loss after
+    adaptation, a wider spread documents it helped unevenly."""
+    import numpy as np
+    from matplotlib.ticker import MaxNLocator
+
+    colours = (WARM, ACCENT, GRID)
+
+    def draw(figure: Figure) -> None:
+        axes_row = figure.subplots(1, len(panels), squeeze=False)[0]
+        for axes, (title, series) in zip(axes_row, panels, strict=True):
+            values = [value for _, losses, _ in series for value in losses]
+            edges = np.histogram_bin_edges(values, bins=min(30, max(5, len(values) // 4)))
+            for (label, losses, cross_entropy), colour in zip(series, colours, strict=False):
+                axes.hist(losses, bins=edges, color=colour, alpha=0.45, label=f"{label} ({len(losses)} documents)")
+                axes.hist(losses, bins=edges, color=colour, histtype="step", linewidth=1.2)
+                axes.axvline(cross_entropy, color=colour, linestyle="--", linewidth=1.2,
+                             label=f"{label} cross-entropy {cross_entropy:.3f}")
+            axes.set(title=title, xlabel="loss per document (nats per token)", ylabel="documents")
+            axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+            axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False, fontsize=7.5)
+            axes.grid(alpha=0.3)
+
+    return _svg(draw, (4.6 * len(panels) + 0.6, 3.9))

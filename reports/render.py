@@ -68,7 +68,17 @@ class Preformatted:
     caption: str = ""
 
 
-Block = str | Facts | Bullets | Table | Figure | Chain | Preformatted
+@dataclass(frozen=True)
+class Completions:
+    """Prompts continued by several models, side by side: in HTML each continuation follows its prompt (in bold),
+    line breaks kept, so where the prompt ends and the model's own text begins stays visible."""
+
+    models: tuple[str, ...]
+    rows: list[tuple[str, tuple[str, ...]]]  # a prompt, and one continuation per model
+    caption: str = ""
+
+
+Block = str | Facts | Bullets | Table | Figure | Chain | Preformatted | Completions
 
 
 @dataclass(frozen=True)
@@ -125,8 +135,18 @@ def _md_block(block: Block) -> list[str]:
         return _md_table(block.fallback) if block.fallback else []
     if isinstance(block, Chain):
         return [" → ".join(f"**{title}** ({'; '.join(lines)})" for title, lines in block.steps), ""]
+    if isinstance(block, Completions):
+        return _md_completions(block)
     caption = [f"*{block.caption}*", ""] if block.caption else []
     return [*caption, "```", block.text, "```", ""]
+
+
+def _md_completions(block: Completions) -> list[str]:
+    """A table whose model-written cells are HTML-escaped too: a markdown viewer would render raw tags in them."""
+    rows: list[tuple[Cell, ...]] = [
+        (_esc(prompt), *(_esc(answer) for answer in answers)) for prompt, answers in block.rows
+    ]
+    return _md_table(Table(("prompt", *block.models), rows, block.caption))
 
 
 def render_markdown(doc: Document) -> str:
@@ -218,6 +238,18 @@ def _html_chain(chain: Chain) -> str:
     return '<div class="chain">' + '<div class="arrow">→</div>'.join(steps) + "</div>"
 
 
+def _html_completions(block: Completions) -> str:
+    caption = f"<caption>{_esc(block.caption)}</caption>" if block.caption else ""
+    head = "".join(f"<th>{_esc(model)}</th>" for model in block.models)
+    rows = "".join(
+        "<tr>" + "".join(f'<td class="completion"><strong>{_esc(prompt)}</strong>{_esc(answer)}</td>'
+                         for answer in answers) + "</tr>"
+        for prompt, answers in block.rows
+    )
+    return (f'<div class="scroll"><table class="completions">{caption}<thead><tr>{head}</tr></thead>'
+            f"<tbody>{rows}</tbody></table></div>")
+
+
 def _html_block(block: Block) -> str:
     if isinstance(block, str):
         return f"<p>{_esc(block)}</p>"
@@ -228,6 +260,7 @@ def _html_block(block: Block) -> str:
         return f"{caption}<pre>{_esc(block.text)}</pre>"
     renderers: dict[type, Callable] = {
         Facts: _html_facts, Bullets: _html_bullets, Table: _html_table, Chain: _html_chain,
+        Completions: _html_completions,
     }
     return renderers[type(block)](block)
 
@@ -266,6 +299,9 @@ th{background:var(--head);font-weight:600}tbody tr:nth-child(even){background:#f
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 td.mono,pre{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.8rem}
 td.time,td.mono{white-space:nowrap}td.long{overflow-wrap:anywhere;white-space:normal}
+table.completions{table-layout:fixed}
+td.completion{white-space:pre-wrap;overflow-wrap:anywhere;font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,
+monospace;font-size:.8rem}
 pre{background:var(--head);padding:.8rem;border-radius:6px;white-space:pre-wrap;overflow-wrap:anywhere;max-height:28rem;
 overflow:auto}
 figure{margin:.8rem 0;text-align:center}figure svg{max-width:100%;height:auto}

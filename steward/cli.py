@@ -91,6 +91,8 @@ def _add_stage_commands(commands: argparse._SubParsersAction) -> None:
     stages = "steward.commands.stages"
     demo = commands.add_parser("demo", help="write the demo dataset and config, then run the full flow")
     demo.add_argument("--workdir", default="steward-demo", metavar="DIR")
+    demo.add_argument("--task", choices=("text-classification", "causal-lm"), default="text-classification",
+                      help="classify support tickets (default), or adapt a language model to Python's documentation")
     _common(demo, config="none")
     demo.set_defaults(handler=_lazy(stages, "demo"))
 
@@ -134,6 +136,10 @@ def _add_stage_commands(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--input", required=True, metavar="PATH", help="csv/tsv/jsonl/parquet/txt")
     predict.add_argument("--output", metavar="PATH", help=".csv, .parquet or .jsonl (default: INPUT.predictions.csv)")
     predict.add_argument("--text-column", default="text", metavar="NAME")
+    predict.add_argument("--generate", action="store_true",
+                         help="a causal language model: write each text's completion (default: its perplexity)")
+    predict.add_argument("--max-new-tokens", type=_positive_int, default=64, metavar="N",
+                         help="with --generate: the most tokens a completion may have (default 64)")
     _form_option(predict)
     predict.set_defaults(handler=_lazy("steward.commands.predicting", "predict"))
 

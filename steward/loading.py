@@ -1,9 +1,16 @@
-"""`load_model`: a registered version, checked against its recorded sha256s, as a predictor.
+"""`load_model`: a registered version, checked against its recorded sha256s, ready to use.
 
     from steward import load_model
     model = load_model("support-tickets@champion", registry="sqlite:///.steward/registry.db")
     [prediction] = model.predict(["the printer on floor 3 jams"])
     prediction.label, prediction.score, prediction.probabilities, model.version
+
+A classifier loads as a `Predictor`; a causal language model (its manifest's task is `causal-lm`) as a
+`steward.language_model.RegisteredGenerator`, a `tasks.language_model.Generator` that knows its version:
+
+    notes = load_model("notes@champion")
+    [completion] = notes.generate(["the invoice"], max_new_tokens=20)
+    completion.text, completion.finish_reason, notes.score(["the refund was late."]), notes.version
 
 This module imports only the standard library and `core`'s plain modules at load time (the command line
 imports `steward`).
@@ -20,7 +27,10 @@ from core.refs import ModelRef
 if TYPE_CHECKING:
     from governance.records import CompressedFormRecord, ModelVersionDetail
     from governance.registry import Registry
+    from steward.language_model import RegisteredGenerator
     from tasks.predict import Predictor
+
+    LoadedModel = Predictor | RegisteredGenerator
 
 
 def resolve_version(registry: Registry, ref: ModelRef) -> ModelVersionDetail:
@@ -68,20 +78,44 @@ def predictor_for(detail: ModelVersionDetail, alias: str | None, form: str | Non
     return load_predictor(files, identity)
 
 
-def load_ref(ref: ModelRef, registry_url: str, form: str | None = None) -> Predictor:
+def is_language_model(detail: ModelVersionDetail) -> bool:
+    """Whether the version's manifest says `causal-lm`. Read to pick a loader only: each loader verifies every file,
+    the manifest included, before it loads anything, and an unreadable or missing manifest goes the classifier's
+    way, so a classifier version fails exactly as it did before language models existed."""
+    from core.vocabulary import CAUSAL_LM
+    from tasks.manifest import ModelManifest
+
+    try:
+        return ModelManifest.read(Path(detail.version.artifact_path)).task == CAUSAL_LM
+    except BadInputError:
+        return False
+
+
+def load_version(detail: ModelVersionDetail, alias: str | None, form: str | None = None) -> LoadedModel:
+    """The version loaded as its task wants: a `RegisteredGenerator` for a causal LM, else `predictor_for`'s
+    predictor."""
+    if is_language_model(detail):
+        from steward.language_model import generator_for
+
+        return generator_for(detail, alias, form)
+    return predictor_for(detail, alias, form)
+
+
+def load_ref(ref: ModelRef, registry_url: str, form: str | None = None) -> LoadedModel:
     """The version `ref` names now in the registry at `registry_url`, verified and loaded (`form`: see
     `served_form`)."""
     from governance.registry import Registry
 
     with Registry.open(registry_url) as registry:
         detail = resolve_version(registry, ref)
-    return predictor_for(detail, ref.alias, form)
+    return load_version(detail, ref.alias, form)
 
 
-def load_model(ref: str, registry: str | None = None, form: str | None = None) -> Predictor:
+def load_model(ref: str, registry: str | None = None, form: str | None = None) -> LoadedModel:
     """The version `ref` names ("NAME@ALIAS" or "NAME:VERSION") in the registry at URL `registry`
-    (default: STEWARD_REGISTRY_URL, else `sqlite:///./.steward/registry.db`), ready to `predict(texts)`; in
-    the fastest form that passed the compression gate, or `form` ("fp32", "int8", "student")."""
+    (default: STEWARD_REGISTRY_URL, else `sqlite:///./.steward/registry.db`): a classifier ready to
+    `predict(texts)`, in the fastest form that passed the compression gate, or `form` ("fp32", "int8",
+    "student"); a causal language model ready to `generate(prompts)` (fp32, its only form)."""
     from core.config import resolve_registry_url
 
     return load_ref(ModelRef.parse(ref), registry or resolve_registry_url(None), form)

@@ -1,6 +1,8 @@
-"""`steward serve-model`: a registered model over HTTP (FastAPI + uvicorn), following its alias.
+"""`steward serve-model`: a registered classifier over HTTP (FastAPI + uvicorn), following its alias.
 
 (FastAPI resolves route annotations at module level, so it is imported there; only serve-model imports this.)
+A causal language model is served by `steward.openai_server` instead, which reuses this module's alias follower
+(`ServedModel`), `Metrics`, bearer-token middleware (`GuardAndMeasure`) and `PredictionLogWriter`.
 
 Routes: `POST /v1/predict {"texts": [...]}` -> `{"model", "version", "predictions": [{"label", "score",
 "probabilities"}]}`; `GET /v1/model`; `GET /healthz` (the process is up); `GET /readyz` (a model is loaded);
@@ -35,9 +37,10 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -48,8 +51,8 @@ from governance.events import ModelSwapped, ModelSwapRefused
 from steward.loading import predictor_for
 
 if TYPE_CHECKING:
-    from governance.records import ServedPredictionIn
-    from tasks.predict import Prediction, Predictor
+    from governance.records import ModelVersionDetail, ServedPredictionIn
+    from tasks.predict import ModelIdentity, Prediction, Predictor
 
 log = logging.getLogger("steward.server")
 WARM_UP_TEXT = "warm-up"
@@ -69,6 +72,7 @@ class ServerSettings:
     log_text: bool = True
     log_retention: timedelta = timedelta(days=30)
     form: str | None = None  # --format; None: the fastest form of each version that passed compression
+    max_new_tokens: int = 512  # a causal LM: the most tokens one completion may ask for
 
 
 class RequestError(Exception):
@@ -104,16 +108,38 @@ class Metrics:
                                     registry=self.registry)
 
 
-class ServedModel:
-    """The predictor now serving, and the alias follower that swaps it."""
+class Servable(Protocol):
+    """What the follower needs of a loaded version: a `Predictor` or a `RegisteredGenerator`."""
 
-    def __init__(self, settings: ServerSettings, predictor: Predictor, metrics: Metrics) -> None:
+    identity: ModelIdentity
+
+    @property
+    def version(self) -> int: ...
+
+
+Model = TypeVar("Model", bound=Servable)
+
+
+def warmed_predictor(detail: ModelVersionDetail, settings: ServerSettings) -> Predictor:
+    """A classifier version loaded (files checked) and warmed up with one prediction: what a swap serves."""
+    candidate = predictor_for(detail, settings.ref.alias, settings.form)
+    candidate.predict([WARM_UP_TEXT])
+    return candidate
+
+
+class ServedModel(Generic[Model]):
+    """The model version now serving, and the alias follower that swaps it. `load` turns a version into a model
+    that is ready to serve (files verified, warmed up), raising when it cannot."""
+
+    def __init__(self, settings: ServerSettings, model: Model, metrics: Metrics,
+                 load: Callable[[ModelVersionDetail], Model]) -> None:
         self.settings = settings
-        self.predictor = predictor
+        self.model = model
         self.metrics = metrics
+        self.load = load
         self.refused: set[int] = set()  # versions that failed; tried again only after the alias moves away
         self._stop = threading.Event()
-        metrics.version.labels(predictor.identity.name).set(predictor.version)
+        metrics.version.labels(model.identity.name).set(model.version)
 
     def follow(self) -> threading.Thread:
         thread = threading.Thread(target=self._poll, name="steward-alias-follower", daemon=True)
@@ -147,21 +173,20 @@ class ServedModel:
         if ref.alias is None:
             return
         record = registry.alias_version(ref.name, ref.alias)
-        if record is None or record.version == self.predictor.version:
+        if record is None or record.version == self.model.version:
             self.refused.clear()
             return
         if record.version in self.refused:
             return
         detail = registry.get_version(ref.name, record.version)  # a registry error here is retried, not refused
         try:
-            candidate = predictor_for(detail, ref.alias, self.settings.form)
-            candidate.predict([WARM_UP_TEXT])
+            candidate = self.load(detail)
         except MemoryError:
             raise
         except Exception as exc:  # the version's files: checksum, format, or a failed warm-up
             self._refuse(registry, record.version, exc)
             return
-        previous, self.predictor = self.predictor.version, candidate
+        previous, self.model = self.model.version, candidate
         self.metrics.swaps.inc()
         self.metrics.version.labels(ref.name).set(candidate.version)
         registry.audit.append(f"{ref.name}:{candidate.version}",
@@ -173,9 +198,9 @@ class ServedModel:
         self.refused.add(version)
         self.metrics.refusals.inc()
         registry.audit.append(f"{self.settings.ref.name}:{version}",
-                              ModelSwapRefused(self.settings.ref.alias, self.predictor.version, reason))
+                              ModelSwapRefused(self.settings.ref.alias, self.model.version, reason))
         log.warning("steward serve-model: refused %s v%d, still serving v%d: %s", self.settings.ref.name, version,
-                    self.predictor.version, reason)
+                    self.model.version, reason)
 
 
 class PredictionLogWriter:
@@ -200,13 +225,21 @@ class PredictionLogWriter:
         return self._thread.is_alive()
 
     def submit(self, predictor: Predictor, texts: list[str], predictions: list[Prediction]) -> None:
+        self.submit_answers(predictor.identity, texts,
+                            [(p.label, p.score, p.probabilities, None) for p in predictions])
+
+    def submit_answers(self, identity: ModelIdentity, texts: list[str],
+                       answers: list[tuple[str, float, dict[str, Any], str | None]]) -> None:
+        """One row per text and its (label, score, probabilities, completion) answer, as one request; the text and
+        the completion themselves only with `serving.log_text`."""
         from governance.records import ServedPredictionIn
 
         served_at, request_id = datetime.now(UTC), uuid.uuid4().hex
-        for text, prediction in zip(texts, predictions, strict=True):
-            logged_text = text.replace("\x00", "\ufffd") if self.settings.log_text else None  # PostgreSQL: no NUL
-            row = ServedPredictionIn(predictor.identity.name, predictor.version, served_at, request_id, logged_text,
-                                     prediction.label, prediction.score, prediction.probabilities)
+        for text, (label, score, probabilities, completion) in zip(texts, answers, strict=True):
+            keep = self.settings.log_text
+            row = ServedPredictionIn(identity.name, identity.version, served_at, request_id,
+                                     _storable(text) if keep else None, label, score, probabilities,
+                                     _storable(completion) if keep and completion is not None else None)
             try:
                 self.queue.put_nowait(row)
             except queue.Full:
@@ -262,7 +295,7 @@ class _Pending:
 class MicroBatcher:
     """Collects concurrent requests into forward passes of up to `max_batch_texts` texts."""
 
-    def __init__(self, served: ServedModel, settings: ServerSettings, metrics: Metrics) -> None:
+    def __init__(self, served: ServedModel[Predictor], settings: ServerSettings, metrics: Metrics) -> None:
         self.served, self.settings, self.metrics = served, settings, metrics
         self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
 
@@ -281,7 +314,7 @@ class MicroBatcher:
             await self._score(batch)
 
     async def _score(self, batch: list[_Pending]) -> None:
-        predictor = self.served.predictor  # this batch's version, whatever a swap does meanwhile
+        predictor = self.served.model  # this batch's version, whatever a swap does meanwhile
         texts = [text for item in batch for text in item.texts]
         self.metrics.batch_texts.observe(len(texts))
         try:
@@ -300,13 +333,18 @@ class MicroBatcher:
             start += len(item.texts)
 
 
+def parse_json(body: bytes) -> Any:
+    """The body's JSON value, or a 400 RequestError."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise RequestError(400, "request body is not JSON (or nested or sized beyond what is parsed)") from None
+
+
 def parse_texts(body: bytes, settings: ServerSettings) -> list[str]:
     """The request's texts, or a RequestError saying in one line what is wrong with it (the body's size is
     checked while it is read)."""
-    try:
-        payload = json.loads(body)
-    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise RequestError(400, "request body is not JSON (or nested or sized beyond what is parsed)") from None
+    payload = parse_json(body)
     if not isinstance(payload, dict) or "texts" not in payload:
         raise RequestError(422, 'request body must be a JSON object with "texts": a list of strings')
     texts = payload["texts"]
@@ -327,7 +365,7 @@ def parse_texts(body: bytes, settings: ServerSettings) -> list[str]:
     return texts
 
 
-async def _body_within(request: Request, limit: int) -> bytes:
+async def body_within(request: Request, limit: int) -> bytes:
     """The request body, refused (413) as soon as it passes `limit`, declared length or not."""
     body = bytearray()
     async for chunk in request.stream():
@@ -348,7 +386,7 @@ def create_app(settings: ServerSettings, predictor: Predictor, follow_alias: boo
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     metrics = Metrics()
-    served = ServedModel(settings, predictor, metrics)
+    served = ServedModel(settings, predictor, metrics, lambda detail: warmed_predictor(detail, settings))
     batcher = MicroBatcher(served, settings, metrics)
     writer = PredictionLogWriter(settings, metrics) if settings.log_url else None
 
@@ -381,7 +419,7 @@ def create_app(settings: ServerSettings, predictor: Predictor, follow_alias: boo
 
     @app.post("/v1/predict")
     async def predict(request: Request) -> JSONResponse:
-        texts = parse_texts(await _body_within(request, settings.max_body_bytes), settings)
+        texts = parse_texts(await body_within(request, settings.max_body_bytes), settings)
         answered_by, predictions = await batcher.predict(texts)
         if writer is not None:
             writer.submit(answered_by, texts, predictions)
@@ -390,7 +428,7 @@ def create_app(settings: ServerSettings, predictor: Predictor, follow_alias: boo
 
     @app.get("/v1/model")
     async def model() -> JSONResponse:
-        predictor = served.predictor  # one read: a swap meanwhile cannot mix two versions in the answer
+        predictor = served.model  # one read: a swap meanwhile cannot mix two versions in the answer
         identity = predictor.identity
         return JSONResponse({"name": identity.name, "version": identity.version, "alias": identity.alias,
                              "form": identity.form, "labels": predictor.labels, "sha256": identity.sha256,
@@ -402,7 +440,7 @@ def create_app(settings: ServerSettings, predictor: Predictor, follow_alias: boo
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        return JSONResponse({"status": "ready", "version": served.predictor.version})
+        return JSONResponse({"status": "ready", "version": served.model.version})
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -415,19 +453,28 @@ OPEN_ROUTES = frozenset({"/healthz", "/readyz"})
 KNOWN_ROUTES = frozenset({"/v1/predict", "/v1/model", "/metrics", *OPEN_ROUTES})
 
 
+def plain_error(message: str) -> dict[str, Any]:
+    """This server's error body: `{"error": "<one line>"}`."""
+    return {"error": message}
+
+
 class GuardAndMeasure:
     """ASGI middleware: the bearer token on every route but the health checks, and the request metrics.
-    (Plain ASGI: Starlette's BaseHTTPMiddleware costs a millisecond a request.)"""
+    (Plain ASGI: Starlette's BaseHTTPMiddleware costs a millisecond a request.) `routes` are the paths counted
+    under their own name (any other is `other`, so label values stay bounded); `error_body` writes the 401's body
+    in the app's error shape."""
 
-    def __init__(self, app, token: str | None, metrics: Metrics) -> None:
+    def __init__(self, app, token: str | None, metrics: Metrics, routes: frozenset[str] = KNOWN_ROUTES,
+                 error_body: Callable[[str], dict[str, Any]] = plain_error) -> None:
         self.app, self.token, self.metrics = app, token, metrics
+        self.routes, self.error_body = routes, error_body
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started, status = time.perf_counter(), 500
-        route = scope["path"] if scope["path"] in KNOWN_ROUTES else "other"  # bounded label values
+        route = scope["path"] if scope["path"] in self.routes else "other"  # bounded label values
 
         async def send_and_note(message) -> None:
             nonlocal status
@@ -437,7 +484,7 @@ class GuardAndMeasure:
 
         try:
             if self.token and scope["path"] not in OPEN_ROUTES and not _authorised(scope, self.token):
-                denied = JSONResponse({"error": "missing or wrong bearer token"}, status_code=401,
+                denied = JSONResponse(self.error_body("missing or wrong bearer token"), status_code=401,
                                       headers={"WWW-Authenticate": "Bearer"})
                 await denied(scope, receive, send_and_note)
             else:
@@ -451,3 +498,7 @@ def _authorised(scope, token: str) -> bool:
     headers = dict(scope.get("headers") or [])
     scheme, _, given = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def _storable(text: str) -> str:
+    return text.replace("\x00", "\ufffd")  # PostgreSQL's text holds no NUL

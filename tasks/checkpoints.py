@@ -2,7 +2,9 @@
 
 A checkpoint holds the model (safetensors), the optimizer/scheduler/RNG state (our own
 `torch.save`, read back with `weights_only=True`), optional extra weight sets, and a JSON record
-that names the run it belongs to, so a changed configuration never resumes a stale run.
+that names the run it belongs to, so a changed configuration never resumes a stale run. With
+`trainable_only` (LoRA: the frozen base is the base model's own files) only the weights that train are
+saved: a few MB instead of the whole model at every checkpoint.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def write_checkpoint(
     trainer_state: dict[str, Any],
     record: dict[str, Any],
     extra_weights: dict[str, dict[str, torch.Tensor]] | None = None,
+    trainable_only: bool = False,
 ) -> Path:
     """Save into a temp dir, rename it to `checkpoint-<index>`, then delete older checkpoints."""
     import torch
@@ -45,7 +48,11 @@ def write_checkpoint(
     final = output_dir / f"{PREFIX}{index}"
     staging = output_dir / f".{final.name}.{uuid.uuid4().hex}.tmp"
     staging.mkdir(parents=True)
-    save_model(model, str(staging / MODEL))
+    if trainable_only:
+        trainable = {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+        save_file(trainable, str(staging / MODEL))
+    else:
+        save_model(model, str(staging / MODEL))
     for name, tensors in (extra_weights or {}).items():
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(staging / f"{name}.safetensors"))
     rng = {"torch_rng": torch.get_rng_state()}
@@ -83,11 +90,15 @@ def _read_record(directory: Path) -> dict[str, Any] | None:
 
 
 def restore(found: FoundCheckpoint, model: torch.nn.Module, device: torch.device) -> dict[str, Any]:
-    """Load the model weights and RNG state; return the trainer state (optimizer, scheduler...)."""
+    """Load the model weights (all, or the trainable ones a `trainable_only` checkpoint holds) and RNG state;
+    return the trainer state (optimizer, scheduler...)."""
     import torch
-    from safetensors.torch import load_model
+    from safetensors.torch import load_file, load_model
 
-    load_model(model, str(found.directory / MODEL), device=str(device))
+    if found.record.get("trainable_only"):
+        model.load_state_dict(load_file(str(found.directory / MODEL), device=str(device)), strict=False)
+    else:
+        load_model(model, str(found.directory / MODEL), device=str(device))
     state = torch.load(found.directory / TRAINER_STATE, map_location="cpu", weights_only=True)
     torch.set_rng_state(state.pop("torch_rng"))
     cuda_rng = state.pop("cuda_rng")

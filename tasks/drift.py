@@ -27,6 +27,9 @@ compare the current batch with the reference resampled to the current's predicte
 of each class did not change, their shares did). `drift_share` is the share of covariate signals that drifted;
 the batch has drifted when it reaches `monitoring.drift_share_threshold`. When only the class mix drifted, the
 finding is `prior_shift`, not drift. Thresholds are calibrated in `bench/drift.py`.
+
+A causal language model's check (`tasks.lm_drift`) has its own perplexity signal and reuses the descriptors and their
+report from here (`text_descriptors` without a vocabulary, `column_signals`).
 """
 
 from __future__ import annotations
@@ -55,7 +58,8 @@ TEXT = "text"
 LABEL = "label"
 PREDICTION = "prediction"
 EMBEDDING = "embedding"
-DESCRIPTORS = ("length", "oov_share", "non_letter_share")
+OOV_SHARE = "oov_share"
+DESCRIPTORS = ("length", OOV_SHARE, "non_letter_share")
 EMBEDDING_PREFIX = "emb_"
 SCORING_BATCH_SIZE = 64
 _WORD = re.compile(r"[^\W\d_]+")
@@ -118,16 +122,22 @@ def sample_rows(table: TextTable, cap: int, seed: int) -> tuple[list[str], list[
     return texts, [label if label is not None else "(null)" for label in labels]
 
 
-def text_descriptors(texts: list[str], vocabulary: set[str]) -> dict[str, list[float]]:
-    """Length in characters, out-of-vocabulary word share and non-letter character share per text."""
+def text_descriptors(texts: list[str], vocabulary: set[str] | None) -> dict[str, list[float]]:
+    """Length in characters, out-of-vocabulary word share and non-letter character share per text. Without a
+    vocabulary the out-of-vocabulary share is left out: a language model's byte-level tokenizer has no list of
+    whole words to miss, and its own perplexity is the better measure of unfamiliar words."""
     lengths, oov, non_letters = [], [], []
     for text in texts:
         words = _WORD.findall(text.lower())
         visible = [char for char in text if not char.isspace()]
         lengths.append(float(len(text)))
-        oov.append(sum(_strip_accents(word) not in vocabulary for word in words) / len(words) if words else 0.0)
+        if vocabulary is not None:
+            oov.append(sum(_strip_accents(word) not in vocabulary for word in words) / len(words) if words else 0.0)
         non_letters.append(sum(not char.isalpha() for char in visible) / len(visible) if visible else 0.0)
-    return dict(zip(DESCRIPTORS, (lengths, oov, non_letters), strict=True))
+    descriptors = dict(zip(DESCRIPTORS, (lengths, oov, non_letters), strict=True))
+    if vocabulary is None:
+        del descriptors[OOV_SHARE]
+    return descriptors
 
 
 def _strip_accents(word: str) -> str:
@@ -178,11 +188,10 @@ def compare_batches(
     that drifted; two Evidently reports, saved as HTML at `report_path` (inputs) and beside it (class mix)."""
     report_path = Path(report_path)
     report_path.parent.mkdir(parents=True, exist_ok=True)
-    prior = _column_signals(_saved_report(_prior_columns(reference, current), reference, current,
-                                          class_mix_report_path(report_path)))
+    prior = column_signals(_prior_columns(reference, current), reference, current, class_mix_report_path(report_path))
     predicted_mix_drifted = any(signal.drifted for signal in prior if signal.name == PREDICTION)
     matched = class_matched(reference, current) if predicted_mix_drifted else reference
-    covariate = [*_column_signals(_saved_report([TEXT, *DESCRIPTORS], matched, current, report_path)),
+    covariate = [*column_signals([TEXT, *DESCRIPTORS], matched, current, report_path),
                  _embedding_signal(matched, current)]
     share = sum(signal.drifted for signal in covariate) / len(covariate)
     drift_detected = share >= drift_share_threshold
@@ -224,6 +233,13 @@ def class_matched(reference: ScoredBatch, current: ScoredBatch) -> ScoredBatch:
             for index in rng.choice(np.flatnonzero(predicted == label), round(rows * share), replace=False)]
     frame = reference.frame.iloc[sorted(keep)].reset_index(drop=True)
     return ScoredBatch.of_frame(f"{reference.source} (matched to the current class mix)", reference.rows_total, frame)
+
+
+def column_signals(columns: list[str], reference: ScoredBatch, current: ScoredBatch, report_path: Path
+                   ) -> list[DriftSignal]:
+    """One signal per column (text, descriptors, labels) from one Evidently report over them, saved as HTML at
+    `report_path`: the part of a drift check that a language model's check shares (its descriptors)."""
+    return _column_signals(_saved_report(columns, reference, current, report_path))
 
 
 def _prior_columns(reference: ScoredBatch, current: ScoredBatch) -> list[str]:
@@ -334,11 +350,13 @@ def _column_signals(snapshot) -> list[DriftSignal]:
         effect = values[column, tests.effect]
         significant = failed[column, tests.test or tests.effect]
         method = tests.effect if tests.test is None else f"{tests.effect} + {tests.test} p < {SIGNIFICANCE}"
-        signals.append(_signal(column, tests.kind, method, effect, tests.effect_threshold, significant))
+        signals.append(drift_signal(column, tests.kind, method, effect, tests.effect_threshold, significant))
     return signals
 
 
-def _signal(name: str, kind: str, method: str, effect: float, threshold: float, significant: bool) -> DriftSignal:
+def drift_signal(name: str, kind: str, method: str, effect: float, threshold: float, significant: bool
+                 ) -> DriftSignal:
+    """The decision rule (module docstring): drifted when the effect reaches its threshold and is significant."""
     return DriftSignal(name=name, kind=kind, method=method, effect=effect, effect_threshold=threshold,
                        significant=significant, drifted=significant and effect >= threshold)
 
@@ -350,4 +368,4 @@ def _embedding_signal(reference: ScoredBatch, current: ScoredBatch) -> DriftSign
     auc, significant, method = _embedding_method()(
         current.frame[columns].reset_index(drop=True).copy(), reference.frame[columns].reset_index(drop=True).copy()
     )
-    return _signal(EMBEDDING, COVARIATE, f"{method} ROC AUC", float(auc), DOMAIN_CLASSIFIER_AUC, bool(significant))
+    return drift_signal(EMBEDDING, COVARIATE, f"{method} ROC AUC", float(auc), DOMAIN_CLASSIFIER_AUC, bool(significant))

@@ -101,7 +101,7 @@ def decide_language_model(
          f"max_forgetting {policy.max_forgetting:.1%}"),
     ]
     if champion_perplexity is None:
-        checks.append((True, "no champion yet: the base model is the floor"))
+        checks.append((True, "no champion yet: the base model sets the ceiling"))
     else:
         better = perplexity < champion_perplexity - TOLERANCE
         checks.append((better, f"perplexity {perplexity:.3f} vs champion {champion_perplexity:.3f}: "

@@ -162,6 +162,26 @@ def relative_increase(
     return _paired(before, after, increase, seed, resamples, level)
 
 
+def unpaired_increase(
+    reference: DocumentLosses, current: DocumentLosses, seed: int, resamples: int = 1000, level: float = 0.95
+) -> Interval:
+    """perplexity(current) / perplexity(reference) - 1 on two different sets of documents (monitoring: a new batch
+    against the test split), with a bootstrap interval that resamples the documents of each set independently.
+
+    Why not `relative_increase`: there the same documents are scored twice, so one resampling pairs them; here the
+    sets share no documents and each one's own sampling noise has to enter the interval. Each set gets its own
+    random stream drawn from `seed`, so equal-sized sets are not resampled in lockstep."""
+    reference_seed, current_seed = (int(state) for state in np.random.SeedSequence(seed).generate_state(2))
+    reference_nll, reference_tokens = _resampled_sums([reference.nll, reference.tokens], reference_seed, resamples)
+    current_nll, current_tokens = _resampled_sums([current.nll, current.tokens], current_seed, resamples)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        value = float(np.exp(current.cross_entropy - reference.cross_entropy)) - 1
+        low, high = _percentiles(
+            np.exp(current_nll / current_tokens - reference_nll / reference_tokens) - 1, level
+        )
+    return Interval(value, low, high)
+
+
 Statistic = Callable[[Any, Any, Any, Any], Any]
 
 

@@ -1,4 +1,5 @@
-"""Scoring texts with a saved classifier: what `load_model`, `steward predict` and the model server call.
+"""Scoring texts with a saved classifier: what `load_model`, `steward predict` and the model server call; and
+`steward predict`'s batch work for a causal language model (per-text perplexity, or greedy completions).
 
 A `Predictor` holds one loaded model version. `predict` tokenises without padding, sorts the texts by length
 and runs them in batches padded to their own longest text (dynamic padding), then returns per text the
@@ -10,9 +11,10 @@ so one predictor is safe to share between threads.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from core.errors import BadInputError
 from core.vocabulary import FP32
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
     from core.hashing import ModelFiles
     from tasks.classifier import Scorer
     from tasks.data import TextTable
+    from tasks.language_model import Completion, Generator
 
 PREDICT_BATCH_SIZE = 32
 
@@ -97,7 +100,9 @@ def load_predictor(model: ModelFiles, identity: ModelIdentity) -> Predictor:
 
 
 PROGRESS_CHUNK = 256  # texts per progress-bar step
+GENERATE_CHUNK = 16  # prompts per generate call: each keeps a cache that grows with its completion
 OUTPUT_FORMATS = (".csv", ".parquet", ".jsonl")
+Row = TypeVar("Row")
 
 
 def texts_to_score(table: TextTable) -> list[str]:
@@ -110,22 +115,49 @@ def texts_to_score(table: TextTable) -> list[str]:
     return texts
 
 
-def predict_all(predictor: Predictor, texts: list[str], show_progress: bool = True) -> list[Prediction]:
-    """Predictions for `texts`, in chunks, with a progress bar on stderr."""
+def _in_chunks(texts: list[str], step: Callable[[list[str]], list[Row]], size: int, desc: str,
+               show_progress: bool) -> list[Row]:
+    """`step` over `texts` in chunks of `size`, with a progress bar on stderr."""
     from tqdm.auto import tqdm
 
-    predictions: list[Prediction] = []
-    with tqdm(total=len(texts), desc="scoring", unit="text", disable=not show_progress, leave=False) as bar:
-        for start in range(0, len(texts), PROGRESS_CHUNK):
-            chunk = texts[start : start + PROGRESS_CHUNK]
-            predictions += predictor.predict(chunk)
+    rows: list[Row] = []
+    with tqdm(total=len(texts), desc=desc, unit="text", disable=not show_progress, leave=False) as bar:
+        for start in range(0, len(texts), size):
+            chunk = texts[start : start + size]
+            rows += step(chunk)
             bar.update(len(chunk))
-    return predictions
+    return rows
+
+
+def predict_all(predictor: Predictor, texts: list[str], show_progress: bool = True) -> list[Prediction]:
+    """Predictions for `texts`, in chunks, with a progress bar on stderr."""
+    return _in_chunks(texts, predictor.predict, PROGRESS_CHUNK, "scoring", show_progress)
+
+
+def perplexity_all(generator: Generator, texts: list[str], show_progress: bool = True) -> list[float]:
+    """Each text's perplexity under a causal language model (NaN for a text with nothing to predict)."""
+    return _in_chunks(texts, generator.score, PROGRESS_CHUNK, "scoring", show_progress)
+
+
+def complete_all(generator: Generator, texts: list[str], max_new_tokens: int,
+                 show_progress: bool = True) -> list[Completion]:
+    """Each text's greedy completion (deterministic: the same file gives the same completions)."""
+    return _in_chunks(texts, lambda chunk: generator.generate(chunk, max_new_tokens=max_new_tokens), GENERATE_CHUNK,
+                      "generating", show_progress)
 
 
 def write_predictions(path: Path, texts: list[str], predictions: list[Prediction], identity: ModelIdentity,
                       labels: list[str]) -> Path:
-    """One row per text: text, label, score, model, version, form and `probability_<class>` per class, as CSV,
+    """One row per text: text, label, score, model, version, form and `probability_<class>` per class (see
+    `write_rows`)."""
+    return write_rows(path, texts, {"label": [p.label for p in predictions], "score": [p.score for p in predictions]},
+                      identity, {f"probability_{label}": [p.probabilities[label] for p in predictions]
+                                 for label in labels})
+
+
+def write_rows(path: Path, texts: list[str], answers: dict[str, list[Any]], identity: ModelIdentity,
+               details: dict[str, list[Any]] | None = None) -> Path:
+    """One row per text: text, the `answers` columns, model, version, form, then the `details` columns; as CSV,
     Parquet or JSON lines by the suffix; written to a temporary name first, so the file is whole or absent."""
     import pandas as pd
 
@@ -134,12 +166,11 @@ def write_predictions(path: Path, texts: list[str], predictions: list[Prediction
         raise BadInputError(f"{path}: unknown output format '{path.suffix}' (use {', '.join(OUTPUT_FORMATS)})")
     frame = pd.DataFrame({
         "text": texts,
-        "label": [p.label for p in predictions],
-        "score": [p.score for p in predictions],
+        **answers,
         "model": identity.name,
         "version": identity.version,
         "form": identity.form,
-        **{f"probability_{label}": [p.probabilities[label] for p in predictions] for label in labels},
+        **(details or {}),
     })
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")

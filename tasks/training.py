@@ -70,6 +70,7 @@ class Recipe:
     interval: int  # steps between evaluations and checkpoints
     model: torch.nn.Module  # the weights a checkpoint saves
     loss_module: torch.nn.Module  # what DDP wraps (its forward runs inside `step_loss`)
+    checkpoint_trainable_only = False  # True: a checkpoint keeps the training weights alone (the rest is frozen)
 
     def phases(self) -> list[Phase]:
         raise NotImplementedError
@@ -125,6 +126,7 @@ class _Record:
     phase: int
     loss_curve: list[tuple[int, float]]
     stage: dict[str, Any]
+    trainable_only: bool = False  # the checkpoint's model file holds the trainable weights alone
 
 
 class TrainingLoop:
@@ -225,11 +227,11 @@ class TrainingLoop:
     def _checkpoint(self, phase_index: int, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
         if self.ranks.is_main:
             record = _Record(self.recipe.run_key, self.result.steps, phase_index, self.result.loss_curve,
-                             self.recipe.state())
+                             self.recipe.state(), self.recipe.checkpoint_trainable_only)
             state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
             checkpoints.write_checkpoint(
                 self.recipe.output_dir, self.recipe.checkpoint_index(self.result.steps), self.recipe.model, state,
-                asdict(record), self.recipe.extra_weights(),
+                asdict(record), self.recipe.extra_weights(), self.recipe.checkpoint_trainable_only,
             )
         if self.on_interval is not None:
             self.on_interval(self.result.steps)

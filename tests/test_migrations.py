@@ -11,7 +11,7 @@ from governance.events import ModelCreated
 from governance.models import Base
 from governance.registry import Registry
 
-NEW_TABLES = {"validation_results", "gate_decisions", "drift_reports", "compressed_forms"}
+NEW_TABLES = {"validation_results", "gate_decisions", "drift_reports", "compressed_forms", "language_model_evaluations"}
 
 
 def test_database_at_0001_upgrades_in_place(registry_url: str) -> None:
@@ -34,7 +34,7 @@ def test_database_at_0001_upgrades_in_place(registry_url: str) -> None:
     try:
         assert set(inspect(engine).get_table_names()) >= NEW_TABLES
         with engine.connect() as conn:
-            assert MigrationContext.configure(conn).get_current_revision() == "0009"
+            assert MigrationContext.configure(conn).get_current_revision() == "0011"
     finally:
         engine.dispose()
 

@@ -44,11 +44,14 @@ def read_token(token_file: str | None) -> str | None:
 
 
 def serve_model(args: argparse.Namespace) -> int:
+    """The classifier API (`steward.server`), or for a causal language model the OpenAI-compatible one
+    (`steward.openai_server`), as the version's manifest says."""
     import uvicorn
 
     from core.config import ServingConfig, resolve_registry_url
     from core.refs import ModelRef
     from steward.commands.common import config_from_args
+    from steward.language_model import RegisteredGenerator
     from steward.loading import load_ref
     from steward.server import ServerSettings, create_app
 
@@ -60,9 +63,15 @@ def serve_model(args: argparse.Namespace) -> int:
         poll_seconds=args.poll_seconds, log_url=(serving.log_url or registry_url) if serving.log_predictions else None,
         log_text=serving.log_text, log_retention=serving.log_retention, form=args.form,
     )
-    predictor = load_ref(settings.ref, settings.registry_url, settings.form)  # a bad reference or checksum fails here
-    sys.stderr.write(f"steward: serving {predictor.identity.name} v{predictor.version} "
-                     f"({settings.ref}, {predictor.identity.form}) on "
-                     f"http://{args.host}:{args.port}{' with a bearer token' if settings.token else ''}\n")
-    uvicorn.run(create_app(settings, predictor), host=args.host, port=args.port, log_level="warning")
+    model = load_ref(settings.ref, settings.registry_url, settings.form)  # a bad reference or checksum fails here
+    if isinstance(model, RegisteredGenerator):
+        from steward.openai_server import create_openai_app
+
+        app, api = create_openai_app(settings, model), " (OpenAI-compatible API under /v1)"
+    else:
+        app, api = create_app(settings, model), ""
+    sys.stderr.write(f"steward: serving {model.identity.name} v{model.version} "
+                     f"({settings.ref}, {model.identity.form}) on "
+                     f"http://{args.host}:{args.port}{api}{' with a bearer token' if settings.token else ''}\n")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

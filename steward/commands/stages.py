@@ -67,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
 
 def demo(args: argparse.Namespace) -> int:
     """Write the demo, then run its quick config; the full recipe is one command away."""
+    if args.task == "causal-lm":
+        return _language_model_demo(args)
     from steward.demo import QUICK_CONFIG_FILE, write_demo
 
     full_config = write_demo(Path(args.workdir))
@@ -85,8 +87,36 @@ def demo(args: argparse.Namespace) -> int:
     return code
 
 
+def _language_model_demo(args: argparse.Namespace) -> int:
+    """Write the Python-documentation corpus and its config, then adapt the packaged decoder to it."""
+    from steward.demo.python_docs import CORPUS_DIR, write_lm_demo
+
+    config = write_lm_demo(Path(args.workdir))
+    if not args.json:
+        console().print(f"Corpus ({CORPUS_DIR}/: the docstrings of this Python's standard library) and config written "
+                        f"to {config.parent}; adapting SmolLM2-135M-Instruct to it with LoRA…")
+    args.config = str(config)
+    code = run(args)
+    if not args.json:
+        console().print(f"Next: [bold]steward predict python-docs-lm@champion --generate --config {config} ...[/], "
+                        f"[bold]steward serve-model python-docs-lm@champion --config {config}[/] (OpenAI-compatible), "
+                        f"or [bold]steward audit verify --config {config}[/].")
+    return code
+
+
+def _classification_only(config_path: str, command: str) -> None:
+    """`steward validate | finetune | evaluate` are stages of a classifier; a causal-lm config is refused in one
+    line that says what to run instead (before Prefect starts)."""
+    from core.errors import BadInputError
+    from core.vocabulary import CAUSAL_LM
+
+    if load_config(config_path).task == CAUSAL_LM:
+        raise BadInputError(f"{config_path}: steward {command} is for task text-classification; a causal-lm model "
+                            "is validated, adapted and evaluated by `steward run` (or `steward pretrain` alone)")
+
+
 def validate(args: argparse.Namespace) -> int:
-    load_config(args.config)  # fail fast on a bad config, before Prefect starts
+    _classification_only(args.config, "validate")
     from flows.single_stage import validate_only
 
     outcome = validate_only(config_path=args.config, data_path=args.data)
@@ -124,7 +154,7 @@ def pretrain(args: argparse.Namespace) -> int:
 
 
 def finetune(args: argparse.Namespace) -> int:
-    load_config(args.config)  # fail fast on a bad config, before Prefect starts
+    _classification_only(args.config, "finetune")
     from flows.single_stage import finetune_only
 
     outcome = finetune_only(config_path=args.config, nproc=args.nproc)
@@ -139,7 +169,7 @@ def finetune(args: argparse.Namespace) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    load_config(args.config)  # fail fast on a bad config, before Prefect starts
+    _classification_only(args.config, "evaluate")
     from flows.single_stage import evaluate_version
 
     name, version = ModelRef.parse_version(args.model)

@@ -83,6 +83,7 @@ class LanguageModelling(Adaptation):
         self.tokenizer = self.lm.tokenizer
         if self.params.method == "lora":
             self.lm = replace(self.lm, model=with_lora(self.lm.model, self.params.lora))
+            self.checkpoint_trainable_only = True
         self.published = self.model = self.lm.model
         self.packed = pack_corpus(self.tokenizer, job.corpus, self.params.max_seq_length, self.lm.causal, self.seed,
                                   job.validation)
