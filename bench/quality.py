@@ -1,4 +1,4 @@
-"""Side-by-side model quality: six ways to a text classifier, on real benchmarks, over seeds, in one run.
+"""Side-by-side model quality: seven ways to a text classifier, on real benchmarks, over seeds, in one run.
 
     .venv/bin/python bench/quality.py [--benchmarks kotzias,fortunes] [--methods M1,M2,...]
         [--seeds 3] [--max-seq-length 64] [--steward-set KEY=VALUE ...] [--json]
@@ -17,7 +17,8 @@ Benchmarks (readers in bench/benchmarks.py):
   `--test-per-class` test rows, and every remaining entry as the unlabelled domain corpus.
   Skipped, with a note on stderr, when the package is not installed.
 
-Methods: see bench/quality_methods.py (tfidf+lr, frozen+lr, plain-loop, setfit, steward-finetune, steward-run).
+Methods: see bench/quality_methods.py (tfidf+lr, frozen+lr, plain-loop, setfit, prompt, steward-finetune,
+steward-run).
 
 Figures per benchmark: test macro-F1, accuracy and expected calibration error (15 bins, tasks/evaluate.py's
 definition) as mean ± sample std over seeds 0..N-1, seconds per seed, and the paired per-seed macro-F1 gain of

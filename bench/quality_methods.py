@@ -1,4 +1,4 @@
-"""The six ways to a text classifier that `bench/quality.py` compares, each on exactly the same split.
+"""The seven ways to a text classifier that `bench/quality.py` compares, each on exactly the same split.
 
 Methods, each on exactly the same split per seed, each timed in wall and CPU seconds (model loading included;
 the Steward methods are whole `steward` processes, Prefect's temporary server included):
@@ -8,10 +8,14 @@ the Steward methods are whole `steward` processes, Prefect's temporary server in
   5e-5, 6 epochs, batch 16, dynamic padding, scored after the last epoch (no validation).
 - `setfit`: the `setfit` library (the `bench` extra) with its defaults, except `num_iterations` (`--setfit-iterations`:
   its default pairs every two training rows, far too many steps for a CPU) and the body's max length; no validation.
+- `prompt`: few-shot in-context classification with the packaged decoder SmolLM2-135M-Instruct, no training: a prompt
+  of seeded training examples (2 per class up to 4 classes, else 1), each label word scored by its log-likelihood
+  after the text; summed, per-token or contextually calibrated scores (Zhao et al. 2021), picked on validation.
 - `steward-finetune`: `steward finetune --json` with pretraining disabled, Steward's defaults otherwise.
 - `steward-run`: `steward run --json` with the domain corpus and Steward's defaults (self-training on; continued
   pretraining as `auto` picks it, none for MiniLM), the gate's `min_score` at 0 so it never matters here.
-All but TF-IDF start from the packaged all-MiniLM-L6-v2 (offline) and cut texts at `--max-seq-length` tokens.
+All but TF-IDF and prompt start from the packaged all-MiniLM-L6-v2 (offline); all but TF-IDF cut texts at
+`--max-seq-length` tokens (the model's own tokens).
 `--steward-set KEY=VALUE` (dotted key, YAML value; repeatable) changes both Steward methods' configs.
 """
 
@@ -217,6 +221,164 @@ def setfit_defaults(job: Job, setup: Setup) -> Scores:
     return scored(job.split.test, classes, probabilities)
 
 
+# ---- few-shot prompting of the packaged decoder -----------------------------------------------------------------
+
+
+PROMPT_BASE = "smollm2"  # the packaged SmolLM2-135M-Instruct (tasks.bases)
+LABEL_WORDS = {"0": "negative", "1": "positive", "songs-poems": "songs and poems", "startrek": "Star Trek"}
+CONTENT_FREE = ("N/A", "", "[MASK]")  # Zhao et al. 2021's content-free inputs, their label probabilities averaged
+PROMPT_BATCH = 16  # texts per forward pass on the shared prefix
+SCORING_RULES = ("sum", "mean", "calibrated")  # picked per run on validation macro-F1, in this order on ties
+
+
+def shots_per_class(classes: int) -> int:
+    """Labelled examples per class in the prompt: 2 for up to 4 classes, else 1 (12 classes: 12 examples)."""
+    return 2 if classes <= 4 else 1
+
+def demonstrations(train: TextTable, classes: list[str], seed: int) -> list[tuple[str, str]]:
+    """A seeded choice of `shots_per_class` training rows per class, in a seeded shuffled order."""
+    import random
+
+    rng = random.Random(seed)
+    texts, labels = train.complete_rows()
+    chosen = []
+    for label in classes:
+        rows = [text for text, row_label in zip(texts, labels, strict=True) if row_label == label]
+        chosen += [(text, label) for text in rng.sample(rows, min(shots_per_class(len(classes)), len(rows)))]
+    rng.shuffle(chosen)
+    return chosen
+
+@dataclass
+class PromptScorer:
+    """Log-likelihood of every label word as the continuation of `<instruction><examples>Text: <text>\\nLabel:`.
+
+    The instruction and the examples are one prefix, run once; its KV cache, repeated, serves a batch of texts
+    of similar length (right-padded, pads masked). Every label's first token is read off each text's last
+    logits; the later tokens of the multi-token labels run in one more batch on the texts' cache."""
+
+    model: Any
+    tokenizer: PreTrainedTokenizerBase
+    max_length: int
+    label_ids: list[list[int]]
+    prefix: Any = None  # the prefix's KV cache (a transformers DynamicCache)
+    prefix_length: int = 0
+
+    def ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def query(self, text: str) -> list[int]:
+        """`Text: <text cut at max_length tokens>\\nLabel:`, pieces tokenised apart so that every row is alike."""
+        return self.ids("Text:") + self.ids(" " + " ".join(text.split()))[: self.max_length] + self.ids("\nLabel:")
+
+    def start(self, words: list[str], shots: list[tuple[str, str]]) -> None:
+        import torch
+
+        ids = self.ids(f"Classify each text as one of: {', '.join(words)}.\n\n")
+        for text, word in shots:
+            ids += self.query(text) + self.ids(f" {word}") + self.ids("\n\n")
+        with torch.inference_mode():
+            self.prefix = self.model(input_ids=torch.tensor([ids]), use_cache=True, logits_to_keep=1).past_key_values
+        self.prefix_length = len(ids)
+
+    def batch(self, queries: list[list[int]]) -> torch.Tensor:
+        """Each label's summed token log-probabilities after the prefix and each query: [queries, labels]."""
+        import copy
+
+        import torch
+
+        rows, widest, pad = len(queries), max(len(ids) for ids in queries), self.tokenizer.pad_token_id or 0
+        cache = copy.deepcopy(self.prefix)
+        cache.batch_repeat_interleave(rows)
+        padded = torch.tensor([query + [pad] * (widest - len(query)) for query in queries])
+        mask = torch.tensor([[1] * (self.prefix_length + len(ids)) + [0] * (widest - len(ids)) for ids in queries])
+        states = self.model.model(input_ids=padded, attention_mask=mask, past_key_values=cache, use_cache=True)
+        ends = torch.tensor([len(query) - 1 for query in queries])
+        first = self.model.lm_head(states.last_hidden_state[torch.arange(rows), ends]).log_softmax(dim=-1)
+        totals = first[:, [label[0] for label in self.label_ids]].clone()
+        longer = [index for index, label in enumerate(self.label_ids) if len(label) > 1]
+        if longer:  # every longer label's tokens but its last, right-padded, after each query's last real token
+            steps = max(len(self.label_ids[index]) for index in longer) - 1
+            cache.batch_repeat_interleave(len(longer))
+            tails = [self.label_ids[index][:-1] for index in longer]
+            tail_ids = torch.tensor([tail + [pad] * (steps - len(tail)) for tail in tails] * rows)
+            tail_mask = torch.cat([mask.repeat_interleave(len(longer), dim=0),
+                                   torch.ones(rows * len(longer), steps, dtype=torch.long)], dim=1)
+            after = (self.prefix_length + ends + 1).repeat_interleave(len(longer))
+            positions = after.unsqueeze(1) + torch.arange(steps)
+            logits = self.model(input_ids=tail_ids, attention_mask=tail_mask, position_ids=positions,
+                                past_key_values=cache).logits.log_softmax(dim=-1)
+            logits = logits.view(rows, len(longer), steps, -1)
+            for slot, index in enumerate(longer):
+                label = self.label_ids[index]
+                for step in range(1, len(label)):
+                    totals[:, index] += logits[:, slot, step - 1, label[step]]
+        return totals
+
+    def table(self, texts: list[str]) -> np.ndarray:
+        """`batch` over every text, texts of similar length together; rows in the order of `texts`."""
+        import numpy as np
+        import torch
+
+        queries = [self.query(text) for text in texts]
+        order = sorted(range(len(texts)), key=lambda index: len(queries[index]))
+        rows = np.empty((len(texts), len(self.label_ids)))
+        with torch.inference_mode():
+            for first in range(0, len(order), PROMPT_BATCH):
+                positions = order[first : first + PROMPT_BATCH]
+                rows[positions] = self.batch([queries[index] for index in positions]).numpy()
+        return rows
+
+def rule_scores(rule: str, sums: np.ndarray, lengths: np.ndarray, content_free: np.ndarray) -> np.ndarray:
+    """Label scores under one rule: the summed log-likelihood, its per-token mean, or the sum contextually
+    calibrated (Zhao et al. 2021: divided by the labels' probabilities for content-free inputs)."""
+    import numpy as np
+    from scipy.special import log_softmax
+
+    if rule == "sum":
+        return sums
+    if rule == "mean":
+        return sums / lengths
+    prior = np.exp(log_softmax(content_free, axis=1)).mean(axis=0)
+    return sums - np.log(prior)
+
+def prompted(job: Job, setup: Setup) -> Scores:
+    """A prompt of `shots_per_class` seeded training examples per class (2 each for 2 classes, 1 each for 12),
+    each text cut at `max_seq_length` tokens; every label word scored as the continuation of each validation
+    and test text; the scoring rule (`SCORING_RULES`) picked on validation macro-F1; every test row scored;
+    probabilities the softmax of the label scores."""
+    import numpy as np
+    from scipy.special import softmax
+    from sklearn.metrics import f1_score
+    from transformers import AutoModelForCausalLM
+
+    from tasks.modeling import load_tokenizer, resolve_base_model
+
+    classes = job.split.classes
+    folder = resolve_base_model(PROMPT_BASE)
+    tokenizer = load_tokenizer(folder)
+    words = [LABEL_WORDS.get(label, label) for label in classes]
+    scorer = PromptScorer(AutoModelForCausalLM.from_pretrained(folder).eval(), tokenizer, setup.max_seq_length,
+                          [tokenizer(f" {word}", add_special_tokens=False).input_ids for word in words])
+    scorer.start(words, [(text, LABEL_WORDS.get(label, label)) for text, label in
+                         demonstrations(job.split.train, classes, job.seed)])
+    lengths = np.array([len(ids) for ids in scorer.label_ids], dtype=float)
+    content_free = scorer.table(list(CONTENT_FREE))
+    validation_texts, validation_labels = job.split.validation.complete_rows()
+    validation = scorer.table(validation_texts)
+    truth = [classes.index(label) for label in validation_labels]
+
+    def validation_f1(rule: str) -> float:
+        predicted = rule_scores(rule, validation, lengths, content_free).argmax(axis=1)
+        return float(f1_score(truth, predicted, average="macro"))
+
+    f1 = {rule: validation_f1(rule) for rule in SCORING_RULES}
+    rule = max(SCORING_RULES, key=f1.__getitem__)
+    progress(f"      prompt: validation macro-F1 {', '.join(f'{name} {value:.3f}' for name, value in f1.items())}; "
+             f"scoring by {rule}")
+    test = scorer.table(job.split.test.complete_rows()[0])
+    return scored(job.split.test, classes, softmax(rule_scores(rule, test, lengths, content_free), axis=1))
+
+
 # ---- the Steward methods: the command line on files, as a user runs it ----------------------------------------
 
 
@@ -277,6 +439,7 @@ METHODS = (
     Method("frozen+lr", frozen_lr),
     Method("plain-loop", plain_loop),
     Method("setfit", setfit_defaults, requires="setfit"),
+    Method("prompt", prompted),
     Method(FINETUNE_ONLY, partial(steward, "finetune")),
     Method(STEWARD, partial(steward, "run")),
 )

@@ -98,9 +98,9 @@ def _language_model_demo(args: argparse.Namespace) -> int:
     args.config = str(config)
     code = run(args)
     if not args.json:
-        console().print(f"Next: [bold]steward predict python-docs-lm@champion --generate --config {config} ...[/], "
-                        f"[bold]steward serve-model python-docs-lm@champion --config {config}[/] (OpenAI-compatible), "
-                        f"or [bold]steward audit verify --config {config}[/].")
+        console().print(f"Next: [bold]steward predict --model python-docs-lm@champion --input FILE --generate "
+                        f"--config {config}[/], [bold]steward serve-model --model python-docs-lm@champion --config "
+                        f"{config}[/] (the OpenAI API), or [bold]steward audit verify --config {config}[/].")
     return code
 
 
