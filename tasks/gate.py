@@ -33,14 +33,20 @@ def decide_promotion(
         checks.append(_improvement_check(metric, score, champion_score, policy.min_improvement))
     else:
         checks.append((True, "no champion yet: the floor alone decides"))
+    passed, outcome, reasons = _verdict(checks, policy)
+    return GateOutcome(passed=passed, outcome=outcome, primary_metric=metric, candidate_score=score,
+                       champion_score=champion_score, reasons=reasons, min_score=floor, floor_source=source,
+                       min_improvement=policy.min_improvement)
+
+
+def _verdict(checks: list[tuple[bool, str]], policy: EvaluationConfig) -> tuple[bool, GateOutcomeName, list[str]]:
+    """Passed when every check passed; then promoted, or challenger when approval is required."""
     passed = all(ok for ok, _ in checks)
     reasons = [reason for _, reason in checks]
     if passed and policy.require_approval:
         reasons.append("approval required: registered as challenger until someone else approves it")
     outcome: GateOutcomeName = "rejected" if not passed else "challenger" if policy.require_approval else "promoted"
-    return GateOutcome(passed=passed, outcome=outcome, primary_metric=metric, candidate_score=score,
-                       champion_score=champion_score, reasons=reasons, min_score=floor, floor_source=source,
-                       min_improvement=policy.min_improvement)
+    return passed, outcome, reasons
 
 
 def _floor(policy: EvaluationConfig, classical_baseline: dict[str, float] | None) -> tuple[float, FloorSource]:
@@ -106,11 +112,7 @@ def decide_language_model(
         better = perplexity < champion_perplexity - TOLERANCE
         checks.append((better, f"perplexity {perplexity:.3f} vs champion {champion_perplexity:.3f}: "
                                f"{'lower' if better else 'not lower'}"))
-    passed = all(ok for ok, _ in checks)
-    reasons = [reason for _, reason in checks]
-    if passed and policy.require_approval:
-        reasons.append("approval required: registered as challenger until someone else approves it")
-    outcome: GateOutcomeName = "rejected" if not passed else "challenger" if policy.require_approval else "promoted"
+    passed, outcome, reasons = _verdict(checks, policy)
     return GateOutcome(passed=passed, outcome=outcome, primary_metric=PERPLEXITY, candidate_score=perplexity,
                        champion_score=champion_perplexity, reasons=reasons, min_score=ceiling,
                        floor_source="base model", min_improvement=0.0)

@@ -1,4 +1,4 @@
-"""The promotion gate's decisions: floor, improvement over the champion, approval."""
+"""The promotion gate's decisions: floor, improvement over the champion, approval; the perplexity gate."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from core.config import EvaluationConfig
 from core.errors import BadInputError
-from tasks.gate import decide_promotion
+from tasks.gate import decide_language_model, decide_promotion
 
 
 def policy(**overrides: object) -> EvaluationConfig:
@@ -108,3 +108,15 @@ def test_the_baseline_floor_needs_the_baseline() -> None:
         decide_promotion({"macro_f1": 0.9}, None, policy(min_score="baseline"))
     with pytest.raises(BadInputError, match="the classical baseline has no 'macro_f1' metric"):
         decide_promotion({"macro_f1": 0.9}, None, policy(min_score="baseline"), {"accuracy": 0.5})
+
+
+def test_a_language_model_needs_its_gain_interval_above_zero_and_little_forgetting() -> None:
+    policy = EvaluationConfig(min_perplexity_gain=0.05, max_forgetting=0.10)
+    passed = decide_language_model(18.0, 24.0, 0.2, 0.04, None, policy)
+    assert (passed.outcome, passed.floor_source, passed.min_score) == ("promoted", "base model", pytest.approx(22.8))
+    noisy = decide_language_model(18.0, 24.0, -0.01, 0.04, None, policy)
+    assert noisy.outcome == "rejected" and "falls short of" in noisy.reasons[0]
+    forgetful = decide_language_model(18.0, 24.0, 0.2, 0.11, None, policy)
+    assert forgetful.outcome == "rejected" and "above max_forgetting" in forgetful.reasons[1]
+    not_better = decide_language_model(18.0, 24.0, 0.2, 0.04, 17.5, policy)
+    assert not_better.outcome == "rejected" and "not lower" in not_better.reasons[2]
