@@ -35,8 +35,7 @@ SPOT_CHECK = ("The fixed prompts answered in this report are a qualitative spot 
               "a measurement.")
 CEILING_NOTE = (
     "Perplexity is lower-is-better, so the base model sets a ceiling, not a floor: the candidate must come in at "
-    "least min_perplexity_gain below the base's perplexity, with the gain's interval above 0. Where a reason calls "
-    "the base model the floor, it means this bar."
+    "least min_perplexity_gain below the base's perplexity, with the gain's interval above 0."
 )
 
 
