@@ -4,9 +4,9 @@
 
 One run, per corpus, on the same documents, split, token budget and seed:
 
-- `steward-lora`: `tasks.pretrain.continue_pretraining` with `pretraining.method: lora` (the causal-lm default;
-  rank 16 on q/k/v/o, the learning rate of `steward demo --task causal-lm`), early stopping on the validation
-  documents every 10 steps;
+- `steward-lora`: `tasks.pretrain.continue_pretraining` with `pretraining.method: lora` (the causal-lm default:
+  rank 16 on every linear layer, no dropout, bf16 autocast on a CPU that computes bf16; the learning rate of
+  `steward demo --task causal-lm`), early stopping on the validation documents every 10 steps;
 - `steward-full`: the same loop training every weight (`method: full`, its default learning rate);
 - `run_clm`: what a user would otherwise run: Hugging Face's `run_clm.py` recipe (documents tokenised,
   concatenated and cut into blocks, `Trainer` with its defaults: AdamW at 5e-5, linear decay, no warm-up) with
@@ -267,9 +267,10 @@ def main() -> None:
         reference = json.loads(Path(args.reference).read_text())
         print(json.dumps(one_method(args.one, args.corpora[0], args.steps, reference)))
         return
-    results = [bench_corpus(corpus, args.steps) for corpus in args.corpora]
-    for result in results:
-        print_table(result)
+    results = []
+    for corpus in args.corpora:  # each table as soon as its corpus is done (one takes about 15 minutes)
+        results.append(bench_corpus(corpus, args.steps))
+        print_table(results[-1])
     if args.json:
         print(json.dumps(results))
 

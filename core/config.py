@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.errors import ConfigError
-from core.vocabulary import CAUSAL_LM, REGISTRY_URL_ENV, TaskName
+from core.vocabulary import CAUSAL_LM, REGISTRY_URL_ENV, LabelIssuePolicyName, PiiPolicyName, TaskName
 
 BASELINE_FLOOR = "baseline"  # evaluation.min_score: the classical baseline's score on the same test set
 
@@ -24,7 +24,9 @@ class _Section(BaseModel):
 
 class DataConfig(_Section):
     """A classifier needs `train` and `test`; a causal language model needs only `domain_corpus`, which it splits
-    by document into train / validation / test (`corpus_validation`, `corpus_test`: the shares held out)."""
+    by document into train / validation / test (`corpus_validation`, `corpus_test`: the shares held out). A causal
+    LM's `train`, when set, holds instruction pairs (`prompt` and `response` columns) it is tuned on after its
+    continued pretraining, and `validation` the pairs held out for early stopping (default: a tenth of them)."""
 
     train: Path | None = None
     validation: Path | None = None
@@ -49,16 +51,26 @@ class ValidationConfig(_Section):
     allowed_labels: list[str] | None = None
     min_examples_per_label: int = Field(5, ge=1)  # training rows each label needs
     min_tokens: int = Field(4_096, ge=1)  # causal-lm: the corpus's tokens in all, under the base's tokenizer
+    # Personal data (tasks/pii.py) in every file before anything trains on it: `redact` replaces each finding with
+    # its type (<EMAIL>), `report` only counts, `fail` stops the run. National phone numbers are read as
+    # `phone_region`'s (ISO 3166 code); numbers written with +country code are found whatever it is.
+    pii: PiiPolicyName = "redact"
+    phone_region: str = Field("US", pattern=r"^[A-Z]{2}$")
+    # Rows whose label the frozen base's out-of-fold probabilities contradict (tasks/label_issues.py, cleanlab).
+    label_issues: LabelIssuePolicyName = "report"
+    max_label_issue_share: float = Field(0.05, ge=0.0, le=1.0)  # `fail`: the largest share of a file's rows
 
 
 class LoraConfig(_Section):
     """Low-rank adapters (Hu et al. 2021, through `peft`): what `pretraining.method: lora` trains instead of
-    every weight. The defaults adapt every attention projection of a Llama-style decoder."""
+    every weight. The defaults adapt every linear layer but the output one (peft's `all-linear`), without
+    dropout: on SmolLM2 that gained more than the attention projections alone, and a dropout on each adapter's
+    input cost a quarter of a CPU step (bench/RESULTS.md)."""
 
     r: int = Field(16, ge=1)
     alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"  # or module names, e.g. [q_proj, v_proj]
 
 
 class PretrainingConfig(_Section):
@@ -75,6 +87,9 @@ class PretrainingConfig(_Section):
     mlm_probability: float = Field(0.15, gt=0.0, lt=1.0)
     head_warmup_steps: int = Field(50, ge=0)
     save_steps: int = Field(50, ge=1)
+    # Autocast the training steps to bf16 on a CPU whose cores compute bf16 natively (AVX512_BF16, AMX): about
+    # 1.6x faster steps for SmolLM2 on 2 cores (bench/RESULTS.md). A GPU autocasts to bf16 whenever it can.
+    cpu_bf16: bool = True
 
 
 class SelfTrainingConfig(_Section):
@@ -299,6 +314,11 @@ class StewardConfig(_Section):
         if self.task == CAUSAL_LM:
             if self.data.domain_corpus is None:
                 raise ValueError("task causal-lm needs data.domain_corpus (the documents it adapts to)")
+            if self.data.test is not None:
+                raise ValueError("task causal-lm tests on documents held out of data.domain_corpus (data.corpus_test);"
+                                 " data.test is not read")
+            if self.data.validation is not None and self.data.train is None:
+                raise ValueError("data.validation holds instruction pairs held out of data.train, which is not set")
             return self
         missing = [f"data.{key}" for key in ("train", "test") if getattr(self.data, key) is None]
         if missing:

@@ -17,6 +17,19 @@ TaskName = Literal["text-classification", "causal-lm"]
 CLASSIFICATION: TaskName = "text-classification"
 CAUSAL_LM: TaskName = "causal-lm"
 TASKS: tuple[str, ...] = get_args(TaskName)
+# The dataset role (and training objective) of a causal LM's prompt/response pairs, tuned on after its continued
+# pretraining; their held-out part is recorded as `instructions-validation`.
+INSTRUCTIONS = "instructions"
+
+# Personal data that validation finds (`tasks.pii`) and redaction replaces with `<TYPE>`.
+PiiTypeName = Literal["EMAIL", "PHONE", "CARD", "IBAN", "IP", "CN_ID", "CN_MOBILE", "CN_USCC"]
+PII_TYPES: tuple[str, ...] = get_args(PiiTypeName)
+# What validation does with personal data it finds: counts it, replaces it with its type, or stops the run.
+PiiPolicyName = Literal["report", "redact", "fail"]
+# What validation does with rows whose label looks wrong (`tasks.label_issues`): lists them, trains without them
+# (training and validation files; a test file's are listed), stops the run above a share, or does not look (`off`:
+# the check embeds every labelled text with the base once per run).
+LabelIssuePolicyName = Literal["report", "drop", "fail", "off"]
 
 GateOutcomeName = Literal["promoted", "challenger", "rejected"]
 GATE_OUTCOMES: tuple[str, ...] = get_args(GateOutcomeName)

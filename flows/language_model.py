@@ -1,7 +1,8 @@
 """The causal-lm lifecycle, stage by stage: validate the corpus → split it by document → continued pretraining
-(LoRA by default) → package → perplexity of the base, the champion and the candidate on the same test documents,
-forgetting on the reference texts → register, with the per-document losses and the fixed prompts answered by the
-base and the candidate (what the audit report shows) → gate.
+(LoRA by default) → instruction tuning, when `data.train` holds prompt/response pairs → package → perplexity of
+the base, the champion and the candidate on the same test documents, forgetting on the reference texts →
+register, with the per-document losses and the fixed prompts answered by the base and the candidate (what the
+audit report shows) → gate.
 
 Each stage records what it produced in the registry and audits it, as the classification stages do
 (`flows.stages`); `flows.retrain` runs this lifecycle for a config whose task is causal-lm.
@@ -9,20 +10,22 @@ Each stage records what it produced in the registry and audits it, as the classi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from core.errors import BadInputError
 from core.hashing import ModelFiles
 from core.results import GateOutcome
-from core.vocabulary import CHAMPION
+from core.vocabulary import CHAMPION, INSTRUCTIONS
 from flows import steps
 from flows.artifacts import publish_validation
 from flows.context import RunContext, stage
 from flows.events import announce_alias_move
 from flows.stages import (
     LoadedData,
+    adapt_to_domain,
     base_model_dir,
+    protect_personal_data,
     record_dataset,
     record_validation,
     stop_unless_valid,
@@ -36,13 +39,15 @@ from governance.registry import (
     PromptAnswer,
 )
 from tasks.causal_lm import PROMPT_TOKENS, PROMPTS
-from tasks.data import Splits, TextTable, make_table, split_documents
+from tasks.data import Splits, TextTable, make_table, split_documents, split_validation
 from tasks.modeling import load_tokenizer
+from tasks.objectives.base import PretrainJob
 from tasks.perplexity import DocumentLosses, relative_gain, relative_increase
 from tasks.pretrain import PretrainResult
 from tasks.validation import TOKENS_COLUMN
 
 BOOTSTRAP_SEED = 0  # the bootstrap's resampling: fixed, so the same losses give the same intervals
+HELDOUT_PAIRS = 0.1  # the instruction pairs held out for early stopping when the config names no data.validation
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,8 @@ def load_valid_corpus(context: RunContext, base_dir: Path) -> LoadedData:
     config, data = context.config, context.config.data
     with stage(context, "load data"):
         corpus = steps.load_documents(config.resolve(data.domain_corpus), data.text_column)
+    (corpus,), findings = protect_personal_data(context, [corpus])
+    with stage(context, "record data"):
         corpus_id = record_dataset(context, corpus)
     with stage(context, "validate"):
         tokenizer = load_tokenizer(base_dir)
@@ -102,7 +109,51 @@ def load_valid_corpus(context: RunContext, base_dir: Path) -> LoadedData:
     splits = split_documents(corpus, data.corpus_validation, data.corpus_test, config.seed)
     split_with_corpus = Splits(splits.train, splits.validation, splits.test, corpus)
     dataset_ids = {table.role: record_dataset(context, table) for table in splits.tables()}
-    return LoadedData(split_with_corpus, {**dataset_ids, corpus.role: corpus_id})
+    return LoadedData(split_with_corpus, {**dataset_ids, corpus.role: corpus_id}, findings)
+
+
+def adapt(context: RunContext, data: LoadedData, base_dir: Path) -> tuple[PretrainResult, LoadedData]:
+    """Continued pretraining on the corpus, then instruction tuning when `data.train` names prompt/response pairs;
+    the data comes back with the pairs' registry ids added."""
+    adapted = adapt_to_domain(context, data, base_dir)
+    if context.config.data.train is None:
+        return adapted, data
+    train, heldout = load_instruction_pairs(context)
+    (train, heldout), findings = protect_personal_data(context, [train, heldout], scan_labels=True)
+    pair_ids = {table.role: record_dataset(context, table) for table in (train, heldout)}
+    return tune_on_instructions(context, (train, heldout), pair_ids, base_dir, adapted), \
+        replace(data, dataset_ids={**data.dataset_ids, **pair_ids}, pii_findings={**data.pii_findings, **findings})
+
+
+def load_instruction_pairs(context: RunContext) -> tuple[TextTable, TextTable]:
+    """`data.train`'s pairs and the held-out ones: `data.validation`, else a seeded tenth of them."""
+    config, data = context.config, context.config.data
+    with stage(context, "load instructions"):
+        pairs = steps.load_instructions(config.resolve(data.train), INSTRUCTIONS)
+        if data.validation is not None:
+            return pairs, steps.load_instructions(config.resolve(data.validation), f"{INSTRUCTIONS}-validation")
+        kept, held = split_validation(pairs, HELDOUT_PAIRS, config.seed)
+        return kept, replace(held, role=f"{INSTRUCTIONS}-validation")
+
+
+def tune_on_instructions(context: RunContext, pairs: tuple[TextTable, TextTable], pair_ids: dict[str, int],
+                         base_dir: Path, adapted: PretrainResult) -> PretrainResult:
+    """Completion-only fine-tuning on the pairs (`tasks.objectives.instructions`): LoRA goes on training the
+    continued pretraining's adapter on the base; `full` trains the adapted weights."""
+    config = context.config
+    lora = config.pretraining.method == "lora"
+    train, heldout = pairs
+    with stage(context, "instruction tuning"):
+        with context.workspace.claimed_work_dir("instructions", context.run.id) as work_dir:
+            job = PretrainJob(base_dir if lora else adapted.model_dir, train, config.pretraining, config.seed, work_dir,
+                              context.workspace.pretrain_cache, heldout, objective=INSTRUCTIONS,
+                              start_dir=adapted.model_dir if lora else None)
+            result = steps.continue_pretraining(job)
+        context.registry.log_metrics(run_id=context.run.id, dataset_id=pair_ids[heldout.role], metrics={
+            "instruction_loss_before": result.heldout_loss_before, "instruction_loss_after": result.heldout_loss_after,
+            "instruction_steps": float(result.steps), "instruction_cache_hit": float(result.cache_hit),
+        })
+    return result
 
 
 def package_candidate(context: RunContext, adapted: PretrainResult, base_dir: Path) -> ModelFiles:

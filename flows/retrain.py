@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from prefect import flow
@@ -13,6 +13,7 @@ from core.vocabulary import CAUSAL_LM
 from flows.artifacts import publish_gate_decision, publish_metrics, publish_report
 from flows.context import RunContext, Workspace, audit_resumptions, opened_registry, prefect_ui_url, tracked_run
 from flows.language_model import (
+    adapt,
     champion_version,
     evaluate_language_model,
     gate_language_model,
@@ -22,7 +23,6 @@ from flows.language_model import (
 )
 from flows.stages import (
     adapt_if_configured,
-    adapt_to_domain,
     apply_gate,
     base_model_dir,
     compress_candidate,
@@ -33,7 +33,7 @@ from flows.stages import (
     score_champion,
     train_classifier,
 )
-from reports.audit import build_report, save_report
+from reports.audit import build_report, save_label_issues, save_report
 from reports.render import render_markdown
 
 
@@ -55,6 +55,8 @@ class RetrainOutcome:
     pretraining_resumed_from_step: int | None = None  # set when an interrupted run's checkpoint was resumed
     finetuning_resumed_from_epoch: int | None = None
     base_metrics: dict[str, float] | None = None  # a language model's base, on the same test documents
+    pii_findings: dict[str, dict[str, int]] = field(default_factory=dict)  # file -> {type -> count}
+    label_issues: list[dict[str, Any]] = field(default_factory=list)  # {file, line, given, suggested, confidence}
     report: str = ""
 
 
@@ -96,6 +98,8 @@ def retrain_once(context: RunContext) -> RetrainOutcome:
         pretraining_cache_hit=pretrained.cache_hit if pretrained else None,
         pretraining_resumed_from_step=resumed_step,
         finetuning_resumed_from_epoch=finetuned.resumed_from_epoch,
+        pii_findings=data.pii_findings,
+        label_issues=[issue.to_json() for issue in data.label_issues.issues] if data.label_issues else [],
     )
 
 
@@ -104,7 +108,7 @@ def retrain_language_model(context: RunContext) -> RetrainOutcome:
     config = context.config
     start_dir = base_model_dir(context)
     data = load_valid_corpus(context, start_dir)
-    adapted = adapt_to_domain(context, data, start_dir)
+    adapted, data = adapt(context, data, start_dir)
     audit_resumptions(context, {"continued pretraining": ("step", adapted.resumed_from_step)})
     model = package_candidate(context, adapted, start_dir)
     champion = champion_version(context)
@@ -121,6 +125,7 @@ def retrain_language_model(context: RunContext) -> RetrainOutcome:
         baseline_metrics=scores.champion_metrics(), baseline_version=champion.version if champion else None,
         classical_baseline_metrics=None, pretraining_cache_hit=adapted.cache_hit,
         pretraining_resumed_from_step=adapted.resumed_from_step, base_metrics=scores.base_metrics(),
+        pii_findings=data.pii_findings,
     )
 
 
@@ -133,5 +138,7 @@ def retrain(config_path: str) -> RetrainOutcome:
         # Built after the run is closed, so the report shows its final status.
         document = build_report(registry, config.name, outcome.version, prefect_ui_url())
     report = save_report(document, Workspace.for_config(config).reports_dir(config.name) / f"v{outcome.version}.html")
+    if outcome.label_issues:
+        save_label_issues(outcome.label_issues, report.with_name(f"v{outcome.version}-label-issues.csv"))
     publish_report(config.name, outcome.version, render_markdown(document))
     return replace(outcome, report=str(report))

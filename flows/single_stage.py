@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prefect import flow
 
@@ -36,6 +37,8 @@ class ValidationOutcome:
     success: bool
     failed_expectations: list[str]
     checked: dict[str, int]
+    pii_findings: dict[str, dict[str, int]]  # file -> {type -> count}
+    label_issues: list[dict[str, Any]]  # {file, line, given, suggested, confidence}, worst first per file
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,8 @@ def validate_only(config_path: str, data_path: str | None = None) -> ValidationO
             success=all(report.success for report in reports),
             failed_expectations=failed_expectations(reports),
             checked={report.role: len(report.outcomes) for report in reports},
+            pii_findings=data.pii_findings,
+            label_issues=[issue.to_json() for issue in data.label_issues.issues] if data.label_issues else [],
         )
 
 

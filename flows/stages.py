@@ -7,7 +7,7 @@ are built from these, so a stage behaves the same whichever command runs it.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from core.errors import CheckFailedError
@@ -18,13 +18,14 @@ from flows import steps
 from flows.artifacts import publish_validation
 from flows.context import RunContext, progress, stage
 from flows.events import announce_alias_move
-from governance.events import DomainAdapted, ValidationFailed
+from governance.events import DomainAdapted, LabelIssuesFound, PersonalDataFound, ValidationFailed
 from governance.registry import CompressedFormIn, EvaluationDetailIn, ModelVersionRecord, ValidationResultIn
 from tasks.baseline import BaselineResult
 from tasks.compress import CompressionInputs, FormResult
-from tasks.data import Splits, TextTable, make_table, split_validation
+from tasks.data import Splits, TextTable, make_table, split_validation, without_rows
 from tasks.evaluate import EvaluationResult
 from tasks.finetune import FineTuneJob, FineTuneResult
+from tasks.label_issues import LabelIssues
 from tasks.modeling import resolve_base_model
 from tasks.objectives.base import PretrainJob
 from tasks.pretrain import PretrainResult, resolve_objective
@@ -37,6 +38,8 @@ VALIDATION_SPLIT_FRACTION = 0.1
 class LoadedData:
     splits: Splits
     dataset_ids: dict[str, int]  # role -> the registry's dataset id
+    pii_findings: dict[str, dict[str, int]] = field(default_factory=dict)  # file -> {type -> count}
+    label_issues: LabelIssues | None = None  # labelled data only
 
 
 @dataclass(frozen=True)
@@ -54,20 +57,85 @@ def record_dataset(context: RunContext, table: TextTable) -> int:
 
 
 def load_data(context: RunContext, train_override: Path | None = None) -> LoadedData:
-    """Load every split named in the config (validation split off train when absent)."""
+    """Load every file named in the config, keep personal data out of them (`validation.pii`), look for label
+    errors (`validation.label_issues`), then split validation off train when the config names no validation file."""
     config, data = context.config, context.config.data
     with stage(context, "load data"):
         columns = (data.text_column, data.label_column)
-        train = steps.load_table(train_override or config.resolve(data.train), *columns, "train")
-        test = steps.load_table(config.resolve(data.test), *columns, "test")
+        files = {"train": steps.load_table(train_override or config.resolve(data.train), *columns, "train"),
+                 "test": steps.load_table(config.resolve(data.test), *columns, "test")}
         if data.validation is not None:
-            validation = steps.load_table(config.resolve(data.validation), *columns, "validation")
-        else:
-            train, validation = split_validation(train, VALIDATION_SPLIT_FRACTION, config.seed)
-        corpus = steps.load_corpus(config) if data.domain_corpus is not None else None
-        splits = Splits(train, validation, test, corpus)
+            files["validation"] = steps.load_table(config.resolve(data.validation), *columns, "validation")
+        if data.domain_corpus is not None:
+            files["corpus"] = steps.load_corpus(config)
+    protected, findings = protect_personal_data(context, list(files.values()))
+    files = dict(zip(files, protected, strict=True))
+    label_issues = None
+    if config.validation.label_issues != "off":
+        files, label_issues = check_labels(context, files)
+    train, validation = files["train"], files.get("validation")
+    if validation is None:
+        train, validation = split_validation(train, VALIDATION_SPLIT_FRACTION, config.seed)
+    splits = Splits(train, validation, files["test"], files.get("corpus"))
+    with stage(context, "record data"):
         dataset_ids = {table.role: record_dataset(context, table) for table in splits.tables()}
-    return LoadedData(splits, dataset_ids)
+    return LoadedData(splits, dataset_ids, findings, label_issues)
+
+
+def check_labels(context: RunContext, files: dict[str, TextTable]) -> tuple[dict[str, TextTable], LabelIssues]:
+    """Find rows whose label looks wrong in the training, validation and test files (`tasks.label_issues`), audit
+    the counts and the worst rows (never texts), and act on `validation.label_issues`: `drop` removes the training
+    and validation files' suspects (a test file's stay: the gate's yardstick is not edited behind its back),
+    `fail` stops the run (exit 1) when a file's share passes `max_label_issue_share`."""
+    config, policy = context.config, context.config.validation
+    with stage(context, "label issues"):
+        held_out = [files[role] for role in ("validation", "test") if role in files]
+        found = steps.find_label_issues(files["train"], held_out, base_model_dir(context),
+                                        config.finetuning.max_seq_length, config.seed)
+        dropped = 0
+        if policy.label_issues == "drop":
+            for role in ("train", "validation"):
+                rows = {issue.row for issue in found.of(role)}
+                if role in files and rows:
+                    files[role], dropped = without_rows(files[role], rows), dropped + len(rows)
+        if found.issues:
+            context.registry.audit.append(context.subject, LabelIssuesFound(
+                context.run.id, policy.label_issues, found.counts(), found.checked,
+                {role: found.per_class(role) for role in found.checked}, [i.to_json() for i in found.issues[:20]],
+                dropped))
+            progress(f"· label issues: {len(found.issues)} rows whose label looks wrong ({policy.label_issues}"
+                     + (f", {dropped} dropped)" if dropped else ")"))
+    over = [f"{role} {len(found.of(role))} of {found.checked[role]} rows ({found.share(role):.1%})"
+            for role in found.checked if found.share(role) > policy.max_label_issue_share]
+    if policy.label_issues == "fail" and over:
+        raise CheckFailedError(f"label issues above validation.max_label_issue_share "
+                               f"{policy.max_label_issue_share:.1%}: {'; '.join(over)}")
+    return files, found
+
+
+def protect_personal_data(context: RunContext, tables: list[TextTable], scan_labels: bool = False,
+                          ) -> tuple[list[TextTable], dict[str, dict[str, int]]]:
+    """Scan each table for personal data (`tasks.pii`) before anything trains on it or the registry fingerprints
+    it, and act on `validation.pii`: `redact` returns the tables with each finding replaced by its type (so the
+    registry records the redacted data's fingerprint), `report` returns them as they are, `fail` stops the run
+    (exit 1) naming each file, its types and their first rows. The audit trail gets counts, never values."""
+    validation = context.config.validation
+    with stage(context, "personal data"):
+        scans = [steps.scan_personal_data(table, validation.phone_region, scan_labels) for table in tables]
+        findings: dict[str, dict[str, int]] = {}
+        for scan in scans:
+            for kind, count in scan.counts.items():
+                findings.setdefault(scan.source, {})[kind] = findings.get(scan.source, {}).get(kind, 0) + count
+        if findings:
+            context.registry.audit.append(context.subject,
+                                          PersonalDataFound(context.run.id, validation.pii, findings))
+            progress(f"· personal data: {sum(sum(kinds.values()) for kinds in findings.values())} findings "
+                     f"({validation.pii})")
+    if findings and validation.pii == "fail":
+        named = "; ".join(f"{scan.source}: {scan.summary()}" for scan in scans if scan.counts)
+        raise CheckFailedError(f"personal data found (validation.pii is fail): {named}")
+    kept = [scan.redacted if validation.pii == "redact" else table for scan, table in zip(scans, tables, strict=True)]
+    return kept, findings
 
 
 def validate_data(context: RunContext, data: LoadedData) -> list[ValidationReport]:

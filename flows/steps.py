@@ -32,7 +32,9 @@ from tasks import (
     evaluate,
     finetune,
     gate,
+    label_issues,
     lm_drift,
+    pii,
     pretrain,
     self_training,
     validation,
@@ -67,6 +69,9 @@ _CACHED: dict[str, Any] = {"cache_policy": TASK_SOURCE + CacheKeyFnPolicy(cache_
 load_table = task(data.load_table, name="load-table", **_LOADING)
 load_corpus = task(data.load_corpus, name="load-corpus", **_LOADING)
 load_documents = task(data.load_documents, name="load-documents", **_LOADING)
+load_instructions = task(data.load_instructions, name="load-instructions", **_LOADING)
+scan_personal_data = task(pii.scan_table, name="scan-personal-data", cache_policy=NO_CACHE)
+find_label_issues = task(label_issues.find_label_issues, name="find-label-issues", cache_policy=NO_CACHE)
 validate_table = task(validation.validate_table, name="validate-data", cache_policy=NO_CACHE)
 validate_documents = task(validation.validate_documents, name="validate-documents", cache_policy=NO_CACHE)
 continue_pretraining = task(pretrain.continue_pretraining, name="continue-pretraining", cache_policy=NO_CACHE)

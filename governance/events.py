@@ -25,6 +25,8 @@ class EventType(StrEnum):
     STAGE_RESUMED = "stage_resumed"
     VALIDATION_RECORDED = "validation_recorded"
     VALIDATION_FAILED = "validation_failed"
+    PERSONAL_DATA_FOUND = "personal_data_found"
+    LABEL_ISSUES_FOUND = "label_issues_found"
     DOMAIN_ADAPTED = "domain_adapted"
     INPUT_REJECTED = "input_rejected"
     # versions, their numbers and their forms
@@ -166,6 +168,31 @@ class ValidationFailed(EventPayload):
     TYPE: ClassVar[EventType] = EventType.VALIDATION_FAILED
     run_id: str
     failed_expectations: list[str]
+
+
+@dataclass(frozen=True)
+class PersonalDataFound(EventPayload):
+    """Counts of personal data per file and type, and what validation.pii did about it; never the values."""
+
+    TYPE: ClassVar[EventType] = EventType.PERSONAL_DATA_FOUND
+    run_id: str
+    policy: str
+    findings: dict[str, dict[str, int]]
+
+
+@dataclass(frozen=True)
+class LabelIssuesFound(EventPayload):
+    """Rows whose label looks wrong: counts per file and per given label, the worst rows (file, line, given,
+    suggested, confidence; never texts), what validation.label_issues did, and the rows it dropped."""
+
+    TYPE: ClassVar[EventType] = EventType.LABEL_ISSUES_FOUND
+    run_id: str
+    policy: str
+    counts: dict[str, int]  # file -> issues
+    checked: dict[str, int]  # role -> labelled rows checked
+    per_class: dict[str, dict[str, int]]  # role -> {given label -> issues}
+    worst: list[dict[str, Any]]
+    dropped: int
 
 
 @dataclass(frozen=True)

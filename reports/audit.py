@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from core.errors import BadInputError
 from core.vocabulary import CHAMPION, CLASSICAL_BASELINE_NAME, CLASSICAL_BASELINE_PREFIX
@@ -439,9 +440,7 @@ def _pretraining_facts(evidence: Evidence) -> Facts:
 
 def _adaptation_event(evidence: Evidence) -> dict | None:
     """The payload of the run's `domain_adapted` audit event (objective, steps, cache key), if it adapted."""
-    payloads = [event.payload for event in evidence.events
-                if event.event_type == "domain_adapted" and event.payload.get("run_id") == evidence.detail.run.id]
-    return payloads[-1] if payloads else None
+    return _run_event(evidence, "domain_adapted")
 
 
 def _adaptation_objective(evidence: Evidence) -> str:
@@ -489,6 +488,44 @@ def _validation(evidence: Evidence) -> Section:
     ]
     return Section("validation", "Validation results",
                    [summary, Table(("dataset", "expectation", "column", "result", "observed"), rows)])
+
+
+def _run_event(evidence: Evidence, event_type: str) -> dict | None:
+    """The payload of the version's run's last `event_type` audit event, if any."""
+    payloads = [event.payload for event in evidence.events
+                if event.event_type == event_type and event.payload.get("run_id") == evidence.detail.run.id]
+    return payloads[-1] if payloads else None
+
+
+def _data_risks(evidence: Evidence) -> Section:
+    """Personal data and label errors found in the run's files before training (counts and lines, never texts)."""
+    blocks: list = []
+    personal = _run_event(evidence, "personal_data_found")
+    if personal is None:
+        blocks.append("No personal data was found in the run's files (or they were not scanned: a run before the "
+                      "scan existed).")
+    else:
+        action = {"redact": "replaced with its type before training", "report": "left in the data (report)",
+                  "fail": "stopped the run"}.get(personal["policy"], personal["policy"])
+        rows = [(file, kind, f"{count:,}") for file, kinds in personal["findings"].items()
+                for kind, count in kinds.items()]
+        blocks += [f"Personal data found, {action}.", Table(("file", "type", "findings"), rows)]
+    issues = _run_event(evidence, "label_issues_found")
+    if issues is None:
+        blocks.append("No label issues were found (or the labels were not checked: a language model, or a run "
+                      "before the check existed).")
+        return Section("data-risks", "Data risks", blocks)
+    dropped = f"; {issues['dropped']} dropped before training" if issues.get("dropped") else ""
+    blocks.append(f"Rows whose label looks wrong (cleanlab, out-of-fold probabilities of the frozen base), "
+                  f"policy {issues['policy']}{dropped}.")
+    share_rows = [(role, label, f"{count}", _num(count / issues["checked"][role], 3) if issues["checked"].get(role)
+                   else "—") for role, labels in issues["per_class"].items() for label, count in labels.items()]
+    blocks.append(Table(("file", "given label", "issues", "share of the file's rows"), share_rows))
+    worst = [(Path(i["file"]).name, str(i["line"]), i["given"], i["suggested"], _num(i["confidence"], 3))
+             for i in issues["worst"]]
+    blocks.append(Table(("file", "line", "given", "suggested", "confidence"), worst,
+                        "The worst rows, by the probability of their given label (the lowest first)."))
+    return Section("data-risks", "Data risks", blocks)
 
 
 _FINDING_STYLES = {"drift": Styled("drift", "bad"), "prior_shift": Styled("prior shift", "wait"),
@@ -634,7 +671,8 @@ def document(evidence: Evidence) -> Document:
         quality = [_metrics(evidence), _per_class(evidence), _calibration(evidence), _compression(evidence)]
     sections = [
         _summary(evidence), _model_card(evidence), *quality, _training(evidence), _validation(evidence),
-        _drift(evidence), _lineage(evidence), _artifacts(evidence), _environment(evidence), _audit_trail(evidence),
+        _data_risks(evidence), _drift(evidence), _lineage(evidence), _artifacts(evidence), _environment(evidence),
+        _audit_trail(evidence),
     ]
     return Document(f"Audit report: {evidence.name} v{evidence.number}", subtitle, _badge(evidence), sections)
 
@@ -657,6 +695,21 @@ def save_report(doc: Document, out: Path, fmt: str = "html") -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
     partial.write_text(text, encoding="utf-8")
+    partial.replace(out)
+    return out.resolve()
+
+
+def save_label_issues(issues: list[dict[str, Any]], out: Path) -> Path:
+    """The label issues of a run as CSV beside its report (file, line, given, suggested, confidence; no texts),
+    written whole, via a temporary file."""
+    import csv
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    with partial.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["file", "line", "given", "suggested", "confidence"])
+        writer.writeheader()
+        writer.writerows(issues)
     partial.replace(out)
     return out.resolve()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from statistics import median
 
+from core.vocabulary import INSTRUCTIONS
 from governance.records import (
     REFERENCE_SAMPLED_FROM_BASE,
     DocumentScores,
@@ -28,9 +29,12 @@ NOT_EVALUATED = [
     "No task benchmark: perplexity says how well the model predicts text like its corpus, not whether it "
     "completes any task correctly.",
     "No safety evaluation: toxic, biased, private or otherwise harmful output was not looked for.",
-    "No instruction following or chat quality: continued pretraining on plain text does not teach either.",
     "No factual accuracy: fluent domain text can still be wrong.",
 ]
+NO_INSTRUCTIONS = ("No instruction following or chat quality: continued pretraining on plain text does not teach "
+                   "either.")
+INSTRUCTIONS_LOSS_ONLY = ("Instruction following was measured only as the loss of the held-out pairs' responses, "
+                          "not by judging answers.")
 SPOT_CHECK = ("The fixed prompts answered in this report are a qualitative spot check (one greedy answer each), not "
               "a measurement.")
 CEILING_NOTE = (
@@ -95,7 +99,18 @@ def model_line(evidence: Evidence) -> str:
                "the version stores the adapter alone)")
     else:
         how = "continued pretraining of all its weights"
-    return f"{version.model_name} v{version.version}: causal-lm, adapted from {version.base_model} by {how}"
+    return (f"{version.model_name} v{version.version}: causal-lm, adapted from {version.base_model} by {how}"
+            f"{_instruction_clause(evidence)}")
+
+
+def _instruction_clause(evidence: Evidence) -> str:
+    """How the version was tuned on instruction pairs after its continued pretraining (empty if it was not)."""
+    pairs = evidence.detail.datasets.get(INSTRUCTIONS)
+    if pairs is None:
+        return ""
+    before, after = (evidence.run_metrics.get(f"instruction_loss_{when}") for when in ("before", "after"))
+    losses = "" if before is None or after is None else f" (held-out response loss {before:.3f} → {after:.3f})"
+    return f", then tuned on {pairs.rows:,} instruction pairs from {pairs.source}{losses}"
 
 
 def corpus_line(evidence: Evidence) -> Cell:
@@ -164,7 +179,8 @@ def not_evaluated(evidence: Evidence) -> list[str]:
                      "drifted from its base (a KL divergence), not its general language quality.")
     else:
         reference = f"Forgetting was measured on {source} alone: other general text may fare differently."
-    return [*NOT_EVALUATED, reference, SPOT_CHECK]
+    tuned = INSTRUCTIONS in evidence.detail.datasets
+    return [*NOT_EVALUATED, INSTRUCTIONS_LOSS_ONLY if tuned else NO_INSTRUCTIONS, reference, SPOT_CHECK]
 
 
 def _gain(metrics: dict[str, float]) -> str:

@@ -38,7 +38,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
@@ -52,6 +52,7 @@ from steward.loading import predictor_for
 
 if TYPE_CHECKING:
     from governance.records import ModelVersionDetail, ServedPredictionIn
+    from tasks.pii import Scanner
     from tasks.predict import ModelIdentity, Prediction, Predictor
 
 log = logging.getLogger("steward.server")
@@ -69,8 +70,9 @@ class ServerSettings:
     max_batch_texts: int = 64  # per forward pass
     poll_seconds: float = 2.0
     log_url: str | None = None  # the prediction log's database; None: no prediction log
-    log_text: bool = True
+    log_text: bool = True  # the texts themselves, with personal data replaced by its type (tasks/pii.py)
     log_retention: timedelta = timedelta(days=30)
+    phone_region: str = "US"  # national phone numbers in logged texts are read as this region's
     form: str | None = None  # --format; None: the fastest form of each version that passed compression
     max_new_tokens: int = 512  # a causal LM: the most tokens one completion may ask for
 
@@ -254,10 +256,12 @@ class PredictionLogWriter:
         """Write batches until stopped; a database that is away is reopened at the next batch (meanwhile rows
         wait in the queue, and beyond it are counted as dropped), so the thread never dies of it."""
         from governance.prediction_log import PredictionLog
+        from tasks.pii import Scanner
 
         prediction_log, next_purge = None, time.monotonic()
+        scanner = Scanner(self.settings.phone_region)
         while not (self._stop.is_set() and self.queue.empty()):
-            rows = self._take()
+            rows = [_redacted(row, scanner) for row in self._take()]
             try:
                 prediction_log = prediction_log or PredictionLog.open(self.settings.log_url)
                 self.metrics.logged.inc(prediction_log.append(rows))
@@ -498,6 +502,13 @@ def _authorised(scope, token: str) -> bool:
     headers = dict(scope.get("headers") or [])
     scheme, _, given = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def _redacted(row: ServedPredictionIn, scanner: Scanner) -> ServedPredictionIn:
+    """The row with personal data in its text and completion replaced by its type, before anything stores it."""
+    text = None if row.text is None else scanner.redact(row.text)[0]
+    completion = None if row.completion is None else scanner.redact(row.completion)[0]
+    return replace(row, text=text, completion=completion)
 
 
 def _storable(text: str) -> str:

@@ -111,17 +111,19 @@ class Splits:
         return [self.train, self.validation, self.test]
 
 
-def load_table(path: Path, text_column: str, label_column: str | None, role: str) -> TextTable:
-    """Read a .csv/.tsv/.jsonl/.parquet file, a saved `datasets` dir, or (no labels) a .txt corpus."""
+def load_table(path: Path, text_column: str, label_column: str | None, role: str,
+               kinds: tuple[str, str] = ("text", "label")) -> TextTable:
+    """Read a .csv/.tsv/.jsonl/.parquet file, a saved `datasets` dir, or (no labels) a .txt corpus. `kinds` name
+    the two columns in an error about a missing one."""
     path = Path(path)
     if not path.exists():
         raise BadInputError(f"{path}: file not found ({role} data)")
     frame = _read_frame(path, text_column, role)
     if frame.empty and len(frame.columns) > 0:
         raise BadInputError(f"{path}: no rows of data, only a header ({role} data)")
-    _require_column(path, frame, text_column, "text")
+    _require_column(path, frame, text_column, kinds[0])
     if label_column is not None:
-        _require_column(path, frame, label_column, "label")
+        _require_column(path, frame, label_column, kinds[1])
     texts = [_as_text(value) for value in frame[text_column].tolist()]
     _warn_about_long_texts(path, role, texts)
     labels = None if label_column is None else [_as_label(v) for v in frame[label_column].tolist()]
@@ -139,6 +141,20 @@ def load_corpus(config: StewardConfig) -> TextTable:
     if not documents:
         raise BadInputError(f"{path}: the domain corpus has no text")
     return make_table("corpus", path, list(documents), None, table.schema)
+
+
+PROMPT_COLUMN, RESPONSE_COLUMN = "prompt", "response"
+
+
+def load_instructions(path: Path, role: str) -> TextTable:
+    """A causal LM's instruction pairs: a .csv/.tsv/.jsonl/.parquet file with `prompt` and `response` columns. The
+    table's texts are the prompts and its labels the responses; a row lacking either is bad input, named."""
+    table = load_table(path, PROMPT_COLUMN, RESPONSE_COLUMN, role, kinds=(PROMPT_COLUMN, RESPONSE_COLUMN))
+    for row, (prompt, response) in enumerate(zip(table.texts, table.labels or [], strict=True), start=1):
+        for column, value in ((PROMPT_COLUMN, prompt), (RESPONSE_COLUMN, response)):
+            if value is None or not value.strip():
+                raise BadInputError(f"{path}: row {row} has no {column} (every instruction pair needs both)")
+    return table
 
 
 DOCUMENT_SUFFIXES = (".txt", ".md")  # a folder of these is a corpus of one document per file
@@ -207,6 +223,11 @@ def split_validation(train: TextTable, fraction: float = 0.1, seed: int = 0) -> 
     except ValueError:  # a class too small to stratify, or fewer held-out rows than classes
         keep, held = train_test_split(indices, test_size=fraction, random_state=seed)
     return _subset(train, sorted(keep), train.role), _subset(train, sorted(held), "validation")
+
+
+def without_rows(table: TextTable, rows: set[int]) -> TextTable:
+    """The table less the given 0-based rows (its fingerprint then covers what is left)."""
+    return _subset(table, [i for i in range(table.rows) if i not in rows], table.role)
 
 
 def _subset(table: TextTable, indices: list[int], role: str) -> TextTable:

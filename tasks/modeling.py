@@ -161,8 +161,9 @@ def cpu_device() -> Device:
     return Device(torch.device("cpu"), None)
 
 
-def pick_device(local_rank: int = 0) -> Device:
-    """CUDA (the `local_rank`-th GPU of a multi-process run) with bf16 autocast where supported, else CPU."""
+def pick_device(local_rank: int = 0, cpu_bf16: bool = False) -> Device:
+    """CUDA (the `local_rank`-th GPU of a multi-process run) with bf16 autocast where supported, else the CPU: in
+    fp32, or autocast to bf16 when `cpu_bf16` asks and its cores compute bf16 natively."""
     import torch
 
     if torch.cuda.is_available():
@@ -170,7 +171,14 @@ def pick_device(local_rank: int = 0) -> Device:
         torch.cuda.set_device(torch_device)
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else None
         return Device(torch_device, dtype)
-    return Device(torch.device("cpu"), None)
+    return Device(torch.device("cpu"), torch.bfloat16 if cpu_bf16 and cpu_computes_bf16() else None)
+
+
+def cpu_computes_bf16() -> bool:
+    """AVX512_BF16 or AMX: bf16 matmuls run natively (elsewhere oneDNN emulates them, slower than fp32)."""
+    import torch
+
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def adamw(parameters: Iterable[torch.nn.Parameter], learning_rate: float, weight_decay: float) -> torch.optim.AdamW:

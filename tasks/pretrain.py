@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
-CACHE_FORMAT = 4  # bump when the training recipe changes, so old cache entries stop matching
+CACHE_FORMAT = 5  # bump when the training recipe changes, so old cache entries stop matching
 
 RESULT_FILE = "steward_pretrain.json"
 
@@ -60,7 +60,7 @@ class PretrainResult:
     model_dir: Path
     cache_hit: bool
     cache_key: str
-    objective: str  # "mlm", "clm", "simcse" or "tsdae" (what `auto` chose, if it was asked)
+    objective: str  # "mlm", "clm", "simcse", "tsdae" (what `auto` chose, if it was asked) or "instructions"
     steps: int  # optimizer steps in all: head warm-up + full phase (max_steps, or max_epochs passes if fewer)
     head_warmup_steps: int  # 0 when the base checkpoint already had a trained LM head, or for simcse
     heldout_loss_before: float
@@ -91,7 +91,7 @@ def continue_pretraining(job: PretrainJob, nproc: int = 1, on_step: StepCallback
     `nproc` > 1 trains in that many torchrun workers. `on_step(step, loss)` is called after every optimizer step
     (progress reporting; it runs in the training process, so only with `nproc` 1)."""
     started = time.perf_counter()
-    required_objective(job.params.objective, job.base_model_dir)  # before any worker starts
+    job_objective(job)  # before any worker starts
     cached_dir = job.cache_root / cache_key(job)
     if (cached_dir / RESULT_FILE).is_file():
         return _cached_result(cached_dir, time.perf_counter() - started)
@@ -127,6 +127,10 @@ def resolve_objective(objective: str, base_model_dir: Path) -> str | None:
 def is_sentence_encoder(base_model_dir: Path) -> bool:
     return (Path(base_model_dir) / POOLING_DIR).is_dir()
 
+def job_objective(job: PretrainJob) -> str:
+    """The job's own objective (instruction tuning), else `pretraining.objective` resolved for its base."""
+    return job.objective or required_objective(job.params.objective, job.base_model_dir)
+
 def required_objective(objective: str, base_model_dir: Path) -> str:
     """The objective to train; bad input when `auto` chooses none for this base."""
     resolved = resolve_objective(objective, base_model_dir)
@@ -141,13 +145,13 @@ def run_pretraining(job: PretrainJob, ranks: Ranks, on_step: StepCallback | None
     started = time.perf_counter()
     key = cache_key(job)
     quiet_transformers()
-    device = pick_device(ranks.local_rank)
-    objective = required_objective(job.params.objective, job.base_model_dir)
+    device = pick_device(ranks.local_rank, job.params.cpu_bf16)
+    objective = job_objective(job)
     with deterministic(job.seed):
         recipe = RECIPES[objective](job, key, device, ranks)
         loop = training.train(recipe, ranks, device, f"pretrain ({objective})", on_step=on_step)
         recipe.keep_best()
-        loss_after = recipe.heldout_loss()
+        loss_after = recipe.kept_heldout_loss()
     before = recipe.heldout_loss_before
     result = PretrainResult(
         model_dir=job.cache_root / key,
@@ -186,6 +190,8 @@ def cache_key(job: PretrainJob) -> str:
         "validation": job.validation.fingerprint if job.validation is not None else None,
         "params": job.params.model_dump(mode="json", exclude={"enabled"}),
         "seed": job.seed,
+        "objective": job.objective,
+        "start": None if job.start_dir is None else sha256_files(job.start_dir),
     })
 
 def _publish(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, result: PretrainResult,

@@ -62,6 +62,7 @@ def serve_model(args: argparse.Namespace) -> int:
         ref=ModelRef.parse(args.model), registry_url=registry_url, token=read_token(args.token_file),
         poll_seconds=args.poll_seconds, log_url=(serving.log_url or registry_url) if serving.log_predictions else None,
         log_text=serving.log_text, log_retention=serving.log_retention, form=args.form,
+        phone_region=config.validation.phone_region if config is not None else "US",
     )
     model = load_ref(settings.ref, settings.registry_url, settings.form)  # a bad reference or checksum fails here
     if isinstance(model, RegisteredGenerator):

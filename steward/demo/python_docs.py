@@ -37,7 +37,7 @@ validation:
   text_length: {{min: {MIN_CHARS}, max: 100000}}
   min_tokens: 50000
 pretraining:
-  method: lora                     # adapters on q/k/v/o; the base stays as it is
+  method: lora                     # adapters on every linear layer; the base stays as it is
   max_steps: 40
   batch_size: 8
   max_seq_length: 128

@@ -44,6 +44,8 @@ class PretrainJob:
     output_dir: Path
     cache_root: Path
     validation: TextTable | None = None  # held-out documents; None: ~5% of the corpus's blocks are held out
+    objective: str | None = None  # what to train; None: `params.objective`, resolved against the base
+    start_dir: Path | None = None  # a LoRA adapter of the base that this run trains on (instruction tuning)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -54,6 +56,8 @@ class PretrainJob:
             "output_dir": str(self.output_dir),
             "cache_root": str(self.cache_root),
             "validation": None if self.validation is None else table_to_json(self.validation),
+            "objective": self.objective,
+            "start_dir": None if self.start_dir is None else str(self.start_dir),
         }
 
     @classmethod
@@ -66,6 +70,8 @@ class PretrainJob:
             output_dir=Path(data["output_dir"]),
             cache_root=Path(data["cache_root"]),
             validation=None if data.get("validation") is None else table_from_json(data["validation"]),
+            objective=data.get("objective"),
+            start_dir=None if data.get("start_dir") is None else Path(data["start_dir"]),
         )
 
 
@@ -118,6 +124,11 @@ class Adaptation(training.Recipe):
         """After training: back to the best evaluation's weights (when early stopping kept any)."""
         if self.best_weights:
             self.model.load_state_dict(self.best_weights, strict=False)
+
+    def kept_heldout_loss(self) -> float:
+        """The held-out loss of the weights kept: the best evaluation's when early stopping kept them (measured
+        already: the loop evaluates at the last step too), else measured now."""
+        return self.best_loss if self.best_weights else self.heldout_loss()
 
     def _trainable_copy(self) -> dict[str, torch.Tensor]:
         return {name: p.detach().cpu().clone() for name, p in self.model.named_parameters() if p.requires_grad}

@@ -180,7 +180,7 @@ def with_lora(model: PreTrainedModel, lora: LoraConfig) -> PreTrainedModel:
 
     try:
         return peft.get_peft_model(model, peft.LoraConfig(
-            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules),
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
             task_type=peft.TaskType.CAUSAL_LM,
         ))
     except ValueError as exc:
