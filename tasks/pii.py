@@ -31,10 +31,12 @@ _EMAIL = re.compile(r"(?<![A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:
 _CN_ID = re.compile(r"(?<![0-9A-Za-z])[1-9]\d{5}(?:18|19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx]"
                     r"(?![0-9A-Za-z])")
 _USCC_CHARS = "0123456789ABCDEFGHJKLMNPQRTUWXY"
-_CN_USCC = re.compile(rf"(?<![0-9A-Za-z])[{_USCC_CHARS}]{{2}}\d{{6}}[{_USCC_CHARS}]{{10}}(?![0-9A-Za-z])")
+# Registration authority, category (a digit), the region's 6 digits, the organisation's code and the check.
+_CN_USCC = re.compile(rf"(?<![0-9A-Za-z])[{_USCC_CHARS}][1-9]\d{{6}}[{_USCC_CHARS}]{{10}}(?![0-9A-Za-z])")
 _CN_MOBILE = re.compile(r"(?<![\d+])(?:\+?86[ \-]?)?1[3-9]\d(?:[ \-]?\d{4}){2}(?!\d)")
-_CARD = re.compile(r"(?<![\d\-])[3-6]\d{3}(?:[ \-]?\d{3,4}){2,4}(?![\d\-])")
-_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![A-Za-z0-9])")
+_CARD = re.compile(r"(?<![0-9A-Za-z+\-])[2-6]\d{3}(?:[ \-]?\d{2,6}){2,4}(?![0-9A-Za-z\-])")
+_DIGIT_GROUP = re.compile(r"[ \-]?\d+")
+_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?P<tail> ?[A-Z0-9]{1,3})?(?![A-Za-z0-9])")
 _IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.]|\.\d)")
 _IPV6 = re.compile(r"(?<![0-9A-Fa-f:])(?:[0-9A-Fa-f]{1,4}:){2,7}:?[0-9A-Fa-f]{0,4}(?:::?[0-9A-Fa-f]{1,4})*"
                    r"(?![0-9A-Fa-f:])")
@@ -71,10 +73,38 @@ def luhn_valid(value: str) -> bool:
     return 13 <= len(digits) <= 19 and (sum(odd) + sum(sum(divmod(2 * d, 10)) for d in even)) % 10 == 0
 
 
+# Issuer prefixes (ranges of the first digits) and the lengths their cards have: Visa, American Express, Mastercard
+# (old and 2-series), Discover, UnionPay, JCB, Diners Club. An 18-digit identity number passes the Luhn check one
+# time in ten; it never has a card's prefix and length together.
+_CARD_ISSUERS = (((4, 4), (13, 16, 19)), ((34, 34), (15,)), ((37, 37), (15,)), ((51, 55), (16,)),
+                 ((2221, 2720), (16,)), ((6011, 6011), (16, 17, 18, 19)), ((644, 649), (16, 17, 18, 19)),
+                 ((65, 65), (16, 17, 18, 19)), ((62, 62), (16, 17, 18, 19)), ((3528, 3589), (16, 17, 18, 19)),
+                 ((36, 36), (14,)), ((300, 305), (14,)))
+
+
+def card_valid(value: str) -> bool:
+    """An issuer's prefix with one of its lengths, and the Luhn check."""
+    digits = _digits(value)
+    known = any(low <= int(digits[: len(str(low))]) <= high and len(digits) in lengths
+                for (low, high), lengths in _CARD_ISSUERS)
+    return known and luhn_valid(digits)
+
+
+# ISO 13616's registry: each country's IBAN length. A country outside it has no IBANs.
+IBAN_LENGTHS = dict(
+    AD=24, AE=23, AL=28, AT=20, AZ=28, BA=20, BE=16, BG=22, BH=22, BR=29, CH=21, CR=22, CY=28, CZ=24, DE=22, DK=18,
+    DO=28, EE=20, EG=29, ES=24, FI=18, FO=18, FR=27, GB=22, GE=22, GI=23, GL=18, GR=27, GT=28, HR=21, HU=28, IE=22,
+    IL=23, IQ=23, IS=26, IT=27, JO=30, KW=30, KZ=20, LB=28, LC=32, LI=21, LT=20, LU=20, LV=21, MC=27, MD=24, ME=22,
+    MK=19, MR=27, MT=31, MU=30, NL=18, NO=15, PK=24, PL=28, PS=29, PT=25, QA=29, RO=24, RS=22, SA=24, SC=31, SE=24,
+    SI=19, SK=24, SM=27, ST=25, SV=28, TL=23, TN=24, TR=26, UA=29, VA=22, VG=24, XK=20,
+)
+
+
 def iban_valid(value: str) -> bool:
-    """ISO 13616: the country and check digits moved to the end, letters as 10..35, the number mod 97 is 1."""
+    """ISO 13616: the country's length, then (country and check digits moved to the end, letters as 10..35) the
+    number mod 97 is 1."""
     compact = value.replace(" ", "")
-    if not 15 <= len(compact) <= 34:
+    if IBAN_LENGTHS.get(compact[:2]) != len(compact):
         return False
     rearranged = compact[4:] + compact[:4]
     return int("".join(str(int(character, 36)) for character in rearranged)) % 97 == 1
@@ -82,16 +112,26 @@ def iban_valid(value: str) -> bool:
 
 def cn_id_valid(value: str) -> bool:
     """GB 11643-1999: a real birth date (characters 7-14) and the ISO 7064 MOD 11-2 check character."""
-    try:
-        date(int(value[6:10]), int(value[10:12]), int(value[12:14]))
-    except ValueError:
+    if not _has_birth_date(value):
         return False
     total = sum(int(digit) * (2 ** (17 - position) % 11) for position, digit in enumerate(value[:17]))
     return "10X98765432"[total % 11] == value[17].upper()
 
 
+def _has_birth_date(value: str) -> bool:
+    """Characters 7-14 are a real date from 1800 on, as in an identity number."""
+    try:
+        return date(int(value[6:10]), int(value[10:12]), int(value[12:14])).year >= 1800
+    except ValueError:
+        return False
+
+
 def cn_uscc_valid(value: str) -> bool:
-    """GB 32100-2015: the 18th character checks the first 17 (weights 3^i mod 31 over the code's 31 characters)."""
+    """GB 32100-2015: the 18th character checks the first 17 (weights 3^i mod 31 over the code's 31 characters).
+    Eighteen digits with a birth date where an identity number has one are taken for a mistyped identity number,
+    not a code that happens to pass this check (one in 31 does)."""
+    if value.isdigit() and _has_birth_date(value):
+        return False
     total = sum(_USCC_CHARS.index(character) * pow(3, position, 31) for position, character in enumerate(value[:17]))
     return _USCC_CHARS[(31 - total % 31) % 31] == value[17]
 
@@ -115,17 +155,54 @@ def ipv6_valid(value: str) -> bool:
     return len(groups) >= 3 and any(character.isdigit() for character in value) and ip_valid(value)
 
 
+# The word before a dotted quad that makes it a section, revision or version number rather than an address.
+_NUMBERING_WORDS = re.compile(r"(?<![A-Za-z])(?:sections?|chapter|revision|rev|version|ver|release|v|§)\.?\s*$",
+                              re.I)
+_DECIMAL = re.compile(r"^\d+[.,]\d+$")
+
+
+def _iban_candidates(text: str) -> Iterable[tuple[int, int]]:
+    """Each match, then the match less its short last group: in "ES95 5022 … 6993 C-compiler" the "C" is a word."""
+    for match in _IBAN.finditer(text):
+        yield match.span()
+        if (match.group("tail") or "").startswith(" "):
+            yield match.start(), match.start("tail")
+
+
+def _card_candidates(text: str) -> Iterable[tuple[int, int]]:
+    """Each run of digit groups, then the run less its last groups, longest first ("6011… 300 baud": the 300 is
+    a word); none inside an IBAN-shaped run, valid or not, whose digits are an account's, not a card's."""
+    accounts = [match.span() for match in _IBAN.finditer(text)]
+    for match in _CARD.finditer(text):
+        if any(start < match.end() and match.start() < end for start, end in accounts):
+            continue
+        ends = [match.start() + group.end() for group in _DIGIT_GROUP.finditer(match.group())]
+        yield from ((match.start(), end) for end in reversed(ends))
+
+
+def _unnumbered(candidates: Callable[[str], Iterable[tuple[int, int]]]) -> Callable[[str], Iterable[tuple[int, int]]]:
+    """`candidates` less those written after a numbering word ("Section 2.4.3.5", "revision 1.17.2.7")."""
+    return lambda text: [(start, end) for start, end in candidates(text)
+                         if not _NUMBERING_WORDS.search(text[max(0, start - 12) : start])]
+
+
 def phone_candidates(region: str) -> Callable[[str], Iterable[tuple[int, int]]]:
-    """Numbers libphonenumber finds valid: international (+...) anywhere, national ones in `region`'s forms."""
+    """Numbers libphonenumber finds valid: international (+...) anywhere, national ones in `region`'s forms; not a
+    decimal number ("31.01875") nor the digits after a decimal point ("2.8333333333")."""
     import phonenumbers
 
     def find(text: str) -> Iterable[tuple[int, int]]:
         if sum(character.isdigit() for character in text) < _MIN_PHONE_DIGITS:
             return []
         matcher = phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID)
-        return [(match.start, match.end) for match in matcher]
+        return [(match.start, match.end) for match in matcher
+                if not _DECIMAL.match(match.raw_string) and not _after_decimal_point(text, match.start)]
 
     return find
+
+
+def _after_decimal_point(text: str, start: int) -> bool:
+    return start >= 2 and text[start - 1] in ".," and text[start - 2].isdigit()
 
 
 def recognizers(phone_region: str = "US") -> list[Recognizer]:
@@ -134,10 +211,10 @@ def recognizers(phone_region: str = "US") -> list[Recognizer]:
         Recognizer("EMAIL", _matches(_EMAIL)),
         Recognizer("CN_ID", _matches(_CN_ID), cn_id_valid),
         Recognizer("CN_USCC", _matches(_CN_USCC), cn_uscc_valid),
-        Recognizer("IBAN", _matches(_IBAN), iban_valid),
-        Recognizer("CARD", _matches(_CARD), luhn_valid),
+        Recognizer("IBAN", _iban_candidates, iban_valid),
+        Recognizer("CARD", _card_candidates, card_valid),
         Recognizer("CN_MOBILE", _matches(_CN_MOBILE), cn_mobile_valid),
-        Recognizer("IP", _matches(_IPV4), ip_valid),
+        Recognizer("IP", _unnumbered(_matches(_IPV4)), ip_valid),
         Recognizer("IP", _matches(_IPV6), ipv6_valid),
         Recognizer("PHONE", phone_candidates(phone_region)),
     ]
