@@ -33,19 +33,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import fortunes_split, kotzias_split  # bench/benchmarks.py, beside this file
+from benchmarks import data_dir, fortunes_split, kotzias_split  # bench/benchmarks.py, beside this file
 from pii_samples import CHECKED, GENERATORS, embedded, look_alike
 
 from tasks.pii import Scanner
 
 SEED = 7
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "sentiment_labelled_sentences"
 FORTUNES = Path("/usr/share/games/fortunes")
 
 
 def kotzias_sentences() -> list[str]:
     lines = []
-    for path in sorted(SHARED.glob("*_labelled.txt")):
+    for path in sorted(data_dir().glob("*_labelled.txt")):
         lines += [line.rsplit("\t", 1)[0] for line in path.read_text(encoding="utf-8").splitlines()[1:] if line]
     return lines
 
