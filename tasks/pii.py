@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date
 
+from core.errors import CheckFailedError, exception_line
 from core.vocabulary import PiiTypeName
 from tasks.data import TextTable, make_table
 
@@ -263,7 +264,8 @@ class TextScan:
         return sum(self.counts.values())
 
 
-def scan_texts(texts: Iterable[str | None], scanner: Scanner) -> TextScan:
+def scan_texts(texts: Iterable[str | None], scanner: Scanner, source: str = "texts") -> TextScan:
+    """Scan and redact each text; a text the scan fails on stops validation, named by `source` and its row."""
     counts: Counter[str] = Counter()
     first_rows: dict[str, int] = {}
     redacted: list[str | None] = []
@@ -271,7 +273,11 @@ def scan_texts(texts: Iterable[str | None], scanner: Scanner) -> TextScan:
         if not text:
             redacted.append(text)
             continue
-        clean, findings = scanner.redact(text)
+        try:
+            clean, findings = scanner.redact(text)
+        except Exception as exc:  # a recognizer's library failing on this text: nothing may pass unscanned
+            raise CheckFailedError(f"{source}: row {row}: the personal-data scan failed ({exception_line(exc)})") \
+                from None
         redacted.append(clean)
         for finding in findings:
             counts[finding.kind] += 1
@@ -297,8 +303,8 @@ class TableScan:
 def scan_table(table: TextTable, phone_region: str, scan_labels: bool = False) -> TableScan:
     """Scan a table's texts (and its labels, when they are text too: an instruction pair's responses)."""
     scanner = Scanner(phone_region)
-    texts = scan_texts(table.texts, scanner)
-    labels = scan_texts(table.labels, scanner) if scan_labels and table.labels is not None else None
+    texts = scan_texts(table.texts, scanner, str(table.source))
+    labels = scan_texts(table.labels, scanner, str(table.source)) if scan_labels and table.labels is not None else None
     counts = Counter(texts.counts) + Counter(labels.counts if labels else {})
     first_rows = {kind: min(scan.first_rows[kind] for scan in (texts, labels) if scan and kind in scan.first_rows)
                   for kind in counts}

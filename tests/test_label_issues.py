@@ -88,3 +88,22 @@ def test_fail_stops_the_run_naming_the_share(tmp_path: Path, capsys: pytest.Capt
     assert "label issues above validation.max_label_issue_share 1.0%: train " in error
     with registry_for(config) as registry:
         assert "version_registered" not in {e.event_type for e in registry.audit.events()}
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_run_writes_the_issues_beside_its_report_and_shows_them_in_it(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = write_project(tmp_path, tiny_model_dir)
+    train = tmp_path / "data" / "train.csv"
+    flip_labels(train, dict(list(praise_rows(train).items())[:4]))
+    code, outcome = run_json(capsys, "run", "--config", str(config))
+    assert code == 0, outcome
+    assert outcome["label_issues"]  # the tiny random encoder flags some rows; which ones is not the point here
+    listed = Path(outcome["report"]).with_name("v1-label-issues.csv")
+    with listed.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["file"], int(row["line"])) for row in rows] == \
+        [(issue["file"], issue["line"]) for issue in outcome["label_issues"]]
+    report = Path(outcome["report"]).read_text(encoding="utf-8")
+    assert "Data risks" in report and "Rows whose label looks wrong" in report
