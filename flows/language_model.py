@@ -23,7 +23,6 @@ from flows.context import RunContext, stage
 from flows.events import announce_alias_move
 from flows.stages import (
     LoadedData,
-    adapt_to_domain,
     base_model_dir,
     protect_personal_data,
     record_dataset,
@@ -112,10 +111,10 @@ def load_valid_corpus(context: RunContext, base_dir: Path) -> LoadedData:
     return LoadedData(split_with_corpus, {**dataset_ids, corpus.role: corpus_id}, findings)
 
 
-def adapt(context: RunContext, data: LoadedData, base_dir: Path) -> tuple[PretrainResult, LoadedData]:
-    """Continued pretraining on the corpus, then instruction tuning when `data.train` names prompt/response pairs;
-    the data comes back with the pairs' registry ids added."""
-    adapted = adapt_to_domain(context, data, base_dir)
+def tune_if_paired(context: RunContext, data: LoadedData, base_dir: Path,
+                   adapted: PretrainResult) -> tuple[PretrainResult, LoadedData]:
+    """Instruction tuning after the continued pretraining (`adapted`) when `data.train` names prompt/response pairs;
+    the data comes back with the pairs' registry ids and personal-data findings added."""
     if context.config.data.train is None:
         return adapted, data
     train, heldout = load_instruction_pairs(context)

@@ -13,16 +13,17 @@ from core.vocabulary import CAUSAL_LM
 from flows.artifacts import publish_gate_decision, publish_metrics, publish_report
 from flows.context import RunContext, Workspace, audit_resumptions, opened_registry, prefect_ui_url, tracked_run
 from flows.language_model import (
-    adapt,
     champion_version,
     evaluate_language_model,
     gate_language_model,
     load_valid_corpus,
     package_candidate,
     register_language_model,
+    tune_if_paired,
 )
 from flows.stages import (
     adapt_if_configured,
+    adapt_to_domain,
     apply_gate,
     base_model_dir,
     compress_candidate,
@@ -108,9 +109,10 @@ def retrain_language_model(context: RunContext) -> RetrainOutcome:
     config = context.config
     start_dir = base_model_dir(context)
     data = load_valid_corpus(context, start_dir)
-    adapted, data = adapt(context, data, start_dir)
+    adapted = adapt_to_domain(context, data, start_dir)
     audit_resumptions(context, {"continued pretraining": ("step", adapted.resumed_from_step)})
-    model = package_candidate(context, adapted, start_dir)
+    tuned, data = tune_if_paired(context, data, start_dir, adapted)
+    model = package_candidate(context, tuned, start_dir)
     champion = champion_version(context)
     scores = evaluate_language_model(context, data, model, start_dir, champion)
     candidate = register_language_model(context, data, model, scores, champion)

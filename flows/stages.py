@@ -7,6 +7,7 @@ are built from these, so a stage behaves the same whichever command runs it.
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -122,10 +123,10 @@ def protect_personal_data(context: RunContext, tables: list[TextTable], scan_lab
     validation = context.config.validation
     with stage(context, "personal data"):
         scans = [steps.scan_personal_data(table, validation.phone_region, scan_labels) for table in tables]
-        findings: dict[str, dict[str, int]] = {}
-        for scan in scans:
-            for kind, count in scan.counts.items():
-                findings.setdefault(scan.source, {})[kind] = findings.get(scan.source, {}).get(kind, 0) + count
+        per_file: dict[str, Counter[str]] = {}
+        for scan in scans:  # a training file split into train and validation is one file
+            per_file.setdefault(scan.source, Counter()).update(scan.counts)
+        findings = {source: dict(sorted(counts.items())) for source, counts in per_file.items() if counts}
         if findings:
             context.registry.audit.append(context.subject,
                                           PersonalDataFound(context.run.id, validation.pii, findings))

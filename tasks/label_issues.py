@@ -13,6 +13,7 @@ r + 1), the given label, the suggested one and the model's confidence in it. Tex
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,17 +60,11 @@ class LabelIssues:
 
     def counts(self) -> dict[str, int]:
         """Issues per file."""
-        counts: dict[str, int] = {}
-        for issue in self.issues:
-            counts[issue.file] = counts.get(issue.file, 0) + 1
-        return counts
+        return dict(Counter(issue.file for issue in self.issues))
 
     def per_class(self, role: str) -> dict[str, int]:
         """Issues per given label: where the noise sits."""
-        counts: dict[str, int] = {}
-        for issue in self.of(role):
-            counts[issue.given] = counts.get(issue.given, 0) + 1
-        return dict(sorted(counts.items()))
+        return dict(sorted(Counter(issue.given for issue in self.of(role)).items()))
 
 
 def find_label_issues(train: TextTable, held_out: list[TextTable], base_model_dir: Path, max_seq_length: int,

@@ -103,6 +103,14 @@ class Adaptation(training.Recipe):
     def heldout_loss(self) -> float:
         raise NotImplementedError
 
+    def set_trainable(self, phase: training.Phase) -> None:
+        """LoRA (`pretraining.method: lora`) trains its adapters alone; otherwise every weight outside
+        `phase.frozen`."""
+        if self.params.method != "lora":
+            return super().set_trainable(phase)
+        for name, parameter in self.model.named_parameters():
+            parameter.requires_grad_("lora_" in name)
+
     def begin_phase(self, phase: training.Phase) -> None:
         if phase.name == "full" and math.isnan(self.heldout_loss_before):
             self.heldout_loss_before = self.heldout_loss()

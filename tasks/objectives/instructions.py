@@ -65,12 +65,6 @@ class InstructionTuning(Adaptation):
         default_rate = LORA_LEARNING_RATE if self.params.method == "lora" else FULL_LEARNING_RATE
         return [self.full_phase(self.params.learning_rate or default_rate)]
 
-    def set_trainable(self, phase: training.Phase) -> None:
-        if self.params.method != "lora":
-            return super().set_trainable(phase)
-        for name, parameter in self.model.named_parameters():
-            parameter.requires_grad_("lora_" in name)
-
     def step_loss(self, trainer: torch.nn.Module, step: int) -> tuple[torch.Tensor, int]:
         """This rank's share of the global batch, divided by the global batch's response tokens."""
         batch = [self.pairs[index] for index in self.order.batch(step, self.params.batch_size)]

@@ -103,13 +103,6 @@ class LanguageModelling(Adaptation):
         head = training.Phase("head", self.head_warmup_steps, learning_rate, frozen=self.model.base_model)
         return ([head] if self.head_warmup_steps else []) + [self.full_phase(learning_rate)]
 
-    def set_trainable(self, phase: training.Phase) -> None:
-        """LoRA trains its adapters alone; otherwise every weight outside `phase.frozen`."""
-        if self.params.method != "lora":
-            return super().set_trainable(phase)
-        for name, parameter in self.model.named_parameters():
-            parameter.requires_grad_("lora_" in name)
-
     def step_loss(self, trainer: torch.nn.Module, step: int) -> tuple[torch.Tensor, int]:
         """This rank's share of the global batch, divided by the global count of predicted tokens, so DDP's
         gradient average is the one-process one."""
