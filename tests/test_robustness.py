@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import random
 
+from pypinyin import Style, lazy_pinyin
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
-from tasks.robustness import PERTURBATIONS, flip_rates, perturbed, typo, width
+from tasks.robustness import PERTURBATIONS, flip_rates, homophone, homophones, perturbed, typo, width
 from tests.test_flow_retrain import _sentences
 
 TEXTS = ["the printer on floor two is jammed again", "vpn drops every hour, please help!",
@@ -43,6 +44,35 @@ def test_width_applies_to_cjk_text_and_round_trips() -> None:
     full = width("价格 100 元, OK", random.Random(0))
     assert full == "价格 １００ 元， ＯＫ"
     assert width(full, random.Random(0)) == "价格 100 元, OK"
+
+
+def test_a_homophone_is_one_or_two_common_characters_read_the_same_with_tone() -> None:
+    text = "我去银行取钱打印文件"  # hanzi only, so lazy_pinyin gives one in-context reading per character
+    readings, counts = lazy_pinyin(text, style=Style.TONE3), set()
+    for seed in range(200):
+        changed = homophone(text, random.Random(seed))
+        at = [i for i, (a, b) in enumerate(zip(text, changed, strict=True)) if a != b]
+        counts.add(len(at))
+        for i in at:
+            assert changed[i].encode("gb2312") and lazy_pinyin(changed[i], style=Style.TONE3) == [readings[i]]
+        if 3 in at:
+            assert readings[3] == "hang2" and changed[3] in "杭航绗珩颃"  # 行 read in context (银行), not xing2
+    assert counts == {1, 2}
+
+
+def test_homophones_are_indexed_once_over_the_gb2312_hanzi() -> None:
+    index = homophones()
+    assert homophones() is index
+    assert sum(len(characters) for characters in index.values()) == 6763
+    assert "银" in index["yin2"] and "行" in index["xing2"] and "行" not in index["hang2"]
+
+
+def test_homophone_applies_to_chinese_text_only_and_is_seeded() -> None:
+    assert [row for row, _ in perturbed(TEXTS, "homophone", 0)] == [3]
+    assert perturbed(TEXTS, "homophone", 3) == perturbed(TEXTS, "homophone", 3)
+    assert len({perturbed(TEXTS, "homophone", seed)[0][1] for seed in range(10)}) > 1
+    for text in ("printer jammed", "日本語のテキスト", "프린터가 고장났어요", "白北打"):  # 白北打: no common homophone
+        assert homophone(text, random.Random(0)) == text
 
 
 def test_a_case_insensitive_word_model_flips_on_typos_but_never_on_case_or_spacing() -> None:
