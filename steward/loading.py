@@ -65,7 +65,8 @@ def served_form(detail: ModelVersionDetail, requested: str | None) -> Compressed
 
 
 def predictor_for(detail: ModelVersionDetail, alias: str | None, form: str | None = None) -> Predictor:
-    """The version in the form `served_form` picks, loaded once its files match the registry's sha256s."""
+    """The version in the form `served_form` picks, loaded once its files match the registry's sha256s (a
+    compressed form keeps the fp32 files' place and hashes, to explain with)."""
     from core.hashing import ModelFiles
     from core.vocabulary import FP32
     from tasks.predict import ModelIdentity, load_predictor
@@ -75,7 +76,7 @@ def predictor_for(detail: ModelVersionDetail, alias: str | None, form: str | Non
     identity = ModelIdentity(detail.version.model_name, detail.version.version, alias, str(files.folder),
                              files.sha256, dict(chosen.metrics if chosen else detail.metrics),
                              chosen.form if chosen else FP32)
-    return load_predictor(files, identity)
+    return load_predictor(files, identity, detail.model_files())
 
 
 def is_language_model(detail: ModelVersionDetail) -> bool:

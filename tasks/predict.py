@@ -6,6 +6,10 @@ and runs them in batches padded to their own longest text (dynamic padding), the
 calibrated probabilities (softmax of the logits over the temperature fitted on the validation split), the
 top label and its probability. Inference holds no state between calls, and a lock serialises forward passes,
 so one predictor is safe to share between threads.
+
+`explain` gives token attributions (`tasks.explain`) from the fp32 PyTorch classifier: the served model itself,
+or, for a predictor serving a compressed ONNX form, the fp32 weights of the same version, loaded (files verified)
+on the first call.
 """
 
 from __future__ import annotations
@@ -22,11 +26,13 @@ from tasks.modeling import pick_device, quiet_transformers
 
 if TYPE_CHECKING:
     from core.hashing import ModelFiles
-    from tasks.classifier import Scorer
+    from tasks.classifier import Scorer, TorchScorer
     from tasks.data import TextTable
+    from tasks.explain import Explanation
     from tasks.language_model import Completion, Generator
 
 PREDICT_BATCH_SIZE = 32
+EXPLAIN_STEPS = 50  # integrated-gradients steps (tasks.explain.EXPLAIN_STEPS; not imported: it imports torch)
 
 
 @dataclass(frozen=True)
@@ -50,12 +56,16 @@ class ModelIdentity:
 
 
 class Predictor:
-    """One loaded model version in one form; `predict(texts)` is thread-safe."""
+    """One loaded model version in one form; `predict(texts)` and `explain(texts)` are thread-safe. `fp32`: the
+    version's fp32 files, which a compressed form explains with."""
 
-    def __init__(self, scorer: Scorer, identity: ModelIdentity) -> None:
+    def __init__(self, scorer: Scorer, identity: ModelIdentity, fp32: ModelFiles | None = None) -> None:
         self.scorer = scorer
         self.identity = identity
-        self._lock = threading.Lock()
+        self.fp32 = fp32
+        self._lock = threading.Lock()  # the served model's forward passes
+        self._explainer: TorchScorer | None = None  # a compressed form's fp32 model, once loaded
+        self._explainer_lock = threading.Lock()
 
     @property
     def labels(self) -> list[str]:
@@ -69,8 +79,7 @@ class Predictor:
         """Calibrated predictions for `texts`, in order."""
         from tasks.classifier import calibrated
 
-        if isinstance(texts, str) or not all(isinstance(text, str) for text in texts):
-            raise BadInputError("predict() takes a list of strings")
+        _require_texts(texts, "predict")
         if not texts:
             return []
         with self._lock:
@@ -79,22 +88,59 @@ class Predictor:
         labels = self.scorer.labels
         return [_prediction(labels, row) for row in probabilities]
 
+    def explain(self, texts: list[str], steps: int = EXPLAIN_STEPS) -> list[Explanation]:
+        """Integrated-gradients token attributions of `texts` toward their predicted classes, in order, by the
+        fp32 PyTorch classifier (see `tasks.explain`). A compressed form (int8, or a distilled student) explains
+        with its version's fp32 weights, so its label may differ from `predict`'s where the two disagree. When
+        the served model itself explains, its lock is held throughout: captum hooks its embedding layer."""
+        from tasks.classifier import TorchScorer
+        from tasks.explain import explain
+
+        _require_texts(texts, "explain")
+        if not texts:
+            return []
+        if isinstance(self.scorer, TorchScorer):
+            with self._lock:
+                return explain(self.scorer.classifier, texts, self.scorer.device, steps=steps)
+        with self._explainer_lock:
+            explainer = self._fp32_explainer()
+            return explain(explainer.classifier, texts, explainer.device, steps=steps)
+
+    def _fp32_explainer(self) -> TorchScorer:
+        """The version's fp32 classifier, loaded on first use once its files match the registry's sha256s."""
+        from tasks.classifier import TorchScorer, load_saved_classifier
+
+        if self._explainer is None:
+            if self.fp32 is None:
+                raise BadInputError(
+                    f"{self.identity.name}:{self.identity.version} is loaded in its {self.identity.form} form, which "
+                    "cannot be explained (an ONNX graph has no gradients), and its fp32 weights were not given: "
+                    "load it with form='fp32' (--format fp32)")
+            device = pick_device()
+            self._explainer = TorchScorer(load_saved_classifier(self.fp32.verified(), device), device)
+        return self._explainer
+
+
+def _require_texts(texts: list[str], method: str) -> None:
+    if isinstance(texts, str) or not all(isinstance(text, str) for text in texts):
+        raise BadInputError(f"{method}() takes a list of strings")
+
 
 def _prediction(labels: list[str], row: list[float]) -> Prediction:
     best = max(range(len(row)), key=row.__getitem__)
     return Prediction(labels[best], row[best], dict(zip(labels, row, strict=True)))
 
 
-def load_predictor(model: ModelFiles, identity: ModelIdentity) -> Predictor:
+def load_predictor(model: ModelFiles, identity: ModelIdentity, fp32: ModelFiles | None = None) -> Predictor:
     """A predictor on the form `identity.form` saved in `model`'s folder, once its files are verified: the
-    PyTorch classifier for `fp32`, an ONNX Runtime session otherwise."""
+    PyTorch classifier for `fp32`, an ONNX Runtime session otherwise (which explains with `fp32`'s files)."""
     from tasks.classifier import TorchScorer, load_saved_classifier
     from tasks.compress import load_form
 
     quiet_transformers()
     folder = model.verified()
     if identity.form != FP32:
-        return Predictor(load_form(folder), identity)
+        return Predictor(load_form(folder), identity, fp32)
     device = pick_device()
     return Predictor(TorchScorer(load_saved_classifier(folder, device), device), identity)
 
