@@ -143,6 +143,16 @@ def _add_stage_commands(commands: argparse._SubParsersAction) -> None:
     _form_option(predict)
     predict.set_defaults(handler=_lazy("steward.commands.predicting", "predict"))
 
+    explain = commands.add_parser("explain", help="which tokens decided a registered classifier's label (integrated "
+                                  "gradients)")
+    _common(explain, json_flag=False)
+    explain.add_argument("--json", action="store_true", help="print the explanations as one JSON list on stdout")
+    explain.add_argument("--model", required=True, metavar="NAME@ALIAS", help="or NAME:VERSION")
+    explain.add_argument("--text", required=True, action="append", metavar="TEXT", help="a text to explain (repeat)")
+    explain.add_argument("--steps", type=_positive_int, default=50, metavar="N",
+                         help="integration steps (default 50; more when the convergence delta is large)")
+    explain.set_defaults(handler=_lazy("steward.commands.explaining", "explain"))
+
     serve_model = commands.add_parser("serve-model", help="serve a registered model over HTTP, following its alias")
     _common(serve_model, json_flag=False)
     serve_model.add_argument("--model", required=True, metavar="NAME@ALIAS", help="or NAME:VERSION (fixed)")
