@@ -5,9 +5,11 @@ A causal language model is served by `steward.openai_server` instead, which reus
 (`ServedModel`), `Metrics`, bearer-token middleware (`GuardAndMeasure`) and `PredictionLogWriter`.
 
 Routes: `POST /v1/predict {"texts": [...]}` -> `{"model", "version", "predictions": [{"label", "score",
-"probabilities"}]}`; `GET /v1/model`; `GET /healthz` (the process is up); `GET /readyz` (a model is loaded);
-`GET /metrics` (Prometheus text format). With a token (STEWARD_API_TOKEN or --token-file) every route but the
-two health checks wants `Authorization: Bearer <token>`.
+"probabilities"}]}`; `POST /v1/explain {"texts": [...]}` -> `{"model", "version", "explanations": [{"text",
+"label", "score", "tokens", "spans", "attributions", "delta"}]}` (integrated gradients, `tasks/explain.py`; each
+request on a worker thread of its own, not batched with others nor logged); `GET /v1/model`; `GET /healthz` (the
+process is up); `GET /readyz` (a model is loaded); `GET /metrics` (Prometheus text format). With a token
+(STEWARD_API_TOKEN or --token-file) every route but the two health checks wants `Authorization: Bearer <token>`.
 
 - Micro-batching: requests that arrive while a forward pass runs are scored together in the next pass
   (requests join it while it holds fewer than `max_batch_texts` texts; a request is never split); each
@@ -22,9 +24,10 @@ two health checks wants `Authorization: Bearer <token>`.
 - Prediction log: with `serving.log_predictions` each answered text (with `serving.log_text`, the text
   itself), its label, probabilities, version and time go to a queue that a writer thread inserts into SQL in
   batches, off the request path; old rows are deleted after `serving.log_retention`.
-- Bad input gets a 4xx with `{"error": "<one line>"}`: a body over `max_body_bytes` (413, counted while it
-  is read), not JSON (400), no `texts` list, a non-string, too many texts, a text over `max_text_chars` or
-  not valid Unicode (422). The follower and the writer outlive a database that is away: they retry.
+- Bad input, to `/v1/predict` and `/v1/explain` alike, gets a 4xx with `{"error": "<one line>"}`: a body over
+  `max_body_bytes` (413, counted while it is read), not JSON (400), no `texts` list, a non-string, too many
+  texts, a text over `max_text_chars` or not valid Unicode (422). The follower and the writer outlive a
+  database that is away: they retry.
 """
 
 from __future__ import annotations
@@ -430,6 +433,14 @@ def create_app(settings: ServerSettings, predictor: Predictor, follow_alias: boo
         return JSONResponse({"model": answered_by.identity.name, "version": answered_by.version,
                              "predictions": [_prediction_json(p) for p in predictions]})
 
+    @app.post("/v1/explain")
+    async def explain(request: Request) -> JSONResponse:
+        texts = parse_texts(await body_within(request, settings.max_body_bytes), settings)
+        predictor = served.model  # the version that explains, whatever a swap does meanwhile
+        explanations = await asyncio.to_thread(predictor.explain, texts)
+        return JSONResponse({"model": predictor.identity.name, "version": predictor.version,
+                             "explanations": [explanation.to_json() for explanation in explanations]})
+
     @app.get("/v1/model")
     async def model() -> JSONResponse:
         predictor = served.model  # one read: a swap meanwhile cannot mix two versions in the answer
@@ -454,7 +465,7 @@ def create_app(settings: ServerSettings, predictor: Predictor, follow_alias: boo
 
 
 OPEN_ROUTES = frozenset({"/healthz", "/readyz"})
-KNOWN_ROUTES = frozenset({"/v1/predict", "/v1/model", "/metrics", *OPEN_ROUTES})
+KNOWN_ROUTES = frozenset({"/v1/predict", "/v1/explain", "/v1/model", "/metrics", *OPEN_ROUTES})
 
 
 def plain_error(message: str) -> dict[str, Any]:
