@@ -36,6 +36,8 @@ class DataConfig(_Section):
     domain_corpus: Path | None = None
     corpus_validation: float = Field(0.05, gt=0.0, lt=0.5)
     corpus_test: float = Field(0.1, gt=0.0, lt=0.5)
+    # Columns of the test file whose values are slices the gate judges one by one (a source, a region).
+    slice_columns: list[str] = Field(default_factory=list)
 
 
 class TextLengthBounds(_Section):
@@ -123,6 +125,13 @@ class EvaluationConfig(_Section):
     max_forgetting: float = Field(0.10, ge=0.0)
     reference_text: Path | None = None  # causal-lm: a general text file (one per line); default: base samples
     reference_samples: int = Field(32, ge=2)  # texts sampled from the base when reference_text is not set
+    # A classifier's slices (tasks/slices.py): one with at least `min_slice_rows` rows whose score falls more than
+    # `max_slice_drop` below the champion's (a first champion: the classical baseline's) refuses the candidate.
+    min_slice_rows: int = Field(30, ge=1)
+    max_slice_drop: float = Field(0.05, ge=0.0, le=1.0)
+    # The share of test texts whose label flips under the perturbations of tasks/robustness.py, all together, above
+    # which the candidate is refused; unset: reported beside the champion's, never refusing.
+    max_flip_rate: float | None = Field(None, ge=0.0, le=1.0)
 
     @field_validator("min_score", mode="before")
     @classmethod

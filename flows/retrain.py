@@ -24,6 +24,7 @@ from flows.language_model import (
 from flows.stages import (
     adapt_if_configured,
     adapt_to_domain,
+    analyse_risks,
     apply_gate,
     base_model_dir,
     compress_candidate,
@@ -58,6 +59,9 @@ class RetrainOutcome:
     base_metrics: dict[str, float] | None = None  # a language model's base, on the same test documents
     pii_findings: dict[str, dict[str, int]] = field(default_factory=dict)  # file -> {type -> count}
     label_issues: list[dict[str, Any]] = field(default_factory=list)  # {file, line, given, suggested, confidence}
+    slices: list[dict[str, Any]] = field(default_factory=list)  # `tasks.slices.SliceScore.to_json()`, a classifier's
+    robustness: list[dict[str, Any]] = field(default_factory=list)  # flip rates per perturbation, the champion's beside
+    explanations: list[dict[str, Any]] = field(default_factory=list)  # token attributions of chosen test texts
     report: str = ""
 
 
@@ -77,12 +81,13 @@ def retrain_once(context: RunContext) -> RetrainOutcome:
     evaluation = evaluate_candidate(context, data, model)
     classical = fit_baseline(context, data)
     champion = score_champion(context, data)
+    risks = analyse_risks(context, data, model, evaluation, champion, classical)
     candidate = register_candidate(
-        context, data, model, evaluation, champion.version if champion else None, adapted=pretrained,
+        context, data, model, evaluation, champion.version if champion else None, adapted=pretrained, risks=risks,
     )
     compress_candidate(context, data, candidate, evaluation)  # before the gate: a promoted version has its forms
     metrics = evaluation.headline()
-    outcome = apply_gate(context, candidate, metrics, champion, classical)
+    outcome = apply_gate(context, candidate, metrics, champion, classical, risks)
     publish_metrics(config.name, metrics, champion.metrics if champion else None, classical.metrics)
     publish_gate_decision(config.name, candidate.version, outcome)
     return RetrainOutcome(
@@ -101,6 +106,8 @@ def retrain_once(context: RunContext) -> RetrainOutcome:
         finetuning_resumed_from_epoch=finetuned.resumed_from_epoch,
         pii_findings=data.pii_findings,
         label_issues=[issue.to_json() for issue in data.label_issues.issues] if data.label_issues else [],
+        slices=[score.to_json() for score in risks.slices], robustness=risks.robustness_json(),
+        explanations=risks.explanations,
     )
 
 

@@ -16,6 +16,7 @@ from flows.language_model import load_valid_corpus
 from flows.stages import (
     adapt_if_configured,
     adapt_to_domain,
+    analyse_risks,
     base_model_dir,
     compress_candidate,
     evaluate,
@@ -25,6 +26,7 @@ from flows.stages import (
     load_data,
     load_valid_data,
     register_candidate,
+    score_champion,
     train_classifier,
     validate_data,
 )
@@ -57,6 +59,9 @@ class EvaluationOutcome:
     model: str
     version: int
     metrics: dict[str, float]
+    slices: list[dict[str, Any]]  # beside the champion's, or the classical baseline's when this is the champion
+    robustness: list[dict[str, Any]]
+    explanations: list[dict[str, Any]]
 
 
 @flow(name="steward-validate", log_prints=False)
@@ -110,7 +115,8 @@ def finetune_only(config_path: str, nproc: int = 1) -> FineTuneOutcome:
 
 @flow(name="steward-evaluate", log_prints=False)
 def evaluate_version(config_path: str, model_name: str, version: int) -> EvaluationOutcome:
-    """Score a registered version on the config's test set after checking its weights' sha256."""
+    """Score a registered version on the config's test set after checking its weights' sha256, with its defects
+    and risks beside the champion's (the classical baseline's when the version is the champion)."""
     with flow_run(config_path, "evaluate") as context:
         registry = context.registry
         detail = registry.get_version(model_name, version)
@@ -121,4 +127,9 @@ def evaluate_version(config_path: str, model_name: str, version: int) -> Evaluat
                 run_id=context.run.id, version_id=detail.version.id,
                 dataset_id=data.dataset_ids["test"], metrics=evaluation.headline(),
             )
-        return EvaluationOutcome(context.run.id, model_name, version, evaluation.headline())
+        champion = score_champion(context, data) if model_name == context.config.name else None
+        champion = None if champion is None or champion.version.version == version else champion
+        risks = analyse_risks(context, data, detail.model_files(), evaluation, champion, fit_baseline(context, data))
+        return EvaluationOutcome(context.run.id, model_name, version, evaluation.headline(),
+                                 [score.to_json() for score in risks.slices], risks.robustness_json(),
+                                 risks.explanations)

@@ -7,6 +7,7 @@ are built from these, so a stage behaves the same whichever command runs it.
 from __future__ import annotations
 
 import shutil
+import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,6 +31,7 @@ from tasks.label_issues import LabelIssues
 from tasks.modeling import resolve_base_model
 from tasks.objectives.base import PretrainJob
 from tasks.pretrain import PretrainResult, resolve_objective
+from tasks.risks import RiskAnalysis
 from tasks.validation import ValidationReport
 
 VALIDATION_SPLIT_FRACTION = 0.1
@@ -41,12 +43,15 @@ class LoadedData:
     dataset_ids: dict[str, int]  # role -> the registry's dataset id
     pii_findings: dict[str, dict[str, int]] = field(default_factory=dict)  # file -> {type -> count}
     label_issues: LabelIssues | None = None  # labelled data only
+    test_columns: dict[str, list[str | None]] = field(default_factory=dict)  # data.slice_columns, every test row
 
 
 @dataclass(frozen=True)
 class ChampionScore:
     version: ModelVersionRecord
     metrics: dict[str, float]
+    files: ModelFiles
+    predictions: list[str]  # on the test set's labelled rows
 
 
 def record_dataset(context: RunContext, table: TextTable) -> int:
@@ -69,6 +74,8 @@ def load_data(context: RunContext, train_override: Path | None = None) -> Loaded
             files["validation"] = steps.load_table(config.resolve(data.validation), *columns, "validation")
         if data.domain_corpus is not None:
             files["corpus"] = steps.load_corpus(config)
+        test_columns = steps.load_slice_columns(config.resolve(data.test), data.text_column, data.slice_columns,
+                                                "test") if data.slice_columns else {}
     protected, findings = protect_personal_data(context, list(files.values()))
     files = dict(zip(files, protected, strict=True))
     label_issues = None
@@ -80,7 +87,7 @@ def load_data(context: RunContext, train_override: Path | None = None) -> Loaded
     splits = Splits(train, validation, files["test"], files.get("corpus"))
     with stage(context, "record data"):
         dataset_ids = {table.role: record_dataset(context, table) for table in splits.tables()}
-    return LoadedData(splits, dataset_ids, findings, label_issues)
+    return LoadedData(splits, dataset_ids, findings, label_issues, test_columns)
 
 
 def check_labels(context: RunContext, files: dict[str, TextTable]) -> tuple[dict[str, TextTable], LabelIssues]:
@@ -316,10 +323,11 @@ def fit_baseline(context: RunContext, data: LoadedData) -> BaselineResult:
 
 def register_candidate(
     context: RunContext, data: LoadedData, model: ModelFiles, evaluation: EvaluationResult,
-    parent: ModelVersionRecord | None, adapted: PretrainResult | None = None,
+    parent: ModelVersionRecord | None, adapted: PretrainResult | None = None, risks: RiskAnalysis | None = None,
 ) -> ModelVersionRecord:
     """Register the fine-tuned weights with their lineage, test metrics and evaluation details
-    (`adapted`: the continued-pretraining checkpoint it was fine-tuned from, if any)."""
+    (`adapted`: the continued-pretraining checkpoint it was fine-tuned from, if any; `risks`: its defects and
+    risks)."""
     config = context.config
     with stage(context, "register"):
         version = context.registry.register_version(
@@ -337,7 +345,7 @@ def register_candidate(
             metrics=evaluation.headline(),
         )
         context.registry.record_evaluation(
-            _evaluation_detail(context.run.id, version.id, data.dataset_ids["test"], evaluation, adapted)
+            _evaluation_detail(context.run.id, version.id, data.dataset_ids["test"], evaluation, adapted, risks)
         )
     return version
 
@@ -366,6 +374,7 @@ def compress_candidate(
 
 def _evaluation_detail(
     run_id: str, version_id: int, dataset_id: int, evaluation: EvaluationResult, adapted: PretrainResult | None,
+    risks: RiskAnalysis | None,
 ) -> EvaluationDetailIn:
     """The registry's record of an evaluation beyond its headline metrics."""
     return EvaluationDetailIn(
@@ -378,6 +387,7 @@ def _evaluation_detail(
         reliability=tuple(evaluation.reliability),
         adapted_checkpoint_key=adapted.cache_key if adapted else None,
         adapted_checkpoint_path=str(adapted.model_dir) if adapted else None,
+        risks=risks.to_json() if risks else None,
     )
 
 
@@ -388,20 +398,41 @@ def score_champion(context: RunContext, data: LoadedData) -> ChampionScore | Non
     if champion is None:
         return None
     with stage(context, "score champion"):
-        detail = registry.get_version(config.name, champion.version)
-        return ChampionScore(champion, evaluate(context, detail.model_files(), data.splits.test).headline())
+        files = registry.get_version(config.name, champion.version).model_files()
+        evaluation = evaluate(context, files, data.splits.test)
+        return ChampionScore(champion, evaluation.headline(), files, evaluation.predictions)
+
+
+def analyse_risks(context: RunContext, data: LoadedData, model: ModelFiles, evaluation: EvaluationResult,
+                  champion: ChampionScore | None, classical: BaselineResult) -> RiskAnalysis:
+    """The candidate's defects and risks on the test set (`tasks.risks`): slices beside the champion's (a first
+    champion: the classical baseline's), flip rates under perturbation beside the champion's (cached by its files),
+    and token attributions of its most confident errors and of one correct text per class."""
+    config, test = context.config, data.splits.test
+    with stage(context, "defects and risks"):
+        started = time.perf_counter()
+        flips = steps.cached(steps.flip_rates, context.workspace.results)
+        champion_flips = flips(champion.files, test, config.seed) if champion else None
+        reference, reference_name = ((champion.predictions, "champion") if champion
+                                     else (classical.predictions, "classical baseline"))
+        analysis = steps.analyse_risks(test, evaluation.predictions, data.test_columns, reference, reference_name,
+                                       flips(model, test, config.seed), champion_flips, config.seed)
+        analysis = replace(analysis, explanations=steps.explain_test_examples(model, test))
+        return replace(analysis, seconds=round(time.perf_counter() - started, 3))
 
 
 def apply_gate(
     context: RunContext, candidate: ModelVersionRecord, metrics: dict[str, float],
-    champion: ChampionScore | None, classical: BaselineResult,
+    champion: ChampionScore | None, classical: BaselineResult, risks: RiskAnalysis | None = None,
 ) -> GateOutcome:
-    """Decide, record the decision with its numbers, and move the alias it calls for."""
+    """Decide (with the slices and the flip rate of `risks`), record the decision with its numbers, and move the
+    alias it calls for."""
     config, registry = context.config, context.registry
     with stage(context, "promotion gate"):
         # The registry's policy outranks the config: a model once made to need approval keeps needing it.
         policy = config.evaluation.model_copy(update={"require_approval": registry.requires_approval(config.name)})
-        outcome = steps.decide_promotion(metrics, champion.metrics if champion else None, policy, classical.metrics)
+        outcome = steps.decide_promotion(metrics, champion.metrics if champion else None, policy, classical.metrics,
+                                         risks.slices if risks else (), risks.flip_rate if risks else None)
         registry.record_gate_decision(outcome, run_id=context.run.id, candidate_version_id=candidate.id,
                                       champion_version_id=champion.version.id if champion else None)
         if outcome.alias is not None:

@@ -2,9 +2,10 @@
 timeout and caching. The functions themselves know nothing of Prefect; called outside a flow (by `steward predict`,
 a benchmark or a test) they are plain Python.
 
-Five are cached by Prefect across runs, in result storage under the workspace (`cached`), as JSON:
+Six are cached by Prefect across runs, in result storage under the workspace (`cached`), as JSON:
 - `evaluate_model`, keyed by the model's recorded file hashes and the test set's fingerprint: the champion is
   scored on a test set once, whether by the run that trained it or by the run that next challenges it;
+- `flip_rates`, keyed the same way and by the seed: the champion's flip rates under perturbation likewise;
 - `score_documents`, keyed the same way: a language model's base and champion are scored on test documents once;
 - `score_reference`, keyed the same way by the reference data: monitoring scores a champion's reference once;
   a causal-lm champion's goes through `score_documents`, where its own run left its test split's losses;
@@ -36,6 +37,7 @@ from tasks import (
     lm_drift,
     pii,
     pretrain,
+    risks,
     self_training,
     validation,
 )
@@ -70,6 +72,7 @@ load_table = task(data.load_table, name="load-table", **_LOADING)
 load_corpus = task(data.load_corpus, name="load-corpus", **_LOADING)
 load_documents = task(data.load_documents, name="load-documents", **_LOADING)
 load_instructions = task(data.load_instructions, name="load-instructions", **_LOADING)
+load_slice_columns = task(data.load_slice_columns, name="load-slice-columns", **_LOADING)
 scan_personal_data = task(pii.scan_table, name="scan-personal-data", cache_policy=NO_CACHE)
 find_label_issues = task(label_issues.find_label_issues, name="find-label-issues", cache_policy=NO_CACHE)
 validate_table = task(validation.validate_table, name="validate-data", cache_policy=NO_CACHE)
@@ -78,6 +81,9 @@ continue_pretraining = task(pretrain.continue_pretraining, name="continue-pretra
 fine_tune = task(finetune.fine_tune, name="fine-tune", cache_policy=NO_CACHE)
 self_train = task(self_training.self_train, name="self-training", cache_policy=NO_CACHE)
 evaluate_model = task(evaluate.evaluate_model, name="evaluate", **_CACHED)
+flip_rates = task(risks.flip_rates_of, name="flip-rates", **_CACHED)
+analyse_risks = task(risks.analyse, name="analyse-risks", cache_policy=NO_CACHE)
+explain_test_examples = task(risks.explain_test_examples, name="explain-test-examples", cache_policy=NO_CACHE)
 fit_classical_baseline = task(baseline.fit_classical_baseline, name="classical-baseline", cache_policy=NO_CACHE)
 compress_model = task(compress.compress_model, name="compress", cache_policy=NO_CACHE)
 decide_promotion = task(gate.decide_promotion, name="promotion-gate", cache_policy=NO_CACHE)

@@ -401,6 +401,7 @@ class EvaluationDetail(Base):
     adapted_checkpoint_key: Mapped[str | None] = mapped_column(String(64))
     adapted_checkpoint_path: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    risks: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # added by migration 0012
 
     @staticmethod
     def columns_of(detail: EvaluationDetailIn) -> dict[str, Any]:

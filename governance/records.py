@@ -211,6 +211,7 @@ class EvaluationDetailIn:
     reliability: tuple[ReliabilityBin, ...]  # non-empty confidence bins, in confidence order
     adapted_checkpoint_key: str | None = None  # the continued-pretraining cache key
     adapted_checkpoint_path: str | None = None
+    risks: dict[str, Any] | None = None  # `tasks.risks.RiskAnalysis.to_json()`: slices, robustness, explanations
 
 
 @dataclass(frozen=True)
@@ -226,6 +227,7 @@ class EvaluationDetailRecord:
     adapted_checkpoint_key: str | None
     adapted_checkpoint_path: str | None
     created_at: datetime
+    risks: dict[str, Any] | None = None
 
     @property
     def examples(self) -> int:

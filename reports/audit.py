@@ -1,10 +1,10 @@
 """The audit report of one model version: what a reviewer reads before letting it serve.
 
 Built from the registry alone (no training code): the gate decision, a model card, metrics against
-the champion, per-class results, calibration, training curves, validation, drift, lineage, artifacts,
-environment and the audit trail. A causal language model's report has its perplexity against the base and
-the champion and the fixed prompts answered side by side instead (`reports.language_model`). Rendered as
-self-contained HTML (`reports.render`) or markdown.
+the champion, per-class results, calibration, defects and risks (`reports.risks`), training curves,
+validation, drift, lineage, artifacts, environment and the audit trail. A causal language model's report
+has its perplexity against the base and the champion and the fixed prompts answered side by side instead
+(`reports.language_model`). Rendered as self-contained HTML (`reports.render`) or markdown.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from governance.records import (
     RunRecord,
 )
 from governance.registry import Registry
-from reports import language_model
+from reports import language_model, risks
 from reports.evidence import Evidence, gather
 from reports.plots import compression_svg, confusion_matrix_svg, curves_svg, reliability_svg
 from reports.render import (
@@ -210,7 +210,7 @@ def _derived_limitations(evidence: Evidence) -> list[str]:
 
 
 def _classifier_limitations(evidence: Evidence) -> list[str]:
-    lines = []
+    lines = risks.card_lines(evidence)
     evaluation, ece = evidence.evaluation, evidence.detail.metrics.get("ece")
     if evaluation is not None:
         weakest = min(evaluation.per_class, key=lambda score: score.f1)
@@ -668,7 +668,8 @@ def document(evidence: Evidence) -> Document:
     if evidence.is_language_model:  # no classes, confidences or compressed forms: perplexity and answers instead
         quality = [language_model.perplexity_section(evidence), language_model.samples_section(evidence)]
     else:
-        quality = [_metrics(evidence), _per_class(evidence), _calibration(evidence), _compression(evidence)]
+        quality = [_metrics(evidence), _per_class(evidence), _calibration(evidence), risks.section(evidence),
+                   _compression(evidence)]
     sections = [
         _summary(evidence), _model_card(evidence), *quality, _training(evidence), _validation(evidence),
         _data_risks(evidence), _drift(evidence), _lineage(evidence), _artifacts(evidence), _environment(evidence),

@@ -162,3 +162,47 @@ def loss_histograms_svg(panels: Sequence[LossPanel]) -> str:
             axes.grid(alpha=0.3)
 
     return _svg(draw, (4.6 * len(panels) + 0.6, 3.9))
+
+
+SlicePoint = tuple[str, float, float, float, float | None]  # name, score, interval low, high, the reference's score
+
+
+def slices_svg(points: Sequence[SlicePoint], reference_name: str | None) -> str:
+    """Each slice's score with its bootstrap interval as a horizontal bar, the reference's score as a hollow mark."""
+
+    def draw(figure: Figure) -> None:
+        axes = figure.subplots()
+        rows = list(range(len(points)))[::-1]
+        scores = [point[1] for point in points]
+        errors = [[p[1] - p[2] for p in points], [p[3] - p[1] for p in points]]
+        axes.errorbar(scores, rows, xerr=errors, fmt="o", color=ACCENT, capsize=3, label="this version (95% interval)")
+        marked = [(row, p[4]) for row, p in zip(rows, points, strict=True) if p[4] is not None]
+        if marked:
+            axes.scatter([value for _, value in marked], [row for row, _ in marked], marker="D", facecolors="none",
+                         edgecolors=WARM, zorder=3, label=reference_name or "reference")
+        axes.set_yticks(rows, [point[0] for point in points])
+        axes.set(xlabel="score (a class: its F1; other slices: macro-F1)", xlim=(min(0.0, *scores) - 0.02, 1.02))
+        axes.grid(axis="x", color=GRID, linewidth=0.4)
+        axes.legend(loc="lower left", frameon=False)
+
+    return _svg(draw, (6.4, 1.2 + 0.32 * len(points)))
+
+
+def flip_rates_svg(rates: Sequence[tuple[str, float, float | None]]) -> str:
+    """Per perturbation (name, this version's flip rate, the champion's or None): grouped bars."""
+
+    def draw(figure: Figure) -> None:
+        axes = figure.subplots()
+        positions = range(len(rates))
+        mine = axes.bar([i - 0.2 for i in positions], [rate for _, rate, _ in rates], width=0.4, color=ACCENT,
+                        label="this version")
+        axes.bar_label(mine, labels=[f"{rate:.1%}" for _, rate, _ in rates], fontsize=8, padding=2)
+        theirs = [(i, rate) for i, (_, _, rate) in zip(positions, rates, strict=True) if rate is not None]
+        if theirs:
+            axes.bar([i + 0.2 for i, _ in theirs], [rate for _, rate in theirs], width=0.4, color=WARM,
+                     label="champion")
+        axes.set_xticks(list(positions), [name for name, _, _ in rates])
+        axes.set(ylabel="share of perturbed texts whose label flipped")
+        axes.legend(frameon=False)
+
+    return _svg(draw, (1.6 + 0.9 * len(rates), 3.0))

@@ -78,7 +78,21 @@ class Completions:
     caption: str = ""
 
 
-Block = str | Facts | Bullets | Table | Figure | Chain | Preformatted | Completions
+@dataclass(frozen=True)
+class Highlighted:
+    """Texts with a weight on character spans of each (token attributions). In HTML a span's background is green
+    for a positive weight and red for a negative one, deeper the larger it is against the text's largest; markdown
+    lists each text's heaviest spans instead."""
+
+    rows: list[tuple[str, str, list[tuple[int, int, float]]]]  # a title line, the text, (start, end, weight)
+    caption: str = ""
+
+    def heaviest(self, text: str, spans: list[tuple[int, int, float]], count: int = 5) -> list[str]:
+        ordered = sorted(spans, key=lambda span: -abs(span[2]))[:count]
+        return [f"{text[start:end]} ({weight:+.2f})" for start, end, weight in ordered]
+
+
+Block = str | Facts | Bullets | Table | Figure | Chain | Preformatted | Completions | Highlighted
 
 
 @dataclass(frozen=True)
@@ -137,6 +151,9 @@ def _md_block(block: Block) -> list[str]:
         return [" → ".join(f"**{title}** ({'; '.join(lines)})" for title, lines in block.steps), ""]
     if isinstance(block, Completions):
         return _md_completions(block)
+    if isinstance(block, Highlighted):
+        return [f"- {title}: {text} — heaviest: {', '.join(block.heaviest(text, spans))}"
+                for title, text, spans in block.rows] + [""]
     caption = [f"*{block.caption}*", ""] if block.caption else []
     return [*caption, "```", block.text, "```", ""]
 
@@ -250,6 +267,27 @@ def _html_completions(block: Completions) -> str:
             f"<tbody>{rows}</tbody></table></div>")
 
 
+def _html_highlighted(block: Highlighted) -> str:
+    caption = f"<h3>{_esc(block.caption)}</h3>" if block.caption else ""
+    rows = [f'<div class="attr"><div class="why">{_esc(title)}</div><p>{_marked(text, spans)}</p></div>'
+            for title, text, spans in block.rows]
+    return caption + "".join(rows)
+
+
+def _marked(text: str, spans: list[tuple[int, int, float]]) -> str:
+    """The text with each span in a <mark> whose colour says the sign and the strength of its weight."""
+    peak = max((abs(weight) for _, _, weight in spans), default=0.0) or 1.0
+    pieces, at = [], 0
+    for start, end, weight in sorted(spans):
+        if start < at or end <= start:
+            continue
+        colour = "30,123,69" if weight > 0 else "180,35,24"
+        pieces += [_esc(text[at:start]), f'<mark style="background:rgba({colour},{abs(weight) / peak * 0.6:.2f})" '
+                                         f'title="{weight:+.3f}">{_esc(text[start:end])}</mark>']
+        at = end
+    return "".join([*pieces, _esc(text[at:])])
+
+
 def _html_block(block: Block) -> str:
     if isinstance(block, str):
         return f"<p>{_esc(block)}</p>"
@@ -260,7 +298,7 @@ def _html_block(block: Block) -> str:
         return f"{caption}<pre>{_esc(block.text)}</pre>"
     renderers: dict[type, Callable] = {
         Facts: _html_facts, Bullets: _html_bullets, Table: _html_table, Chain: _html_chain,
-        Completions: _html_completions,
+        Completions: _html_completions, Highlighted: _html_highlighted,
     }
     return renderers[type(block)](block)
 
@@ -310,6 +348,8 @@ figcaption{color:var(--soft);font-size:.85rem}
 .step{border:1px solid var(--line);border-left:4px solid var(--accent);border-radius:6px;padding:.4rem .7rem;
 background:var(--head);max-width:260px;font-size:.85rem;display:flex;flex-direction:column;overflow-wrap:anywhere}
 .arrow{align-self:center;font-size:1.4rem;color:var(--soft)}
+.attr{border-left:3px solid var(--line);padding:.1rem .8rem;margin:.5rem 0}.attr p{margin:.2rem 0}
+.attr .why{color:var(--soft);font-size:.82rem}mark{color:inherit;border-radius:3px;padding:0 1px}
 footer{color:var(--soft);font-size:.8rem;text-align:center}
 @media print{
 body{background:#fff;font-size:11pt}main{max-width:none;padding:0}

@@ -31,6 +31,7 @@ class BaselineResult:
     validation_scores: dict[float, float]  # C -> the primary metric on the validation split
     seconds: float  # vectorising, fitting the grid, choosing C and scoring the test set
     labels: list[str]
+    predictions: list[str]  # on the test set's labelled rows, in order (the slices' first reference)
 
     def registry_metrics(self) -> dict[str, float]:
         """The scalars recorded against the run and the test set."""
@@ -65,8 +66,9 @@ def fit_classical_baseline(splits: Splits, primary_metric: str) -> BaselineResul
                 for c in C_GRID]
     scores = {c: _metrics(val_truth, model.predict(val_features).tolist())[primary_metric] for c, model in fits}
     c, model = max(fits, key=lambda fit: scores[fit[0]])  # the first maximum: the smaller C on a tie
-    metrics = _metrics(test_truth, model.predict(test_features).tolist())
-    return BaselineResult(metrics, c, scores, time.perf_counter() - started, labels)
+    predicted = model.predict(test_features).tolist()
+    metrics = _metrics(test_truth, predicted)
+    return BaselineResult(metrics, c, scores, time.perf_counter() - started, labels, [labels[i] for i in predicted])
 
 
 def _metrics(truth: list[int], predicted: list[int]) -> dict[str, float]:

@@ -131,6 +131,15 @@ def load_table(path: Path, text_column: str, label_column: str | None, role: str
     return make_table(role, path, texts, labels, schema)
 
 
+def load_slice_columns(path: Path, text_column: str, columns: Sequence[str], role: str) -> dict[str, list[str | None]]:
+    """The values of `columns` in each row of the file, as labels are read (1, 1.0 and "1" are one value), aligned
+    with the rows `load_table` reads; a column the file lacks is bad input, named."""
+    frame = _read_frame(Path(path), text_column, role)
+    for column in columns:
+        _require_column(Path(path), frame, column, "slice")
+    return {column: [_as_label(value) for value in frame[column].tolist()] for column in columns}
+
+
 def load_corpus(config: StewardConfig) -> TextTable:
     """The unlabelled domain corpus named by `data.domain_corpus`; an empty corpus is bad input."""
     if config.data.domain_corpus is None:

@@ -11,19 +11,25 @@ from core.results import GateOutcome
 from core.vocabulary import CLASSICAL_BASELINE_NAME, FloorSource, GateOutcomeName
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from core.config import EvaluationConfig
+    from tasks.slices import SliceScore
 
 TOLERANCE = 1e-9  # so 0.3 counts as 0.1 + 0.2: metric noise far below this never decides a gate
 
 
 def decide_promotion(
     candidate: dict[str, float], champion: dict[str, float] | None, policy: EvaluationConfig,
-    classical_baseline: dict[str, float] | None = None,
+    classical_baseline: dict[str, float] | None = None, slices: Sequence[SliceScore] = (),
+    flip_rate: float | None = None,
 ) -> GateOutcome:
     """Pass when the candidate clears the floor and beats the champion by `min_improvement`
     (candidate ≥ champion + min_improvement); with no champion only the floor applies. The floor is
     `min_score`, or with `min_score: baseline` the classical baseline's score on the same test set
-    (`classical_baseline`); it applies whether or not there is a champion."""
+    (`classical_baseline`); it applies whether or not there is a champion. Then no slice of `slices` (scored beside
+    the champion's or the classical baseline's) may fall too far below its reference, and with
+    `max_flip_rate` set the candidate's `flip_rate` may not exceed it."""
     metric = policy.primary_metric
     score = _score(candidate, metric, "candidate")
     champion_score = None if champion is None else _score(champion, metric, "champion")
@@ -33,10 +39,30 @@ def decide_promotion(
         checks.append(_improvement_check(metric, score, champion_score, policy.min_improvement))
     else:
         checks.append((True, "no champion yet: the floor alone decides"))
+    checks += _slice_checks(slices, policy)
+    if policy.max_flip_rate is not None and flip_rate is not None:
+        ok = flip_rate <= policy.max_flip_rate + TOLERANCE
+        checks.append((ok, f"flip rate under perturbation {flip_rate:.1%} {'within' if ok else 'above'} "
+                           f"max_flip_rate {policy.max_flip_rate:.1%}"))
     passed, outcome, reasons = _verdict(checks, policy)
     return GateOutcome(passed=passed, outcome=outcome, primary_metric=metric, candidate_score=score,
                        champion_score=champion_score, reasons=reasons, min_score=floor, floor_source=source,
                        min_improvement=policy.min_improvement)
+
+
+def _slice_checks(slices: Sequence[SliceScore], policy: EvaluationConfig) -> list[tuple[bool, str]]:
+    """A failed check naming each slice of at least `min_slice_rows` rows that falls more than `max_slice_drop`
+    below its reference; else one passed check saying how many slices were judged."""
+    judged = [s for s in slices if s.drop is not None and s.rows >= policy.min_slice_rows]
+    if not judged:
+        return []
+    failed = [s for s in judged if (s.drop or 0.0) > policy.max_slice_drop + TOLERANCE]
+    if not failed:
+        return [(True, f"no slice falls more than max_slice_drop {policy.max_slice_drop:.2f} below the "
+                       f"{judged[0].reference_name}'s ({len(judged)} slices of at least {policy.min_slice_rows} rows)")]
+    return [(False, f"slice {s.name} ({s.rows} rows): {s.metric} {s.score:.4f} is {s.drop:.4f} below the "
+                    f"{s.reference_name}'s {s.reference:.4f}, more than max_slice_drop {policy.max_slice_drop:.2f}")
+            for s in failed]
 
 
 def _verdict(checks: list[tuple[bool, str]], policy: EvaluationConfig) -> tuple[bool, GateOutcomeName, list[str]]:

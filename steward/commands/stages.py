@@ -41,6 +41,21 @@ def _base_line(metrics: dict[str, float]) -> str:
             f"(95% interval {metrics['perplexity_ci_low']:.3f}–{metrics['perplexity_ci_high']:.3f})")
 
 
+def _risk_lines(slices: list[dict], robustness: list[dict]) -> list[str]:
+    """The weakest slice against its reference and the overall flip rate, beside the champion's."""
+    lines = []
+    compared = [piece for piece in slices if piece["drop"] is not None]
+    if compared:
+        worst = max(compared, key=lambda piece: piece["drop"])
+        lines.append(f"Weakest slice: {worst['name']} ({worst['rows']} rows) {worst['metric']} {worst['score']:.4f} "
+                     f"vs the {worst['reference_name']}'s {worst['reference']:.4f}")
+    overall = next((rate for rate in robustness if rate["perturbation"] == "all"), None)
+    if overall is not None:
+        champion = "" if overall["champion_rate"] is None else f" (champion {overall['champion_rate']:.1%})"
+        lines.append(f"Flip rate under perturbation: {overall['rate']:.1%} of {overall['rows']} texts{champion}")
+    return lines
+
+
 def _print_retrain(outcome) -> None:
     out = console()
     baseline = f" against champion v{outcome.baseline_version}" if outcome.baseline_version else ""
@@ -51,6 +66,8 @@ def _print_retrain(outcome) -> None:
         out.print(_classical_line(outcome.classical_baseline_metrics))
     if outcome.base_metrics is not None:
         out.print(_base_line(outcome.base_metrics))
+    for line in _risk_lines(outcome.slices, outcome.robustness):
+        out.print(line)
     style = {"promoted": "bold green", "challenger": "bold yellow"}.get(outcome.decision, "bold red")
     out.print(f"Gate: [{style}]{outcome.decision}[/] — " + "; ".join(outcome.reasons))
     out.print(f"Audit report: {outcome.report}")
@@ -174,5 +191,10 @@ def evaluate(args: argparse.Namespace) -> int:
 
     name, version = ModelRef.parse_version(args.model)
     outcome = evaluate_version(config_path=args.config, model_name=name, version=version)
-    emit(args, outcome, lambda: console().print(_metrics_table(f"{name} v{version}", outcome.metrics)))
+    def show() -> None:
+        console().print(_metrics_table(f"{name} v{version}", outcome.metrics))
+        for line in _risk_lines(outcome.slices, outcome.robustness):
+            console().print(line)
+
+    emit(args, outcome, show)
     return 0
