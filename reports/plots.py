@@ -181,9 +181,10 @@ def slices_svg(points: Sequence[SlicePoint], reference_name: str | None) -> str:
             axes.scatter([value for _, value in marked], [row for row, _ in marked], marker="D", facecolors="none",
                          edgecolors=WARM, zorder=3, label=reference_name or "reference")
         axes.set_yticks(rows, [point[0] for point in points])
-        axes.set(xlabel="score (a class: its F1; other slices: macro-F1)", xlim=(min(0.0, *scores) - 0.02, 1.02))
+        lowest = min([p[2] for p in points] + [value for _, value in marked])
+        axes.set(xlabel="score (a class: its F1; other slices: macro-F1)", xlim=(max(0.0, lowest - 0.05), 1.01))
         axes.grid(axis="x", color=GRID, linewidth=0.4)
-        axes.legend(loc="lower left", frameon=False)
+        axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1 - 1.5 / (4 + len(points))), ncol=2, frameon=False)
 
     return _svg(draw, (6.4, 1.2 + 0.32 * len(points)))
 

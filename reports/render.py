@@ -349,7 +349,7 @@ figcaption{color:var(--soft);font-size:.85rem}
 background:var(--head);max-width:260px;font-size:.85rem;display:flex;flex-direction:column;overflow-wrap:anywhere}
 .arrow{align-self:center;font-size:1.4rem;color:var(--soft)}
 .attr{border-left:3px solid var(--line);padding:.1rem .8rem;margin:.5rem 0}.attr p{margin:.2rem 0}
-.attr .why{color:var(--soft);font-size:.82rem}mark{color:inherit;border-radius:3px;padding:0 1px}
+.attr .why{color:var(--soft);font-size:.82rem}mark{color:inherit;border-radius:3px;padding:0}
 footer{color:var(--soft);font-size:.8rem;text-align:center}
 @media print{
 body{background:#fff;font-size:11pt}main{max-width:none;padding:0}

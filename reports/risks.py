@@ -103,7 +103,7 @@ def _robustness(rates: list[dict[str, Any]], policy: dict[str, Any]) -> list[Blo
     gate = ("report only (evaluation.max_flip_rate is unset)" if limit is None
             else f"the gate refuses an overall rate above {limit:.1%}")
     caption = f"Flip rate: the share of perturbed test texts whose label changed (seeded); {gate}."
-    table = Table(("perturbation", "texts changed", "flips", "flip rate", "champion"), rows, caption)
+    table = Table(("perturbation", "texts changed", "flips", "flip rate", "champion"), rows)
     bars = [(rate["perturbation"], rate["rate"], rate["champion_rate"]) for rate in tried]
     return [Figure(caption, lambda: flip_rates_svg(bars)), table]
 
