@@ -171,7 +171,10 @@ def frozen_lr(job: Job, setup: Setup) -> Scores:
     best = best_on_validation(candidates, embed(validation_texts), validation_labels)
     return scored(job.split.test, job.split.classes, best.predict_proba(embed(job.split.test.complete_rows()[0])))
 
-def plain_loop(job: Job, setup: Setup) -> Scores:
+Probabilities = Callable[[list[str]], "np.ndarray"]  # texts -> class probabilities, columns in `classes` order
+
+
+def plain_loop_model(job: Job, setup: Setup) -> Probabilities:
     """The loop a user would write: AdamW at a constant rate, fixed epochs, dynamic padding, no validation."""
     import torch
     from torch.utils.data import DataLoader
@@ -198,11 +201,16 @@ def plain_loop(job: Job, setup: Setup) -> Scores:
             optimizer.step()
             optimizer.zero_grad()
     model.eval()
-    probabilities = inferred(job.split.test.complete_rows()[0], tokenizer, setup.max_seq_length,
-                             lambda batch: model(**batch).logits.softmax(dim=-1))
-    return scored(job.split.test, classes, probabilities)
+    return lambda texts: inferred(texts, tokenizer, setup.max_seq_length,
+                                  lambda batch: model(**batch).logits.softmax(dim=-1))
 
-def setfit_defaults(job: Job, setup: Setup) -> Scores:
+
+def plain_loop(job: Job, setup: Setup) -> Scores:
+    probabilities = plain_loop_model(job, setup)(job.split.test.complete_rows()[0])
+    return scored(job.split.test, job.split.classes, probabilities)
+
+
+def setfit_model(job: Job, setup: Setup) -> Probabilities:
     """SetFit's defaults (contrastive body training, then a logistic-regression head) but `num_iterations`."""
     from datasets import Dataset
     from setfit import SetFitModel, Trainer, TrainingArguments
@@ -217,8 +225,12 @@ def setfit_defaults(job: Job, setup: Setup) -> Scores:
     )
     train = Dataset.from_dict({"text": texts, "label": [classes.index(label) for label in labels]})
     Trainer(model=model, args=args, train_dataset=train).train()
-    probabilities = model.predict_proba(job.split.test.complete_rows()[0], as_numpy=True)
-    return scored(job.split.test, classes, probabilities)
+    return lambda batch: model.predict_proba(batch, as_numpy=True)
+
+
+def setfit_defaults(job: Job, setup: Setup) -> Scores:
+    probabilities = setfit_model(job, setup)(job.split.test.complete_rows()[0])
+    return scored(job.split.test, job.split.classes, probabilities)
 
 
 # ---- few-shot prompting of the packaged decoder -----------------------------------------------------------------
@@ -416,11 +428,13 @@ def steward_config(job: Job, setup: Setup, adapt: bool) -> dict[str, Any]:
         with_override(config, key, value)
     return config
 
-def steward(command: str, job: Job, setup: Setup) -> Scores:
-    """`steward COMMAND --config FILE --json` in a subprocess with a fresh SQLite registry; its test metrics."""
-    config = job.folder / "steward.yaml"
-    config.write_text(yaml.safe_dump(steward_config(job, setup, adapt=command == "run")), encoding="utf-8")
-    argv = [sys.executable, "-m", "steward.cli", command, "--config", str(config),
+def steward_outcome(command: str, job: Job, setup: Setup, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`steward COMMAND --config FILE --json` in a subprocess with a fresh SQLite registry (`config`: this instead of
+    `steward_config`'s); what it printed."""
+    path = job.folder / "steward.yaml"
+    config = config or steward_config(job, setup, adapt=command == "run")
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    argv = [sys.executable, "-m", "steward.cli", command, "--config", str(path),
             "--registry", f"sqlite:///{job.folder / 'registry.db'}", "--json"]
     done = subprocess.run(argv, capture_output=True, text=True, cwd=job.folder, check=False)
     for line in done.stderr.splitlines():
@@ -430,7 +444,12 @@ def steward(command: str, job: Job, setup: Setup) -> Scores:
     if "metrics" not in outcome:  # exit 1 is also a rejecting gate, which still has metrics and does not matter here
         sys.exit(f"quality: steward {command} failed (exit {done.returncode}): {outcome.get('error', '')}\n"
                  f"{done.stderr[-3000:]}")
-    metrics = outcome["metrics"]
+    return outcome
+
+
+def steward(command: str, job: Job, setup: Setup) -> Scores:
+    """A Steward command's test metrics."""
+    metrics = steward_outcome(command, job, setup)["metrics"]
     return Scores(metrics["macro_f1"], metrics["accuracy"], metrics["ece"])
 
 
