@@ -34,7 +34,7 @@ def test_database_at_0001_upgrades_in_place(registry_url: str) -> None:
     try:
         assert set(inspect(engine).get_table_names()) >= NEW_TABLES
         with engine.connect() as conn:
-            assert MigrationContext.configure(conn).get_current_revision() == "0011"
+            assert MigrationContext.configure(conn).get_current_revision() == "0012"
     finally:
         engine.dispose()
 

@@ -20,7 +20,8 @@ from tests.test_flow_retrain import registry_for, write_project
 
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-output"
 SECTIONS = (
-    "Summary", "Model card", "Metrics against the champion", "Per-class results", "Calibration", "Compression",
+    "Summary", "Model card", "Metrics against the champion", "Per-class results", "Calibration", "Defects and risks",
+    "Compression",
     "Pretraining and fine-tuning", "Validation results", "Drift history", "Lineage", "Artifact files",
     "Environment", "Audit trail",
 )
@@ -100,7 +101,8 @@ def test_html_report_renders_every_section_in_chromium(
         assert f'<h2>{title}</h2>' in dom, title
     assert f'<div class="badge {"ok" if version == 1 else "bad" if version == 2 else "wait"}">{badge}<small>' in dom
     assert CARD["intended_use"] in text and CARD["limitations"][0] in text and CARD["contact"] in text
-    assert dom.count("<svg") == 4  # confusion matrix, reliability diagram, compression, training curves
+    # confusion matrix, reliability diagram, slices, flip rates, compression, training curves
+    assert dom.count("<svg") == 6
     assert "The gate's reasons" in text and "int8: " in text and "agreement with fp32" in text
     assert "Chain verified" in text
 
