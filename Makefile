@@ -14,6 +14,10 @@ export DO_NOT_TRACK := 1
 
 setup: $(STAMP)
 
+$(VENV)/.installed-mlflow: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,mlflow]"
+	touch $@
+
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -24,7 +28,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	$(BIN)/steward demo
 
-test: setup
+test: setup $(VENV)/.installed-mlflow
 	$(BIN)/python -m pytest -q
 
 lint: setup
