@@ -50,6 +50,7 @@ class EventType(StrEnum):
     BATCH_SCORED = "batch_scored"
     MODEL_SWAPPED = "model_swapped"
     MODEL_SWAP_REFUSED = "model_swap_refused"
+    MODEL_EXPORTED = "model_exported"
     # monitoring, by finding
     DRIFT_DETECTED = "drift_detected"
     PRIOR_SHIFT = "prior_shift"
@@ -401,6 +402,20 @@ class ModelSwapRefused(EventPayload):
     alias: str
     serving_version: int
     reason: str
+
+
+@dataclass(frozen=True)
+class ModelExported(EventPayload):
+    """A version's fp32 files written out in another format (`steward export`): every exported model file with its
+    sha256, each checked against the registry's after the copy."""
+
+    TYPE: ClassVar[EventType] = EventType.MODEL_EXPORTED
+    model: str
+    version: int
+    alias: str | None  # the alias the version was resolved through, if any
+    format: str
+    path: str
+    files: dict[str, str]  # path relative to `path` -> sha256
 
 
 # -- the trail itself ------------------------------------------------------------------------------------

@@ -169,6 +169,16 @@ def _add_stage_commands(commands: argparse._SubParsersAction) -> None:
     serve.set_defaults(handler=_lazy("steward.commands.serving", "serve"))
 
 
+def _add_export_command(commands: argparse._SubParsersAction) -> None:
+    export = commands.add_parser("export", help="write a registered classifier version as an MLflow pyfunc model")
+    export.add_argument("ref", metavar="NAME:VERSION", help="or NAME@ALIAS")
+    export.add_argument("--format", required=True, choices=("mlflow",),
+                        help="mlflow: an MLflow pyfunc model (needs the extra [mlflow])")
+    export.add_argument("--out", required=True, metavar="DIR", help="a new (or empty) folder")
+    _common(export)
+    export.set_defaults(handler=_lazy("steward.commands.exporting", "export"))
+
+
 def _add_registry_commands(commands: argparse._SubParsersAction) -> None:
     module = "steward.commands.registry"
     registry = commands.add_parser("registry", help="registered models, versions and aliases")
@@ -250,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"steward {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_stage_commands(commands)
+    _add_export_command(commands)
     _add_registry_commands(commands)
     _add_audit_commands(commands)
     return parser
