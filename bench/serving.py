@@ -6,6 +6,8 @@ One MiniLM champion (`steward run` on 800 Kotzias Amazon sentences, pretraining 
 three ways, each a uvicorn process on a free loopback port, one after the other on the same machine:
 
 - `steward serve-model` with the prediction log on (the default) and off (`serving.log_predictions: false`);
+  with the log on, both of its APIs are measured on the same process: `POST /v1/predict` and the Open
+  Inference Protocol v2's `POST /v2/models/reviews/infer` (one BYTES tensor of one text, JSON outputs);
 - a plain FastAPI app: `transformers.pipeline("text-classification")` in a sync endpoint (FastAPI runs it in
   its thread pool), the 15-line app a user writes. The pipeline cannot load Steward's mean-pooling head, so
   it serves the same encoder weights with a fresh classification head: its speed is comparable, its labels
@@ -29,6 +31,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,6 +56,17 @@ PLAIN_APP = textwrap.dedent('''
     def predict(body: dict) -> dict:
         return {"predictions": classify(body["texts"])}
 ''')
+
+
+Body = Callable[[str], dict]  # one text -> a request body
+
+
+def v1_body(text: str) -> dict:
+    return {"texts": [text]}
+
+
+def v2_body(text: str) -> dict:
+    return {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [text]}]}
 
 
 @dataclass(frozen=True)
@@ -95,7 +109,7 @@ def running(command: list[str], port: int, env: dict[str, str], log: Path):
             process.wait(timeout=30)
 
 
-async def load(url: str, texts: list[str], concurrency: int, seconds: float) -> tuple[list[float], int]:
+async def load(url: str, body: Body, texts: list[str], concurrency: int, seconds: float) -> tuple[list[float], int]:
     """Latencies of the requests `concurrency` clients complete in `seconds`, and how many failed."""
     latencies: list[float] = []
     failed = 0
@@ -107,7 +121,7 @@ async def load(url: str, texts: list[str], concurrency: int, seconds: float) -> 
         while time.perf_counter() < stop_at:
             started = time.perf_counter()
             try:
-                response = await session.post(url, json={"texts": [rng.choice(texts)]})
+                response = await session.post(url, json=body(rng.choice(texts)))
                 ok = response.status_code == 200
             except httpx.HTTPError:
                 ok = False
@@ -122,10 +136,12 @@ async def load(url: str, texts: list[str], concurrency: int, seconds: float) -> 
     return latencies, failed
 
 
-def measure(name: str, port: int, texts: list[str], concurrencies: list[int], seconds: float) -> list[LoadResult]:
+def measure(name: str, port: int, texts: list[str], concurrencies: list[int], seconds: float,
+            route: str = "/v1/predict", body: Body = v1_body) -> list[LoadResult]:
     results = []
     for concurrency in concurrencies:
-        latencies, failed = asyncio.run(load(f"http://127.0.0.1:{port}/v1/predict", texts, concurrency, seconds))
+        url = f"http://127.0.0.1:{port}{route}"
+        latencies, failed = asyncio.run(load(url, body, texts, concurrency, seconds))
         milliseconds = np.array(latencies) * 1000
         result = LoadResult(name, concurrency, len(latencies), failed, len(latencies) / seconds,
                             float(np.percentile(milliseconds, 50)), float(np.percentile(milliseconds, 99)))
@@ -169,6 +185,9 @@ def main() -> None:
             with running(command, port, env, log):
                 results += measure(f"steward serve-model (log {'on' if logged else 'off'})", port, texts,
                                    concurrencies, args.seconds)
+                if logged:  # the v2 protocol on the same process, so only the route differs
+                    results += measure("steward serve-model v2 infer (log on)", port, texts, concurrencies,
+                                       args.seconds, "/v2/models/reviews/infer", v2_body)
         app = Path(tmp) / "plain_app.py"
         app.write_text(PLAIN_APP)
         port = free_port()

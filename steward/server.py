@@ -9,7 +9,22 @@ Routes: `POST /v1/predict {"texts": [...]}` -> `{"model", "version", "prediction
 "label", "score", "tokens", "spans", "attributions", "delta"}]}` (integrated gradients, `tasks/explain.py`; each
 request on a worker thread of its own, not batched with others nor logged); `GET /v1/model`; `GET /healthz` (the
 process is up); `GET /readyz` (a model is loaded); `GET /metrics` (Prometheus text format). With a token
-(STEWARD_API_TOKEN or --token-file) every route but the two health checks wants `Authorization: Bearer <token>`.
+(STEWARD_API_TOKEN or --token-file) every route but the health checks wants `Authorization: Bearer <token>`.
+
+Open Inference Protocol v2 (KServe's and Triton's REST data plane) beside it: `GET /v2` (server metadata),
+`/v2/health/live` and `/v2/health/ready` (open, like the health checks), `GET /v2/models/{name}` (metadata: input
+`text` BYTES [-1]; outputs `label` BYTES [-1] and `probabilities` FP32 [-1, classes], the classes in the order of
+its `labels`), `GET /v2/models/{name}/ready`, `POST /v2/models/{name}/infer`: one BYTES input tensor `text` of
+shape [n] or [n, 1], its texts as a flat JSON `data` list or in the binary tensor extension's layout (each element
+a 4-byte little-endian length and its UTF-8 bytes, after the JSON header that `Inference-Header-Content-Length`
+measures); the answer is JSON either way (`binary_data_output` is not honoured: clients read JSON outputs too),
+with `label` (shape [n]) and `probabilities` (shape [n, classes], row-major flat data) or those `outputs` asked for
+by name, `model_version` the version that answered. `{name}` other than the served model's is a 404. Both APIs
+take the same path to a prediction (`Serving.answer`): micro-batched, logged, limited and measured alike.
+
+`/openapi.json` describes every body with pydantic models built from the limits (`maxItems` = max_texts,
+`maxLength` = max_text_chars), the error responses and, with a token, the bearer scheme. The routes still read
+the body themselves, counting its bytes as it arrives, then validate it.
 
 - Micro-batching: requests that arrive while a forward pass runs are scored together in the next pass
   (requests join it while it holds fewer than `max_batch_texts` texts; a request is never split); each
@@ -24,9 +39,10 @@ process is up); `GET /readyz` (a model is loaded); `GET /metrics` (Prometheus te
 - Prediction log: with `serving.log_predictions` each answered text (with `serving.log_text`, the text
   itself), its label, probabilities, version and time go to a queue that a writer thread inserts into SQL in
   batches, off the request path; old rows are deleted after `serving.log_retention`.
-- Bad input, to `/v1/predict` and `/v1/explain` alike, gets a 4xx with `{"error": "<one line>"}`: a body over
-  `max_body_bytes` (413, counted while it is read), not JSON (400), no `texts` list, a non-string, too many
-  texts, a text over `max_text_chars` or not valid Unicode (422). The follower and the writer outlive a
+- Bad input, to every route alike, gets a 4xx with `{"error": "<one line>"}`: a body over `max_body_bytes`
+  (413, counted while it is read), not JSON (400), a body the schema refuses: no `texts` list, a non-string, too
+  many texts, a text over `max_text_chars` or not valid Unicode (422); for v2 also a shape that does not fit the
+  texts or an unknown output (400) and another model's name (404). The follower and the writer outlive a
   database that is away: they retry.
 """
 
@@ -40,17 +56,23 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, Protocol, TypeVar
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
+from pydantic import create_model as pydantic_model
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import exception_line
 from core.refs import ModelRef
 from governance.events import ModelSwapped, ModelSwapRefused
+from steward import __version__
 from steward.loading import predictor_for
 
 if TYPE_CHECKING:
@@ -350,26 +372,48 @@ def parse_json(body: bytes) -> Any:
 
 def parse_texts(body: bytes, settings: ServerSettings) -> list[str]:
     """The request's texts, or a RequestError saying in one line what is wrong with it (the body's size is
-    checked while it is read)."""
+    checked while it is read). Accepts exactly what `TextsRequest` (`request_models`) describes."""
     payload = parse_json(body)
     if not isinstance(payload, dict) or "texts" not in payload:
         raise RequestError(422, 'request body must be a JSON object with "texts": a list of strings')
     texts = payload["texts"]
     if not isinstance(texts, list) or not texts:
         raise RequestError(422, '"texts" must be a non-empty list of strings')
+    return check_texts(texts, settings, '"texts"')
+
+
+def check_texts(texts: list[Any], settings: ServerSettings, field: str) -> list[str]:
+    """`texts` when each is a string within the limits and valid Unicode, else a 422 naming the first that is not
+    (`field`: what the request calls the list)."""
     if len(texts) > settings.max_texts:
-        raise RequestError(422, f'"texts" has {len(texts)} items, over the limit of {settings.max_texts}')
+        raise RequestError(422, f"{field} has {len(texts)} items, over the limit of {settings.max_texts}")
     for index, text in enumerate(texts):
         if not isinstance(text, str):
-            raise RequestError(422, f'"texts"[{index}] is {type(text).__name__}, not a string')
+            raise RequestError(422, f"{field}[{index}] is {type(text).__name__}, not a string")
         if len(text) > settings.max_text_chars:
-            raise RequestError(422, f'"texts"[{index}] has {len(text):,} characters, over the limit of '
+            raise RequestError(422, f"{field}[{index}] has {len(text):,} characters, over the limit of "
                                     f"{settings.max_text_chars:,}")
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
-            raise RequestError(422, f'"texts"[{index}] is not valid Unicode (a lone surrogate)') from None
+            raise RequestError(422, f"{field}[{index}] is not valid Unicode (a lone surrogate)") from None
     return texts
+
+
+def validated(model: type[BaseModel], payload: Any) -> Any:
+    """`payload` (parsed JSON) as `model`, or a 422 RequestError with the first problem in one line."""
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        raise RequestError(422, error_line(exc.errors(include_url=False))) from None
+
+
+def error_line(errors: Sequence[Mapping[str, Any]]) -> str:
+    """Pydantic's (or FastAPI's) first validation error as `where: what`, on one line."""
+    first = errors[0]
+    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in first["loc"]).lstrip(".")
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return " ".join(f"{where or 'request body'}: {first['msg']}{more}".split())
 
 
 async def body_within(request: Request, limit: int) -> bytes:
@@ -382,66 +426,316 @@ async def body_within(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+# The API's bodies, as /openapi.json describes them. Responses are written as plain dicts (no serialization
+# cost on the request path); these models document them, and the request models validate what is read.
+
+Parameters = dict[str, StrictBool | StrictInt | StrictFloat | StrictStr]  # the protocol's $parameters
+EXAMPLE_TEXTS = ["printer jams on floor 3", "vpn drops at night"]
+
+
+def _examples(*examples: dict[str, Any]) -> ConfigDict:
+    return ConfigDict(json_schema_extra={"examples": list(examples)})
+
+
+class ErrorBody(BaseModel):
+    """Every refusal, of either API: 4xx (and the rare 500) alike."""
+
+    model_config = _examples({"error": '"texts" must be a non-empty list of strings'})
+    error: str = Field(description="what is wrong, in one line")
+
+
+class PredictionOut(BaseModel):
+    label: str
+    score: float = Field(description="the calibrated probability of `label`")
+    probabilities: dict[str, float] = Field(description="every class's calibrated probability")
+
+
+class PredictResponse(BaseModel):
+    model_config = _examples({"model": "tickets", "version": 3, "predictions": [
+        {"label": "hardware", "score": 0.91, "probabilities": {"hardware": 0.91, "network": 0.09}}]})
+    model: str
+    version: int = Field(description="the version that answered")
+    predictions: list[PredictionOut]
+
+
+class ExplanationOut(BaseModel):
+    text: str
+    label: str
+    score: float
+    tokens: list[str]
+    spans: list[tuple[int, int]] = Field(description="each token's [start, end) in `text`")
+    attributions: list[float]
+    delta: float = Field(description="integrated gradients' convergence delta")
+
+
+class ExplainResponse(BaseModel):
+    model_config = _examples({"model": "tickets", "version": 3, "explanations": [
+        {"text": "printer jams", "label": "hardware", "score": 0.9, "tokens": ["printer", "jams"],
+         "spans": [[0, 7], [8, 12]], "attributions": [1.2, 0.4], "delta": 0.001}]})
+    model: str
+    version: int
+    explanations: list[ExplanationOut]
+
+
+class ModelInfo(BaseModel):
+    model_config = _examples({"name": "tickets", "version": 3, "alias": "champion", "form": "int8",
+                              "labels": ["hardware", "network"], "sha256": {"model.onnx": "ab12…"},
+                              "metrics": {"macro_f1": 0.91}})
+    name: str
+    version: int
+    alias: str | None
+    form: str
+    labels: list[str]
+    sha256: dict[str, str]
+    metrics: dict[str, float]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"]
+    version: int
+
+
+class ServerMetadata(BaseModel):
+    model_config = _examples({"name": "steward", "version": __version__, "extensions": []})
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class Liveness(BaseModel):
+    live: bool
+
+
+class ServerReadiness(BaseModel):
+    ready: bool
+
+
+class ModelReadiness(BaseModel):
+    name: str
+    ready: bool
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int] = Field(description="-1: any size")
+    labels: list[str] | None = Field(None, description="`probabilities` only: the class of each column, in order "
+                                                       "(not part of the protocol)")
+
+
+class ModelMetadata(BaseModel):
+    model_config = _examples({
+        "name": "tickets", "versions": ["3"], "platform": "steward_int8",
+        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+        "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1]},
+                    {"name": "probabilities", "datatype": "FP32", "shape": [-1, 2],
+                     "labels": ["hardware", "network"]}]})
+    name: str
+    versions: list[str] = Field(description="the version serving now")
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class RequestedOutput(BaseModel):
+    name: str = Field(description="`label` or `probabilities`", examples=["label"])
+    parameters: Parameters | None = None
+
+
+class OutputTensor(BaseModel):
+    name: Literal["label", "probabilities"]
+    datatype: Literal["BYTES", "FP32"]
+    shape: list[int]
+    data: list[str] | list[float] = Field(description="row-major, flat")
+
+
+class InferResponse(BaseModel):
+    model_config = _examples({"model_name": "tickets", "model_version": "3", "id": "42", "outputs": [
+        {"name": "label", "datatype": "BYTES", "shape": [1], "data": ["hardware"]},
+        {"name": "probabilities", "datatype": "FP32", "shape": [1, 2], "data": [0.91, 0.09]}]})
+    model_name: str
+    model_version: str = Field(description="the version that answered")
+    id: str | None = Field(None, description="the request's `id`, when it gave one")
+    outputs: list[OutputTensor]
+
+
+@dataclass(frozen=True)
+class RequestModels:
+    """The request bodies, with this server's limits in their schemas."""
+
+    texts: type[BaseModel]
+    infer: type[BaseModel]
+
+
+def request_models(settings: ServerSettings) -> RequestModels:
+    """Built per app, as the limits are its settings'. Both accept exactly what the routes accept (`parse_texts`;
+    for v2, all but what a schema cannot say: the shape's fit to the texts, the output names, lone surrogates)."""
+    text = Annotated[str, Field(max_length=settings.max_text_chars)]
+    texts = Annotated[list[text], Field(min_length=1, max_length=settings.max_texts)]
+    texts_request = pydantic_model(
+        "TextsRequest", __config__=_examples({"texts": EXAMPLE_TEXTS}),
+        texts=(texts, Field(description="the texts to classify, each valid Unicode")))
+    input_tensor = pydantic_model(
+        "InferInputTensor",
+        name=(Literal["text"], ...),
+        shape=(Annotated[list[Annotated[StrictInt, Field(ge=1)]], Field(min_length=1, max_length=2)],
+               Field(description="[n] or [n, 1], n the number of texts")),
+        datatype=(Literal["BYTES"], ...),
+        parameters=(Parameters | None, Field(None, description="`binary_data_size` when the texts follow the "
+                                                               "JSON in the binary tensor layout")),
+        data=(texts | None, Field(None, description="the texts, flat (absent when sent as binary data)")),
+    )
+    infer_request = pydantic_model(
+        "InferRequest",
+        __config__=_examples({"id": "42", "inputs": [{"name": "text", "shape": [2], "datatype": "BYTES",
+                                                      "data": EXAMPLE_TEXTS}]}),
+        id=(StrictStr | None, None),
+        parameters=(Parameters | None, None),
+        inputs=(Annotated[list[input_tensor], Field(min_length=1, max_length=1)], ...),
+        outputs=(list[RequestedOutput] | None, Field(None, description="those to answer with (default: both)")),
+    )
+    return RequestModels(texts_request, infer_request)
+
+
 def _prediction_json(prediction: Prediction) -> dict[str, Any]:
     return {"label": prediction.label, "score": prediction.score, "probabilities": prediction.probabilities}
 
 
-def create_app(settings: ServerSettings, predictor: Predictor, follow_alias: bool = True) -> FastAPI:
-    """The app serving `predictor` (already loaded and verified), following `settings.ref`'s alias."""
-    from contextlib import asynccontextmanager
+@dataclass
+class Serving:
+    """What every route shares: the settings, the version serving, and the one path from texts to predictions
+    (micro-batched, then logged) that /v1/predict and the v2 infer route both take."""
 
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    settings: ServerSettings
+    served: ServedModel[Predictor]
+    batcher: MicroBatcher
+    writer: PredictionLogWriter | None
+    models: RequestModels
+    follow_alias: bool = True
 
-    metrics = Metrics()
-    served = ServedModel(settings, predictor, metrics, lambda detail: warmed_predictor(detail, settings))
-    batcher = MicroBatcher(served, settings, metrics)
-    writer = PredictionLogWriter(settings, metrics) if settings.log_url else None
+    async def answer(self, texts: list[str]) -> tuple[Predictor, list[Prediction]]:
+        """The predictions for `texts` and the version that made them, sent to the prediction log."""
+        answered_by, predictions = await self.batcher.predict(texts)
+        if self.writer is not None:
+            self.writer.submit(answered_by, texts, predictions)
+        return answered_by, predictions
+
+    def model_named(self, name: str) -> Predictor:
+        """The version serving, when `name` is its model's; else a 404."""
+        predictor = self.served.model
+        if name != predictor.identity.name:
+            raise RequestError(404, f"model {name[:100]!r} is not served here (this server serves "
+                                    f"{predictor.identity.name!r})")
+        return predictor
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI):
-        worker = asyncio.create_task(batcher.run())
-        follower = served.follow() if follow_alias else None
-        if writer is not None:
-            writer.start()
+    async def lifespan(self, _: FastAPI) -> AsyncIterator[None]:
+        worker = asyncio.create_task(self.batcher.run())
+        follower = self.served.follow() if self.follow_alias else None
+        if self.writer is not None:
+            self.writer.start()
         yield
-        served.stop()
+        self.served.stop()
         worker.cancel()
-        if writer is not None:
-            writer.close()
+        if self.writer is not None:
+            self.writer.close()
         if follower is not None:
-            follower.join(timeout=settings.poll_seconds + 5)
+            follower.join(timeout=self.settings.poll_seconds + 5)
 
-    app = FastAPI(title="Steward model server", lifespan=lifespan)
+
+ERROR_DESCRIPTIONS = {
+    400: "the body is not JSON, or (v2) its shape, outputs or binary data do not fit the model",
+    401: "missing or wrong bearer token",
+    404: "no such model here",
+    413: "the body is over the size limit (counted while it is read)",
+    422: "the body does not fit the schema (its limits included), or a text is not valid Unicode",
+}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error statuses, each with the error body."""
+    return {code: {"model": ErrorBody, "description": ERROR_DESCRIPTIONS[code]} for code in codes}
+
+
+def _json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` declaring `model` as the JSON request body (the route reads and validates it itself)."""
+    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def create_app(settings: ServerSettings, predictor: Predictor, follow_alias: bool = True) -> FastAPI:
+    """The app serving `predictor` (already loaded and verified), following `settings.ref`'s alias."""
+    metrics = Metrics()
+    served = ServedModel(settings, predictor, metrics, lambda detail: warmed_predictor(detail, settings))
+    writer = PredictionLogWriter(settings, metrics) if settings.log_url else None
+    serving = Serving(settings, served, MicroBatcher(served, settings, metrics), writer, request_models(settings),
+                      follow_alias)
+    name = predictor.identity.name
+    app = FastAPI(title="Steward model server", version=__version__, lifespan=serving.lifespan,
+                  description=f"Serves the text classifier `{settings.ref}`: Steward's /v1 API and the Open "
+                              "Inference Protocol v2 (KServe, Triton) under /v2.")
     app.state.served = served
-    app.add_middleware(GuardAndMeasure, token=settings.token, metrics=metrics)
+    open_routes = OPEN_ROUTES | V2_OPEN_ROUTES
+    app.add_middleware(GuardAndMeasure, token=settings.token, metrics=metrics,
+                       routes=KNOWN_ROUTES | v2_routes(name), open_routes=open_routes)
+    _add_error_handlers(app)
+    guarded = (401,) if settings.token else ()
+    _add_v1_routes(app, serving, metrics, guarded)
+    _add_v2_routes(app, serving, name, guarded)
+    app.openapi = _openapi(app, [serving.models.texts, serving.models.infer],
+                           open_routes if settings.token else None)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error in the one shape `{"error": "<one line>"}`, FastAPI's and Starlette's own included."""
 
     @app.exception_handler(RequestError)
     async def refused(_: Request, exc: RequestError) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": error_line(exc.errors())}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:  # 404 and 405 of the router
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def failed(_: Request, exc: Exception) -> JSONResponse:
         log.error("steward serve-model: request failed: %s: %s", type(exc).__name__, exc)
         return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
 
-    @app.post("/v1/predict")
+
+def _add_v1_routes(app: FastAPI, serving: Serving, metrics: Metrics, guarded: tuple[int, ...]) -> None:
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    settings, served, body = serving.settings, serving.served, _json_body(serving.models.texts)
+    refusals = _errors(400, *guarded, 413, 422)
+
+    @app.post("/v1/predict", response_model=PredictResponse, responses=refusals, openapi_extra=body)
     async def predict(request: Request) -> JSONResponse:
+        """Each text's label and calibrated probabilities, from the version named in the answer."""
         texts = parse_texts(await body_within(request, settings.max_body_bytes), settings)
-        answered_by, predictions = await batcher.predict(texts)
-        if writer is not None:
-            writer.submit(answered_by, texts, predictions)
+        answered_by, predictions = await serving.answer(texts)
         return JSONResponse({"model": answered_by.identity.name, "version": answered_by.version,
                              "predictions": [_prediction_json(p) for p in predictions]})
 
-    @app.post("/v1/explain")
+    @app.post("/v1/explain", response_model=ExplainResponse, responses=refusals, openapi_extra=body)
     async def explain(request: Request) -> JSONResponse:
+        """Each text's token attributions (integrated gradients) toward its predicted class."""
         texts = parse_texts(await body_within(request, settings.max_body_bytes), settings)
         predictor = served.model  # the version that explains, whatever a swap does meanwhile
         explanations = await asyncio.to_thread(predictor.explain, texts)
         return JSONResponse({"model": predictor.identity.name, "version": predictor.version,
                              "explanations": [explanation.to_json() for explanation in explanations]})
 
-    @app.get("/v1/model")
+    @app.get("/v1/model", response_model=ModelInfo, responses=_errors(*guarded))
     async def model() -> JSONResponse:
         predictor = served.model  # one read: a swap meanwhile cannot mix two versions in the answer
         identity = predictor.identity
@@ -449,19 +743,188 @@ def create_app(settings: ServerSettings, predictor: Predictor, follow_alias: boo
                              "form": identity.form, "labels": predictor.labels, "sha256": identity.sha256,
                              "metrics": identity.metrics})
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=Health)
     async def healthz() -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
-    @app.get("/readyz")
+    @app.get("/readyz", response_model=Readiness)
     async def readyz() -> JSONResponse:
         return JSONResponse({"status": "ready", "version": served.model.version})
 
-    @app.get("/metrics")
+    prometheus_text = {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text"}
+
+    @app.get("/metrics", response_class=Response, responses={200: prometheus_text, **_errors(*guarded)})
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    return app
+
+# Open Inference Protocol v2
+
+V2_INPUT, V2_OUTPUTS = "text", ("label", "probabilities")
+V2_OPEN_ROUTES = frozenset({"/v2/health/live", "/v2/health/ready"})
+BINARY_HEADER = "inference-header-content-length"  # the binary tensor extension: the JSON part's length
+
+
+def v2_routes(model_name: str) -> frozenset[str]:
+    """The v2 paths this server answers (the model's name is fixed, so they are few: metrics labels)."""
+    base = f"/v2/models/{model_name}"
+    return frozenset({"/v2", *V2_OPEN_ROUTES, base, f"{base}/ready", f"{base}/infer"})
+
+
+def _add_v2_routes(app: FastAPI, serving: Serving, model_name: str, guarded: tuple[int, ...]) -> None:
+    settings = serving.settings
+    # a default, not an Annotated alias: FastAPI resolves annotations in the module's namespace
+    model = Path(description="the served model's name", examples=[model_name], json_schema_extra={"enum": [model_name]})
+
+    @app.get("/v2", response_model=ServerMetadata, responses=_errors(*guarded))
+    async def server_metadata() -> JSONResponse:
+        return JSONResponse({"name": "steward", "version": __version__, "extensions": []})
+
+    @app.get("/v2/health/live", response_model=Liveness)
+    async def live() -> JSONResponse:
+        return JSONResponse({"live": True})
+
+    @app.get("/v2/health/ready", response_model=ServerReadiness)
+    async def ready() -> JSONResponse:
+        return JSONResponse({"ready": True})  # the app exists only with a loaded, verified model
+
+    @app.get("/v2/models/{name}", response_model=ModelMetadata, responses=_errors(*guarded, 404))
+    async def model_metadata(name: str = model) -> JSONResponse:
+        return JSONResponse(metadata_json(serving.model_named(name)))
+
+    @app.get("/v2/models/{name}/ready", response_model=ModelReadiness, responses=_errors(*guarded, 404))
+    async def model_ready(name: str = model) -> JSONResponse:
+        return JSONResponse({"name": serving.model_named(name).identity.name, "ready": True})
+
+    @app.post("/v2/models/{name}/infer", response_model=InferResponse,
+              responses=_errors(400, *guarded, 404, 413, 422), openapi_extra=_json_body(serving.models.infer))
+    async def infer(request: Request, name: str = model) -> JSONResponse:
+        """Open Inference Protocol v2: one BYTES input `text` ([n] or [n, 1]; JSON `data` or binary tensor data);
+        outputs `label` (BYTES [n]) and `probabilities` (FP32 [n, classes], flat row-major), always as JSON."""
+        serving.model_named(name)
+        header, blob = split_binary(await body_within(request, settings.max_body_bytes),
+                                    request.headers.get(BINARY_HEADER))
+        inference = validated(serving.models.infer, parse_json(header))
+        texts = tensor_texts(inference.inputs[0], blob, settings)
+        outputs = requested_outputs(inference.outputs)
+        answered_by, predictions = await serving.answer(texts)
+        return JSONResponse(infer_json(answered_by, predictions, inference.id, outputs))
+
+
+def metadata_json(predictor: Predictor) -> dict[str, Any]:
+    labels = predictor.labels
+    return {"name": predictor.identity.name, "versions": [str(predictor.version)],
+            "platform": f"steward_{predictor.identity.form}",
+            "inputs": [{"name": V2_INPUT, "datatype": "BYTES", "shape": [-1]}],
+            "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1]},
+                        {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(labels)], "labels": labels}]}
+
+
+def split_binary(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """The request's JSON part and the binary tensor data after it (none without the extension's header)."""
+    if header_length is None:
+        return body, b""
+    if not header_length.strip().isdigit() or int(header_length) > len(body):
+        raise RequestError(400, f"Inference-Header-Content-Length {header_length[:30]!r} is not a length within "
+                                f"the body's {len(body):,} bytes")
+    return body[: int(header_length)], body[int(header_length) :]
+
+
+def binary_texts(blob: bytes, size: Any) -> list[str]:
+    """The BYTES elements in the binary tensor layout: each a 4-byte little-endian length, then its bytes."""
+    if type(size) is not int or size != len(blob):
+        raise RequestError(400, f"binary_data_size {str(size)[:30]} is not the {len(blob):,} bytes after the "
+                                "JSON header")
+    texts, offset = [], 0
+    while offset < len(blob):
+        length = int.from_bytes(blob[offset : offset + 4], "little")
+        offset += 4
+        if offset > len(blob) or offset + length > len(blob):
+            raise RequestError(400, f"binary element {len(texts)} runs past the end of the data")
+        try:
+            texts.append(blob[offset : offset + length].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise RequestError(422, f"binary element {len(texts)} is not UTF-8") from None
+        offset += length
+    return texts
+
+
+def tensor_texts(tensor: Any, blob: bytes, settings: ServerSettings) -> list[str]:
+    """The input tensor's texts (JSON `data` or binary), within the limits and fitting its `shape`."""
+    size = (tensor.parameters or {}).get("binary_data_size")
+    if (tensor.data is None) == (size is None):
+        raise RequestError(422, 'inputs[0] needs its texts in "data" or binary data, one of the two')
+    texts = check_texts(tensor.data if size is None else binary_texts(blob, size), settings, "inputs[0].data")
+    if not texts:
+        raise RequestError(422, "inputs[0] holds no texts")
+    if tensor.shape[0] != len(texts) or tensor.shape[1:] not in ([], [1]):
+        raise RequestError(400, f"inputs[0].shape {tensor.shape} does not fit its {len(texts)} texts: "
+                                f"give [{len(texts)}] or [{len(texts)}, 1]")
+    return texts
+
+
+def requested_outputs(outputs: list[RequestedOutput] | None) -> tuple[str, ...]:
+    """The outputs to answer with, in the order asked (all when none are named)."""
+    if not outputs:
+        return V2_OUTPUTS
+    for output in outputs:
+        if output.name not in V2_OUTPUTS:
+            raise RequestError(400, f"unknown output {output.name[:100]!r}: this model's outputs are 'label' and "
+                                    "'probabilities'")
+    return tuple(dict.fromkeys(output.name for output in outputs))
+
+
+def infer_json(predictor: Predictor, predictions: list[Prediction], request_id: str | None,
+               outputs: tuple[str, ...]) -> dict[str, Any]:
+    labels, rows = predictor.labels, len(predictions)
+    tensors = {
+        "label": lambda: {"name": "label", "datatype": "BYTES", "shape": [rows],
+                          "data": [p.label for p in predictions]},
+        "probabilities": lambda: {"name": "probabilities", "datatype": "FP32", "shape": [rows, len(labels)],
+                                  "data": [p.probabilities[label] for p in predictions for label in labels]},
+    }
+    body: dict[str, Any] = {"model_name": predictor.identity.name, "model_version": str(predictor.version),
+                            "outputs": [tensors[name]() for name in outputs]}
+    if request_id is not None:
+        body["id"] = request_id
+    return body
+
+
+def _openapi(app: FastAPI, bodies: list[type[BaseModel]], open_routes: frozenset[str] | None
+             ) -> Callable[[], dict[str, Any]]:
+    """`app.openapi` with the request bodies the routes read themselves, and with a token (`open_routes` given)
+    the bearer scheme on every other route."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)  # FastAPI's own, cached on the app
+            components = schema.setdefault("components", {})
+            for model in bodies:
+                definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.setdefault("schemas", {}).update(definition.pop("$defs", {}))
+                components["schemas"][model.__name__] = definition
+            _drop_fastapi_422(schema)
+            if open_routes is not None:
+                components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+                for path, operations in schema["paths"].items():
+                    for operation in operations.values():
+                        operation["security"] = [] if path in open_routes else [{"bearer": []}]
+        return app.openapi_schema
+
+    return openapi
+
+
+def _drop_fastapi_422(schema: dict[str, Any]) -> None:
+    """FastAPI documents a `{"detail": [...]}` 422 on every route with a parameter; a path parameter that is a
+    plain string never fails validation, and this app writes its errors as `{"error"}` anyway."""
+    fastapi_422 = "#/components/schemas/HTTPValidationError"
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            response = operation["responses"].get("422", {})
+            if response.get("content", {}).get("application/json", {}).get("schema", {}).get("$ref") == fastapi_422:
+                del operation["responses"]["422"]
+    for name in ("HTTPValidationError", "ValidationError"):
+        schema["components"]["schemas"].pop(name, None)
 
 
 OPEN_ROUTES = frozenset({"/healthz", "/readyz"})
@@ -477,12 +940,13 @@ class GuardAndMeasure:
     """ASGI middleware: the bearer token on every route but the health checks, and the request metrics.
     (Plain ASGI: Starlette's BaseHTTPMiddleware costs a millisecond a request.) `routes` are the paths counted
     under their own name (any other is `other`, so label values stay bounded); `error_body` writes the 401's body
-    in the app's error shape."""
+    in the app's error shape; `open_routes` want no token."""
 
     def __init__(self, app, token: str | None, metrics: Metrics, routes: frozenset[str] = KNOWN_ROUTES,
-                 error_body: Callable[[str], dict[str, Any]] = plain_error) -> None:
+                 error_body: Callable[[str], dict[str, Any]] = plain_error,
+                 open_routes: frozenset[str] = OPEN_ROUTES) -> None:
         self.app, self.token, self.metrics = app, token, metrics
-        self.routes, self.error_body = routes, error_body
+        self.routes, self.error_body, self.open_routes = routes, error_body, open_routes
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -498,7 +962,7 @@ class GuardAndMeasure:
             await send(message)
 
         try:
-            if self.token and scope["path"] not in OPEN_ROUTES and not _authorised(scope, self.token):
+            if self.token and scope["path"] not in self.open_routes and not _authorised(scope, self.token):
                 denied = JSONResponse(self.error_body("missing or wrong bearer token"), status_code=401,
                                       headers={"WWW-Authenticate": "Bearer"})
                 await denied(scope, receive, send_and_note)
