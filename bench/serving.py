@@ -178,7 +178,7 @@ def main() -> None:
         project = Path(tmp) / "project"
         rows = table_rows(read_domain("amazon"))
         random.Random(0).shuffle(rows)
-        model_dir = train_champion(project, "reviews", {"train": rows[:800], "test": rows[800:]}, {"epochs": 1}, env)
+        champion = train_champion(project, "reviews", {"train": rows[:800], "test": rows[800:]}, {"epochs": 1}, env)
         results: list[LoadResult] = []
         for logged in (True, False):
             command, port, log = steward_server(project, logged, env)
@@ -193,7 +193,7 @@ def main() -> None:
         port = free_port()
         command = [sys.executable, "-m", "uvicorn", "plain_app:app", "--port", str(port), "--log-level", "warning",
                    "--app-dir", tmp]
-        with running(command, port, {**env, "PLAIN_MODEL": str(model_dir)}, Path(tmp) / "plain.log"):
+        with running(command, port, {**env, "PLAIN_MODEL": str(champion.folder)}, Path(tmp) / "plain.log"):
             results += measure("plain FastAPI + pipeline", port, texts, concurrencies, args.seconds)
     report(results, args.json)
 
