@@ -6,8 +6,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from core.config import EvaluationConfig
 from reports.plots import flip_rates_svg, slices_svg
 from reports.render import Block, Figure, Highlighted, Section, Styled, Table
+from tasks.gate import TOLERANCE
+from tasks.risks import overall_flip_rate, weakest_slice
 
 if TYPE_CHECKING:
     from reports.evidence import Evidence
@@ -20,8 +23,8 @@ def _risks(evidence: Evidence) -> dict[str, Any] | None:
 
 
 def _policy(evidence: Evidence) -> dict[str, Any]:
-    defaults = {"min_slice_rows": 30, "max_slice_drop": 0.05, "max_flip_rate": None}
-    return {**defaults, **evidence.detail.run.config.get("evaluation", {})}
+    """The run's evaluation settings, defaults filled in."""
+    return EvaluationConfig(**evidence.detail.run.config.get("evaluation", {})).model_dump()
 
 
 def card_lines(evidence: Evidence) -> list[str]:
@@ -30,20 +33,15 @@ def card_lines(evidence: Evidence) -> list[str]:
     if not risks:
         return []
     lines = []
-    compared = [piece for piece in risks["slices"] if piece["drop"] is not None]
-    if compared:
-        worst = max(compared, key=lambda piece: piece["drop"])
+    worst = weakest_slice(risks["slices"])
+    if worst is not None:
         lines.append(f"Weakest slice against the {worst['reference_name']}: {worst['name']} ({worst['rows']} rows), "
                      f"{worst['metric']} {worst['score']:.3f} vs {worst['reference']:.3f}.")
-    overall = _overall(risks)
+    overall = overall_flip_rate(risks["robustness"])
     if overall is not None and overall["rows"]:
         lines.append(f"Changes its answer on {overall['rate']:.1%} of test texts under typos, case, spacing and "
                      f"punctuation changes ({overall['rows']} perturbed texts).")
     return lines
-
-
-def _overall(risks: dict[str, Any]) -> dict[str, Any] | None:
-    return next((rate for rate in risks["robustness"] if rate["perturbation"] == "all"), None)
 
 
 def section(evidence: Evidence) -> Section:
@@ -78,7 +76,7 @@ def _verdict(piece: dict[str, Any], policy: dict[str, Any]) -> Styled:
         return Styled("no reference", "muted")
     if piece["rows"] < policy["min_slice_rows"]:
         return Styled("too few rows", "muted")
-    if piece["drop"] > policy["max_slice_drop"] + 1e-9:
+    if piece["drop"] > policy["max_slice_drop"] + TOLERANCE:
         return Styled(f"refused ({piece['drop']:+.3f})", "bad")
     return Styled("ok", "ok")
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from core.hashing import sha256_files
 from governance.prediction_log import PredictionLog
 from governance.registry import Registry
 from steward.cli import QUIET_THIRD_PARTY_DEFAULTS
+from tests.test_model_server import free_port
 
 TOKEN = "v2-token"
 
@@ -78,12 +78,6 @@ def register_versions(root: Path, tiny_model_dir: Path, versions: int = 2) -> st
                                       files=sha256_files(folder), base_model="tiny-bert")
         registry.promote(MODEL, 1, reason="serve v1 first")
     return url
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextmanager

@@ -43,13 +43,13 @@ def _base_line(metrics: dict[str, float]) -> str:
 
 def _risk_lines(slices: list[dict], robustness: list[dict]) -> list[str]:
     """The weakest slice against its reference and the overall flip rate, beside the champion's."""
+    from tasks.risks import overall_flip_rate, weakest_slice
+
     lines = []
-    compared = [piece for piece in slices if piece["drop"] is not None]
-    if compared:
-        worst = max(compared, key=lambda piece: piece["drop"])
+    worst, overall = weakest_slice(slices), overall_flip_rate(robustness)
+    if worst is not None:
         lines.append(f"Weakest slice: {worst['name']} ({worst['rows']} rows) {worst['metric']} {worst['score']:.4f} "
                      f"vs the {worst['reference_name']}'s {worst['reference']:.4f}")
-    overall = next((rate for rate in robustness if rate["perturbation"] == "all"), None)
     if overall is not None:
         champion = "" if overall["champion_rate"] is None else f" (champion {overall['champion_rate']:.1%})"
         lines.append(f"Flip rate under perturbation: {overall['rate']:.1%} of {overall['rows']} texts{champion}")
