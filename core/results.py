@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from core.vocabulary import CHALLENGER, CHAMPION, DriftFindingName, FloorSource, GateOutcomeName
+
+GATE_TOLERANCE = 1e-9  # so 0.3 counts as 0.1 + 0.2: metric noise far below this never decides a gate
 
 
 @dataclass(frozen=True)
@@ -85,3 +88,14 @@ class DriftResult:
     @property
     def finding(self) -> DriftFindingName:
         return "drift" if self.drift_detected else "prior_shift" if self.prior_shift else "none"
+
+
+def weakest_slice(slices: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Of `tasks.risks.RiskAnalysis.to_json()`'s slices, the one furthest below its reference (None: no reference)."""
+    compared = [piece for piece in slices if piece["drop"] is not None]
+    return max(compared, key=lambda piece: piece["drop"]) if compared else None
+
+
+def overall_flip_rate(robustness: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Of `tasks.risks.RiskAnalysis.robustness_json()`, the row of all perturbations together."""
+    return next((rate for rate in robustness if rate["perturbation"] == "all"), None)

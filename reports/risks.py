@@ -7,10 +7,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from core.config import EvaluationConfig
+from core.results import GATE_TOLERANCE, overall_flip_rate, weakest_slice
 from reports.plots import flip_rates_svg, slices_svg
 from reports.render import Block, Figure, Highlighted, Section, Styled, Table
-from tasks.gate import TOLERANCE
-from tasks.risks import overall_flip_rate, weakest_slice
 
 if TYPE_CHECKING:
     from reports.evidence import Evidence
@@ -76,7 +75,7 @@ def _verdict(piece: dict[str, Any], policy: dict[str, Any]) -> Styled:
         return Styled("no reference", "muted")
     if piece["rows"] < policy["min_slice_rows"]:
         return Styled("too few rows", "muted")
-    if piece["drop"] > policy["max_slice_drop"] + TOLERANCE:
+    if piece["drop"] > policy["max_slice_drop"] + GATE_TOLERANCE:
         return Styled(f"refused ({piece['drop']:+.3f})", "bad")
     return Styled("ok", "ok")
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from core.config import BASELINE_FLOOR
 from core.errors import BadInputError
-from core.results import GateOutcome
+from core.results import GATE_TOLERANCE, GateOutcome
 from core.vocabulary import CLASSICAL_BASELINE_NAME, FloorSource, GateOutcomeName
 
 if TYPE_CHECKING:
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from core.config import EvaluationConfig
     from tasks.slices import SliceScore
 
-TOLERANCE = 1e-9  # so 0.3 counts as 0.1 + 0.2: metric noise far below this never decides a gate
+TOLERANCE = GATE_TOLERANCE
 
 
 def decide_promotion(

@@ -52,17 +52,6 @@ class RiskAnalysis:
                 "seconds": self.seconds}
 
 
-def weakest_slice(slices: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """Of `RiskAnalysis.to_json()`'s slices, the one furthest below its reference (None: no reference)."""
-    compared = [piece for piece in slices if piece["drop"] is not None]
-    return max(compared, key=lambda piece: piece["drop"]) if compared else None
-
-
-def overall_flip_rate(robustness: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """Of `RiskAnalysis.robustness_json()`, the row of all perturbations together."""
-    return next((rate for rate in robustness if rate["perturbation"] == "all"), None)
-
-
 def robustness_texts(test: TextTable, seed: int) -> list[str]:
     """The test texts perturbed: all labelled rows, or a seeded sample of ROBUSTNESS_ROWS of them."""
     texts, _ = test.complete_rows()

@@ -43,7 +43,7 @@ def _base_line(metrics: dict[str, float]) -> str:
 
 def _risk_lines(slices: list[dict], robustness: list[dict]) -> list[str]:
     """The weakest slice against its reference and the overall flip rate, beside the champion's."""
-    from tasks.risks import overall_flip_rate, weakest_slice
+    from core.results import overall_flip_rate, weakest_slice
 
     lines = []
     worst, overall = weakest_slice(slices), overall_flip_rate(robustness)
